@@ -1,0 +1,173 @@
+# Summarize one kernel's serial log (see scripts/kernel-matrix and the guest
+# /init in this directory). Input: the log with carriage returns removed.
+# Variables (-v): test_timeout = per-binary guest timeout in seconds;
+#                expected = space-separated names of the binaries in /tests.
+#
+# Output: one "key<TAB>value" line per result, read by scripts/kernel-matrix:
+#   booted     1 if the guest init printed its UNAME marker, else 0
+#   uname      kernel release reported by the guest
+#   done       1 if the guest printed its DONE marker
+#   mode       distinct DIRTYTRACK-MODE values, comma separated ("?" if none)
+#   passed, failed, ignored   sums of libtest "test result:" lines
+#   skipped    number of distinct <binary>::<test> with a DIRTYTRACK-SKIP line
+#   skip_reasons   distinct skip reasons, "; " separated
+#   failures   failing tests, and binaries that crashed, did not finish or
+#              never started, "; " separated. Each such binary also counts
+#              as one failure in "failed".
+#   panic      the first "Kernel panic" line, if any
+#   oops       number of kernel BUG/Oops/WARNING/Call Trace lines
+#   warn       init's DIRTYTRACK-MATRIX-WARN lines, "; " separated
+#
+# Marker lines are matched anywhere in a line, not only at its start: kernel
+# messages on the same console can be glued in front of them.
+
+function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
+function add_list(list, item) { return list == "" ? item : list "; " item }
+
+BEGIN {
+    booted = 0; done = 0; passed = 0; failed = 0; ignored = 0
+    nskip = 0; nreasons = 0; nmodes = 0; oops = 0
+    cur = ""; failures = ""; panic = ""; warn = ""; uname = ""
+    if (test_timeout == "") test_timeout = 0
+}
+
+/DIRTYTRACK-MATRIX-UNAME / {
+    booted = 1
+    s = $0; sub(/.*DIRTYTRACK-MATRIX-UNAME /, "", s); uname = trim(s)
+    next
+}
+
+/DIRTYTRACK-MATRIX-WARN / {
+    s = $0; sub(/.*DIRTYTRACK-MATRIX-WARN /, "", s); warn = add_list(warn, trim(s))
+    next
+}
+
+/DIRTYTRACK-MATRIX-BEGIN / {
+    s = $0; sub(/.*DIRTYTRACK-MATRIX-BEGIN /, "", s)
+    cur = trim(s); began[cur] = 1; order[++nbin] = cur; has_result[cur] = 0
+    next
+}
+
+/DIRTYTRACK-MATRIX-END / {
+    s = $0; sub(/.*DIRTYTRACK-MATRIX-END /, "", s)
+    split(trim(s), f, " ")
+    name = f[1]; rc = f[2]; secs = f[3]
+    sub(/^rc=/, "", rc); sub(/^secs=/, "", secs)
+    ended[name] = 1
+    if (has_result[name]) {
+        passed += res_p[name]; failed += res_f[name]; ignored += res_i[name]
+    }
+    if (rc == 101 && has_result[name]) {
+        # libtest's normal "some tests failed" status: the failing tests
+        # were already listed from their "... FAILED" lines.
+    } else if (rc != 0) {
+        if (rc == 137 && test_timeout > 0 && secs + 0 >= test_timeout)
+            why = "killed after the " test_timeout " s guest timeout"
+        else if (rc > 128)
+            why = "died of signal " (rc - 128) " after " secs " s"
+        else
+            why = "exit status " rc
+        # A binary that crashed before its "test result:" line has no failed
+        # count of its own: count it as one failure.
+        if (!has_result[name]) failed++
+        failures = add_list(failures, name ": " why)
+    } else if (!has_result[name]) {
+        failures = add_list(failures, name ": exit 0 but no libtest summary")
+        failed++
+    }
+    cur = ""
+    next
+}
+
+/DIRTYTRACK-MATRIX-DONE/ { done = 1; next }
+
+# libtest: "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; ..."
+# Only the last such line of a binary counts (added at its END marker): a
+# test that re-runs its own binary in a child process may let the child's
+# summary through, and the parent's own summary always comes last.
+/test result: (ok|FAILED)\. [0-9]+ passed; [0-9]+ failed; [0-9]+ ignored/ {
+    if (cur == "") next
+    s = $0; sub(/.*test result: (ok|FAILED)\. /, "", s)
+    split(s, f, /; /)
+    p = f[1]; sub(/ passed.*/, "", p)
+    x = f[2]; sub(/ failed.*/, "", x)
+    ig = f[3]; sub(/ ignored.*/, "", ig)
+    res_p[cur] = p + 0; res_f[cur] = x + 0; res_i[cur] = ig + 0
+    has_result[cur] = 1
+    next
+}
+
+# libtest: "test some::name ... FAILED"
+/^test .* \.\.\. FAILED$/ {
+    s = $0; sub(/^test /, "", s); sub(/ \.\.\. FAILED$/, "", s)
+    failures = add_list(failures, (cur == "" ? "" : cur "::") s)
+    next
+}
+
+# Library markers: "DIRTYTRACK-SKIP: <test> <reason>" and "DIRTYTRACK-MODE: <mode>".
+/DIRTYTRACK-SKIP:/ {
+    s = $0; sub(/.*DIRTYTRACK-SKIP:[ \t]*/, "", s); s = trim(s)
+    test = s; sub(/[ \t].*/, "", test)
+    reason = substr(s, length(test) + 1)
+    sub(/[:,]$/, "", test)
+    reason = trim(reason); sub(/^[-:,]+[ \t]*/, "", reason); reason = trim(reason)
+    if (reason == "") reason = "(no reason given)"
+    key = cur "::" test
+    if (!(key in skipped_tests)) { skipped_tests[key] = 1; nskip++ }
+    if (!(reason in reasons)) { reasons[reason] = 1; reason_order[++nreasons] = reason }
+    next
+}
+
+/DIRTYTRACK-MODE:/ {
+    s = $0; sub(/.*DIRTYTRACK-MODE:[ \t]*/, "", s); s = trim(s); sub(/[ \t].*/, "", s)
+    if (s != "" && !(s in modes)) { modes[s] = 1; mode_order[++nmodes] = s }
+    next
+}
+
+/Kernel panic - not syncing/ {
+    if (panic == "") { s = $0; sub(/.*Kernel panic/, "Kernel panic", s); panic = trim(s) }
+    next
+}
+
+/(BUG: |Oops: |WARNING: CPU|general protection fault|Call Trace:)/ { oops++ }
+
+END {
+    # Binaries that started but never printed their END marker, then
+    # binaries that never started (the guest died or hung before them).
+    for (i = 1; i <= nbin; i++) {
+        b = order[i]
+        if (!(b in ended)) {
+            failed++
+            failures = add_list(failures, b ": did not finish")
+        }
+    }
+    nexp = split(expected, exp_list, " ")
+    notrun = ""
+    for (i = 1; i <= nexp; i++) {
+        if (!(exp_list[i] in began)) {
+            failed++
+            notrun = notrun (notrun == "" ? "" : ", ") exp_list[i]
+        }
+    }
+    if (notrun != "") failures = add_list(failures, "not run: " notrun)
+    mode = ""
+    for (i = 1; i <= nmodes; i++) mode = mode (mode == "" ? "" : ",") mode_order[i]
+    if (mode == "") mode = "?"
+    sr = ""
+    for (i = 1; i <= nreasons; i++) sr = add_list(sr, reason_order[i])
+
+    printf "booted\t%d\n", booted
+    printf "uname\t%s\n", uname
+    printf "done\t%d\n", done
+    printf "mode\t%s\n", mode
+    printf "passed\t%d\n", passed
+    printf "failed\t%d\n", failed
+    printf "ignored\t%d\n", ignored
+    printf "skipped\t%d\n", nskip
+    printf "skip_reasons\t%s\n", sr
+    printf "failures\t%s\n", failures
+    printf "binaries\t%d\n", nbin
+    printf "panic\t%s\n", panic
+    printf "oops\t%d\n", oops
+    printf "warn\t%s\n", warn
+}

@@ -1,0 +1,194 @@
+//! Async mode (Linux 6.7+): `UFFD_FEATURE_WP_ASYNC` + `PAGEMAP_SCAN`.
+//!
+//! The kernel resolves write-protect faults itself (no message, no waiting writer): it clears
+//! the page's uffd-wp bit, which `PAGEMAP_SCAN` reports as `PAGE_IS_WRITTEN`. A harvest scans with
+//! `PM_SCAN_WP_MATCHING`, which re-protects exactly the pages it reports in the same page-table
+//! walk, under the page-table lock: a write racing the scan is either reported now (the scan saw
+//! the bit cleared and set it again) or faults after the re-protect and is reported next time.
+//!
+//! The rules that keep every write (KERNEL-FACTS.md, "Collecting exactly (async)"):
+//! - exactly `category_mask = return_mask = PAGE_IS_WRITTEN`, no anyof or inverted mask (other
+//!   shapes take a generic path that, before a 2026 fix, dropped discarded pages);
+//! - `PM_SCAN_CHECK_WPASYNC`, so a VMA that is no longer ours fails with `EPERM` instead of being
+//!   skipped silently;
+//! - loop on `walk_end`; `walk_end <= start` without an error is an error;
+//! - a failed scan has already re-protected what it wrote into the vector: pre-zero the vector,
+//!   keep its non-empty entries, and treat everything from the failed call's start as dirty;
+//! - never pass an empty vector with `WP_MATCHING` (it re-protects and reports nothing).
+
+use super::{lost_error, range_error, Kind};
+use crate::core::Core;
+use crate::dirty_set::Segment;
+use crate::range::RangeState;
+use crate::sys::pagemap::{self, PageRegion, ScanRequest};
+use crate::Error;
+use crate::sys::uffd;
+use std::fs::File;
+use std::io;
+
+/// Regions per `PAGEMAP_SCAN` call (24 bytes each). Larger only saves calls on fragmented sets.
+const VEC_LEN: usize = 1024;
+
+/// `uffdio_api.features` async mode asks for. The kernel adds `WP_UNPOPULATED` to `WP_ASYNC`
+/// anyway; asking for it says we rely on it (never-touched pages are protected too).
+pub(crate) const FEATURES: u64 =
+    uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+
+/// userfaultfd(2) flags: async mode uses a user-mode-only fd. It works unprivileged, and kernel
+/// writes (read(2) into tracked memory, io_uring, ...) are still reported because the kernel
+/// resolves them itself.
+pub(crate) const FD_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY;
+
+/// Why a scan stopped early. Whatever it had harvested is already in the segment, and so is
+/// every page from the failed call's start to the end of the scanned range.
+#[derive(Debug)]
+pub(crate) enum ScanError {
+    /// The ioctl failed.
+    Kernel(io::Error),
+    /// `walk_end <= start` without an error.
+    NoProgress { at: usize, walk_end: usize },
+}
+
+/// The `/proc/self/pagemap` fd and a reusable output vector. Lives under the tracker's harvest
+/// lock, so one scan runs at a time.
+pub(crate) struct Scanner {
+    pagemap: File,
+    buf: Vec<PageRegion>,
+    /// Entries of `buf` that may be non-zero (written by the last call).
+    used: usize,
+}
+
+impl Scanner {
+    pub(crate) fn open() -> io::Result<Scanner> {
+        Ok(Scanner {
+            pagemap: File::open("/proc/self/pagemap")?,
+            buf: vec![PageRegion::default(); VEC_LEN],
+            used: 0,
+        })
+    }
+
+    /// Reports the written pages of `[start, end)` into `seg`, re-protecting them when `rearm`.
+    pub(crate) fn scan(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> Result<(), ScanError> {
+        self.scan_with(start, end, rearm, seg, page_size, 0)
+    }
+
+    /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
+    /// exercise the `walk_end` continuation. Never use a limit on hugetlb ranges.
+    pub(crate) fn scan_with(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+        max_pages: u64,
+    ) -> Result<(), ScanError> {
+        let flags = pagemap::PM_SCAN_CHECK_WPASYNC
+            | if rearm {
+                pagemap::PM_SCAN_WP_MATCHING
+            } else {
+                0
+            };
+        let mut at = start;
+        while at < end {
+            self.buf[..self.used].fill(PageRegion::default());
+            let req = ScanRequest {
+                flags,
+                start: at as u64,
+                end: end as u64,
+                max_pages,
+                category_mask: pagemap::PAGE_IS_WRITTEN,
+                return_mask: pagemap::PAGE_IS_WRITTEN,
+                ..Default::default()
+            };
+            let out = pagemap::scan(&self.pagemap, &req, &mut self.buf);
+            // Keep every filled entry, on success and on failure alike.
+            let filled = match out.result {
+                Ok(()) => out.regions.min(VEC_LEN),
+                Err(_) => VEC_LEN,
+            };
+            self.used = filled;
+            for r in &self.buf[..filled] {
+                if r.end > r.start {
+                    seg.mark(r.start as usize, r.end as usize, page_size);
+                }
+            }
+            if let Err(e) = out.result {
+                seg.mark(at, end, page_size);
+                return Err(ScanError::Kernel(e));
+            }
+            let walk_end = out.walk_end as usize;
+            if walk_end <= at {
+                seg.mark(at, end, page_size);
+                return Err(ScanError::NoProgress { at, walk_end });
+            }
+            at = walk_end;
+        }
+        Ok(())
+    }
+}
+
+/// One harvest of range `r`. On error, everything taken from the kernel (and everything not
+/// scanned) is put back into the range's marks, so the next harvest reports it.
+pub(crate) fn harvest(
+    core: &Core,
+    scanner: &mut Scanner,
+    r: &RangeState,
+    kind: Kind,
+) -> Result<Segment, Error> {
+    let ps = core.page_size;
+    let mut seg = r.segment(ps);
+    loop {
+        // Apply every event already read (a discard marks pages; a move re-keys the range).
+        core.barrier();
+        if r.lost.lock().is_some() {
+            return Err(lost_error(r));
+        }
+        let start = r.start();
+        seg.start = start;
+        let end = start + r.len;
+        let result = match kind {
+            Kind::Collect => scanner
+                .scan(start, end, true, &mut seg, ps)
+                .map_err(|e| scan_error(core, r, e)),
+            Kind::Snapshot => scanner
+                .scan(start, end, false, &mut seg, ps)
+                .map_err(|e| scan_error(core, r, e)),
+            Kind::Clear => core
+                .writeprotect(start, r.len, uffd::WRITEPROTECT_MODE_WP)
+                .map_err(|e| range_error(core, r, "UFFDIO_WRITEPROTECT", e)),
+        };
+        if let Err(e) = result {
+            if kind == Kind::Collect {
+                r.marks.or_bits(&seg.bits);
+            }
+            return Err(e);
+        }
+        // A move (mremap) during the scan: what was harvested is indexed by page, so it stays
+        // valid; scan again at the new address, where the written bits now live.
+        core.barrier();
+        if r.start() == start || r.lost.lock().is_some() {
+            break;
+        }
+    }
+    match kind {
+        Kind::Collect => r.marks.take_into(&mut seg.bits),
+        Kind::Snapshot => r.marks.copy_into(&mut seg.bits),
+        Kind::Clear => r.marks.clear(),
+    }
+    Ok(seg)
+}
+
+fn scan_error(core: &Core, r: &RangeState, e: ScanError) -> Error {
+    match e {
+        ScanError::Kernel(e) => range_error(core, r, "PAGEMAP_SCAN", e),
+        ScanError::NoProgress { at, walk_end } => Error::ScanNoProgress { at, walk_end },
+    }
+}

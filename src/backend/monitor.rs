@@ -1,0 +1,246 @@
+//! The monitor thread: the one reader of the tracker's userfaultfd.
+//!
+//! # Design note
+//!
+//! It runs in both modes. In sync mode it serves write-protect faults; in both modes it serves
+//! memory events (`UFFD_EVENT_REMOVE`, `UNMAP`, `REMAP`), which block the thread that caused them
+//! until they are read.
+//!
+//! Loop: `poll` the uffd and a stop eventfd; when the uffd is readable, take `ranges` (read) and
+//! `batch`, read up to [`BATCH`] messages, and apply them:
+//! - `REMOVE [a, b)` (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`): the pages' contents changed
+//!   (to zero, or to the file's): mark them dirty;
+//! - `UNMAP [a, b)` (`munmap`, `mmap(MAP_FIXED)` over, `mremap` shrink): the ranges it touches
+//!   are lost: every page is marked dirty and every later call on them says so;
+//! - `REMAP from → to` (`mremap` move): a range wholly inside the moved area follows it (its start
+//!   is re-keyed; the registration and the protection bits moved with the page tables); a range
+//!   only partly inside is lost;
+//! - write-protect fault at `a` (sync mode): **record the page in the range's marks first**, then
+//!   un-protect it, which wakes the writer. Faults of one batch are sorted and un-protected as
+//!   coalesced runs. A stale fault (the page was already un-protected, or a collect re-protected
+//!   it since) is recorded again: a harmless over-report; dropping it could lose a write.
+//!
+//! If `UFFDIO_WRITEPROTECT` answers `EAGAIN` (an event is queued behind the faults), the monitor
+//! reads more messages, applies the events, queues the faults, and retries.
+//!
+//! # Deadlock rule
+//!
+//! The monitor never waits on a lock that a user thread can hold while faulting on tracked
+//! memory: it takes `ranges` for reading (written only for short, ioctl-free updates) and `batch`
+//! (held by user threads only across ioctls that do not depend on a faulting writer, released on
+//! `EAGAIN`). It never calls user code. Its buffers are allocated before the loop; the fault list
+//! can grow only past [`FAULTS_CAPACITY`] outstanding faults (each needs a distinct blocked
+//! thread). The one thing it cannot protect against is a process that registers memory the
+//! allocator or this thread itself uses (e.g. a slice of the malloc heap): that is documented as
+//! unsupported in sync mode.
+//!
+//! If the loop fails (a read error other than `EAGAIN`, an unexpected ioctl error, a panic), the
+//! tracker is poisoned: every range is un-registered (waking every blocked writer) and every call
+//! returns `Error::Poisoned`.
+
+use crate::core::Core;
+use crate::range::RangeState;
+use crate::sys::{mem, uffd};
+use crate::Mode;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Messages read per `read(2)`.
+const BATCH: usize = 64;
+/// Pre-allocated room for outstanding faults.
+const FAULTS_CAPACITY: usize = 4096;
+
+/// The running thread and its stop signal.
+pub(crate) struct Monitor {
+    stop: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts the monitor for `core`.
+    pub(crate) fn start(core: Arc<Core>) -> io::Result<Monitor> {
+        let stop = mem::eventfd()?;
+        let stop_for_thread = stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("dirtytrack-monitor".into())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&core, &stop_for_thread)
+                }));
+                let reason = match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("the monitor thread failed: {e}"),
+                    Err(_) => "the monitor thread panicked".to_string(),
+                };
+                core.poison(reason);
+            })?;
+        Ok(Monitor {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub(crate) fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = mem::eventfd_signal(self.stop.as_fd());
+            let _ = t.join();
+        }
+    }
+
+    /// Forgets the thread without joining (it does not exist in a fork child).
+    pub(crate) fn abandon(&mut self) {
+        self.thread.take();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A test hook: when set, the monitor panics on its next batch (to test poisoning).
+#[doc(hidden)]
+pub static PANIC_ON_NEXT_BATCH: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
+    let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
+    let mut faults: Vec<usize> = Vec::with_capacity(FAULTS_CAPACITY);
+    let ps = core.page_size;
+    loop {
+        let [uffd_ready, stop_ready] = mem::poll_in2(core.uffd.as_fd(), stop.as_fd(), -1)?;
+        if stop_ready {
+            return Ok(());
+        }
+        if !uffd_ready {
+            continue;
+        }
+        if PANIC_ON_NEXT_BATCH.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            panic!("test hook: monitor panic");
+        }
+        let ranges = core.ranges.read_recursive();
+        let _batch = core.batch.lock();
+        read_batch(core, &ranges, &mut msgs, &mut faults)?;
+        if faults.is_empty() {
+            continue;
+        }
+        // read_batch recorded every fault in its range's marks; only now un-protect.
+        faults.sort_unstable();
+        faults.dedup();
+        let mut i = 0;
+        while i < faults.len() {
+            let start = faults[i];
+            let mut end = start + ps;
+            let mut j = i + 1;
+            while j < faults.len() && faults[j] == end {
+                end += ps;
+                j += 1;
+            }
+            unprotect(core, &ranges, &mut msgs, &mut faults, start, end)?;
+            i = j;
+        }
+        faults.clear();
+    }
+}
+
+/// Reads one batch and applies events; pushes write-fault page addresses to `faults`.
+fn read_batch(
+    core: &Core,
+    ranges: &[Arc<RangeState>],
+    msgs: &mut [uffd::UffdMsg],
+    faults: &mut Vec<usize>,
+) -> io::Result<()> {
+    let n = match uffd::read_msgs(core.uffd.as_fd(), msgs) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let ps = core.page_size;
+    for m in &msgs[..n] {
+        match m.event {
+            uffd::EVENT_PAGEFAULT => {
+                let addr = m.pagefault_address() as usize & !(ps - 1);
+                if core.mode == Mode::Sync {
+                    // Record before the page is un-protected (which happens later, in `run`).
+                    if let Some(r) = Core::range_at(ranges, addr) {
+                        r.marks.set((addr - r.start()) / ps);
+                    }
+                }
+                faults.push(addr);
+            }
+            uffd::EVENT_REMOVE => {
+                let (a, b) = m.remove();
+                for r in ranges {
+                    r.mark_discarded(a as usize, b as usize, ps);
+                }
+            }
+            uffd::EVENT_UNMAP => {
+                let (a, b) = m.remove();
+                let (a, b) = (a as usize, b as usize);
+                for r in ranges.iter().filter(|r| r.start() < b && a < r.end()) {
+                    r.mark_lost(
+                        format!("{a:#x}..{b:#x} was unmapped (munmap, mmap(MAP_FIXED) over it, or mremap)"),
+                        ps,
+                    );
+                }
+            }
+            uffd::EVENT_REMAP => {
+                let (from, to, len) = m.remap();
+                let (from, to, len) = (from as usize, to as usize, len as usize);
+                for r in ranges
+                    .iter()
+                    .filter(|r| r.start() < from + len && from < r.end())
+                {
+                    if r.start() >= from && r.end() <= from + len {
+                        r.start.store(
+                            to + (r.start() - from),
+                            std::sync::atomic::Ordering::Release,
+                        );
+                    } else {
+                        r.mark_lost(
+                            format!("mremap moved only part of it ({from:#x}..{:#x} to {to:#x})", from + len),
+                            ps,
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Un-protects `[start, end)` and wakes its writers. On `EAGAIN` reads (and applies) more
+/// messages first. A range that is gone (`ENOENT`, `EINVAL`) is only woken.
+fn unprotect(
+    core: &Core,
+    ranges: &[Arc<RangeState>],
+    msgs: &mut [uffd::UffdMsg],
+    faults: &mut Vec<usize>,
+    start: usize,
+    end: usize,
+) -> io::Result<()> {
+    loop {
+        match uffd::writeprotect(core.uffd.as_fd(), start, end - start, 0) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Faults read here are recorded by read_batch and un-protected on a later pass.
+                let before = faults.len();
+                read_batch(core, ranges, msgs, faults)?;
+                if faults.len() == before {
+                    std::thread::yield_now();
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
+                let _ = uffd::wake(core.uffd.as_fd(), start, end - start);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Sync mode (Linux 5.7+): write-protect faults are messages, served by the monitor thread.
+//!
+//! A first write to a protected page blocks the writer and queues a fault message. The monitor
+//! ([`super::monitor`]) records the page in the range's marks, then un-protects it, which wakes
+//! the writer; later writes to the page run at full speed until the next collect re-protects it.
+//!
+//! A collect holds the `batch` lock across "re-protect the range, then take its marks". The
+//! monitor holds the same lock across "record, then un-protect". So a collect never falls between
+//! a page's record and its un-protect: if the monitor goes first, the collect's re-protect comes
+//! after the un-protect and its take includes the record; if the collect goes first, the record
+//! lands after the take and the next collect reports it. KERNEL-FACTS.md measured 0 lost with
+//! this rule.
+//!
+//! Never-touched pages (no page-table entry) are not protected by `UFFDIO_WRITEPROTECT` unless
+//! `WP_UNPOPULATED` (6.4+) is on. Without it, ranges are populated for reading before they are
+//! protected (`MADV_POPULATE_READ`, 5.14+, or one byte per page through `process_vm_readv`), and
+//! pages discarded since the last re-protect are populated again before the next one.
+//!
+//! Sync mode never uses `UFFD_USER_MODE_ONLY`: with it, every kernel write into protected memory
+//! (`read(2)`, `recvmsg`, `pread`, io_uring) fails with `EFAULT` instead of faulting to the monitor.
+
+use super::{lost_error, range_error, Kind};
+use crate::core::Core;
+use crate::dirty_set::Segment;
+use crate::probe::Prefault;
+use crate::range::RangeState;
+use crate::sys::{mem, uffd};
+use crate::Error;
+use bitvec::prelude::*;
+use std::os::fd::AsFd;
+
+/// userfaultfd(2) flags: a full fd (see the module docs).
+pub(crate) const FD_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK;
+
+/// `uffdio_api.features` for sync mode with this prefault strategy.
+pub(crate) fn features(prefault: Prefault) -> u64 {
+    uffd::FEATURE_PAGEFAULT_FLAG_WP
+        | if prefault == Prefault::Unpopulated {
+            uffd::FEATURE_WP_UNPOPULATED
+        } else {
+            0
+        }
+}
+
+/// Makes sure never-touched pages of `[start, start + len)` have page-table entries, so that
+/// protecting them works (no-op with `WP_UNPOPULATED`).
+pub(crate) fn prefault(
+    prefault: Prefault,
+    start: usize,
+    len: usize,
+    page_size: usize,
+) -> std::io::Result<()> {
+    match prefault {
+        Prefault::Unpopulated => Ok(()),
+        Prefault::PopulateRead => mem::madvise(start, len, mem::MADV_POPULATE_READ),
+        Prefault::ReadTouch => mem::populate_read_by_copy(start, len, page_size),
+    }
+}
+
+/// One harvest of range `r` (see the module docs for the locking rule).
+pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment, Error> {
+    let ps = core.page_size;
+    let mut seg = r.segment(ps);
+    if kind == Kind::Snapshot {
+        core.barrier();
+        if r.lost.lock().is_some() {
+            return Err(lost_error(r));
+        }
+        r.marks.copy_into(&mut seg.bits);
+        return Ok(seg);
+    }
+    loop {
+        if r.lost.lock().is_some() {
+            return Err(lost_error(r));
+        }
+        let start = r.start();
+        if core.prefault != Prefault::Unpopulated {
+            repopulate_discarded(core, r, start)?;
+        }
+        let batch = core.batch.lock();
+        if r.start() != start {
+            continue; // moved (mremap) while we populated: start again at the new address
+        }
+        match uffd::writeprotect(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
+            Ok(()) => {
+                seg.start = start;
+                match kind {
+                    Kind::Collect => r.marks.take_into(&mut seg.bits),
+                    _ => r.marks.clear(),
+                }
+                drop(batch);
+                return Ok(seg);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // An event waits to be read by the monitor, which needs `batch`: let it run.
+                drop(batch);
+                std::thread::yield_now();
+            }
+            Err(e) => {
+                drop(batch);
+                return Err(range_error(core, r, "UFFDIO_WRITEPROTECT", e));
+            }
+        }
+    }
+}
+
+/// Populates the pages discarded since the last re-protect (prefault fallbacks only).
+fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(), Error> {
+    let ps = core.page_size;
+    let mut bits = bitvec![u64, Lsb0; 0; r.pages(ps)];
+    r.discards.take_into(&mut bits);
+    let mut it = bits.iter_ones().peekable();
+    while let Some(first) = it.next() {
+        let mut last = first;
+        while it.peek() == Some(&(last + 1)) {
+            last = it.next().unwrap_or(last);
+        }
+        if let Err(e) = prefault(core.prefault, start + first * ps, (last - first + 1) * ps, ps) {
+            // Keep them for the next attempt; the pages themselves are already in `marks`.
+            r.discards.or_bits(&bits);
+            return Err(range_error(core, r, "populating discarded pages", e));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! State shared by the [`Tracker`](crate::Tracker) handle, the backends and the monitor thread.
+//!
+//! # Locks and what they protect
+//!
+//! | lock | protects | held by |
+//! |---|---|---|
+//! | `harvest` | the pagemap scanner; makes collect / snapshot / clear / unregister one at a time | user threads |
+//! | `registry` | the overlap check and the register / unregister ioctls | user threads |
+//! | `ranges` (RwLock) | the list of registered ranges (written only briefly, never across an ioctl) | everyone; the monitor reads |
+//! | `batch` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) | monitor; sync harvest; others as a barrier |
+//!
+//! Lock order: `harvest` → `registry` → `ranges` → `batch`. The monitor thread takes only
+//! `ranges` (read) then `batch`. No lock is held by a user thread while it could fault on tracked
+//! memory, because the library never writes to tracked memory.
+//!
+//! `batch` as a barrier: the monitor holds it from the moment it reads messages until it has
+//! applied them (marks set, lost ranges flagged, moved ranges re-keyed). Taking and releasing it
+//! therefore waits until every message the monitor had already read is applied. An event
+//! (`REMOVE`, `UNMAP`, `REMAP`) blocks the thread that caused it until the monitor reads it, so
+//! after a barrier every `madvise`/`munmap`/`mremap` that has returned is visible in the ranges.
+
+use crate::backend::async_wp::Scanner;
+use crate::probe::{Capabilities, Prefault};
+use crate::range::RangeState;
+use crate::sys::uffd;
+use crate::{Error, Mode};
+use parking_lot::{Mutex, RwLock};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+pub(crate) struct Core {
+    /// `Async` or `Sync`, never `Auto`.
+    pub(crate) mode: Mode,
+    pub(crate) caps: Capabilities,
+    pub(crate) page_size: usize,
+    /// Never-touched-page strategy (sync mode; async always has WP_UNPOPULATED).
+    pub(crate) prefault: Prefault,
+    /// Advise `MADV_NOHUGEPAGE` on registered ranges.
+    pub(crate) no_thp: bool,
+    /// The pid that created the tracker; in any other process (a fork child) the tracker is inert.
+    pub(crate) owner_pid: u32,
+    /// The tracker's userfaultfd (non-blocking, close-on-exec).
+    pub(crate) uffd: OwnedFd,
+    /// See the module docs.
+    pub(crate) harvest: Mutex<Harvest>,
+    /// See the module docs.
+    pub(crate) registry: Mutex<u64>,
+    /// Registered ranges, in registration order. Lookups are linear: trackers hold few ranges.
+    pub(crate) ranges: RwLock<Vec<Arc<RangeState>>>,
+    /// See the module docs.
+    pub(crate) batch: Mutex<()>,
+    /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
+    pub(crate) poisoned: Mutex<Option<String>>,
+}
+
+/// What the harvest lock owns.
+pub(crate) struct Harvest {
+    /// Async mode's `/proc/self/pagemap` scanner (`None` in sync mode).
+    pub(crate) scanner: Option<Scanner>,
+}
+
+impl Core {
+    /// Waits until the monitor has applied every message it has read (see the module docs).
+    pub(crate) fn barrier(&self) {
+        drop(self.batch.lock());
+    }
+
+    /// The range containing `addr`, if any.
+    pub(crate) fn range_at(ranges: &[Arc<RangeState>], addr: usize) -> Option<&Arc<RangeState>> {
+        ranges.iter().find(|r| addr >= r.start() && addr < r.end())
+    }
+
+    /// `UFFDIO_WRITEPROTECT` that retries `EAGAIN` (an event is waiting to be read by the monitor;
+    /// the caller must not hold `batch`, or the monitor could never read it).
+    pub(crate) fn writeprotect(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
+        loop {
+            match uffd::writeprotect(self.uffd.as_fd(), start, len, mode) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Fails if this process is not the tracker's owner or the monitor died.
+    pub(crate) fn check_usable(&self) -> Result<(), Error> {
+        let current = crate::sys::getpid();
+        if current != self.owner_pid {
+            return Err(Error::ForkedChild {
+                owner: self.owner_pid,
+                current,
+            });
+        }
+        if let Some(reason) = self.poisoned.lock().as_ref() {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        Ok(())
+    }
+
+    /// Marks the tracker poisoned and un-registers every range so that no writer stays blocked.
+    pub(crate) fn poison(&self, reason: String) {
+        {
+            let mut p = self.poisoned.lock();
+            if p.is_none() {
+                *p = Some(reason);
+            }
+        }
+        for r in self.ranges.read_recursive().iter() {
+            r.mark_lost("the tracker was poisoned".into(), self.page_size);
+            let _ = uffd::unregister(self.uffd.as_fd(), r.start(), r.len);
+        }
+    }
+}

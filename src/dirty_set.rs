@@ -1,0 +1,304 @@
+//! [`DirtySet`]: the pages a collect or snapshot found written.
+
+use bitvec::prelude::*;
+use std::fmt;
+use std::ops::Range;
+
+/// One bit per page over `[start, start + bits.len() * page_size)`.
+///
+/// Invariant: bits past `bits.len()` in the last storage word are zero (bitvec keeps them so),
+/// which lets [`DirtySet::union`] OR whole words when two segments have the same extent.
+#[derive(Clone)]
+pub(crate) struct Segment {
+    pub(crate) start: usize,
+    pub(crate) bits: BitVec<u64, Lsb0>,
+}
+
+impl Segment {
+    /// An all-clean segment of `pages` pages at `start`.
+    pub(crate) fn new(start: usize, pages: usize) -> Segment {
+        Segment {
+            start,
+            bits: bitvec![u64, Lsb0; 0; pages],
+        }
+    }
+
+    fn end(&self, page_size: usize) -> usize {
+        self.start + self.bits.len() * page_size
+    }
+
+    /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty.
+    pub(crate) fn mark(&mut self, from: usize, to: usize, page_size: usize) {
+        let end = self.end(page_size);
+        let (from, to) = (from.max(self.start), to.min(end));
+        if from >= to {
+            return;
+        }
+        let first = (from - self.start) / page_size;
+        let last = (to - self.start).div_ceil(page_size);
+        self.bits[first..last].fill(true);
+    }
+
+    /// ORs `other` (same extent) into `self`, word by word.
+    fn or_same_extent(&mut self, other: &Segment) {
+        for (a, b) in self
+            .bits
+            .as_raw_mut_slice()
+            .iter_mut()
+            .zip(other.bits.as_raw_slice())
+        {
+            *a |= *b;
+        }
+    }
+}
+
+/// A set of dirty pages, one bitmap per tracked range.
+///
+/// Returned by [`Tracker::collect`](crate::Tracker::collect) and
+/// [`Tracker::snapshot`](crate::Tracker::snapshot). Addresses are process virtual addresses; every
+/// page address is page aligned.
+///
+/// ```no_run
+/// # fn main() -> Result<(), dirtytrack::Error> {
+/// # let tracker = dirtytrack::Tracker::new()?;
+/// let dirty = tracker.collect()?;
+/// for run in dirty.runs() {
+///     // copy `run.len()` bytes at `run.start` into the incremental dump
+/// }
+/// println!("{} pages, {} bytes", dirty.len(), dirty.bytes());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DirtySet {
+    page_size: usize,
+    /// Sorted by `start`, non-overlapping.
+    segments: Vec<Segment>,
+    /// Number of set bits over all segments.
+    count: usize,
+}
+
+impl Default for DirtySet {
+    fn default() -> Self {
+        DirtySet::new()
+    }
+}
+
+impl DirtySet {
+    /// An empty set with the system page size.
+    pub fn new() -> DirtySet {
+        DirtySet::with_page_size(crate::page_size())
+    }
+
+    /// An empty set with an explicit page granularity (a power of two).
+    pub fn with_page_size(page_size: usize) -> DirtySet {
+        DirtySet {
+            page_size: page_size.max(1),
+            segments: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Builds a set from segments (sorted, non-overlapping, with the same page size).
+    pub(crate) fn from_segments(page_size: usize, mut segments: Vec<Segment>) -> DirtySet {
+        segments.sort_by_key(|s| s.start);
+        let count = segments.iter().map(|s| s.bits.count_ones()).sum();
+        DirtySet {
+            page_size,
+            segments,
+            count,
+        }
+    }
+
+    /// The page granularity of the addresses in this set.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Number of dirty pages.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No dirty page.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Dirty bytes (`len() * page_size()`).
+    pub fn bytes(&self) -> usize {
+        self.count * self.page_size
+    }
+
+    /// Whether the page containing `addr` is dirty.
+    pub fn contains(&self, addr: usize) -> bool {
+        let i = self.segments.partition_point(|s| s.start <= addr);
+        if i == 0 {
+            return false;
+        }
+        let s = &self.segments[i - 1];
+        let page = (addr - s.start) / self.page_size;
+        s.bits.get(page).is_some_and(|b| *b)
+    }
+
+    /// Start addresses of the dirty pages, ascending.
+    pub fn pages(&self) -> impl Iterator<Item = usize> + '_ {
+        let ps = self.page_size;
+        self.segments
+            .iter()
+            .flat_map(move |s| s.bits.iter_ones().map(move |i| s.start + i * ps))
+    }
+
+    /// Maximal runs of contiguous dirty pages as byte ranges, ascending. Runs are coalesced
+    /// across adjacent tracked ranges too.
+    pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let ps = self.page_size;
+        let mut pages = self.pages().peekable();
+        std::iter::from_fn(move || {
+            let start = pages.next()?;
+            let mut end = start + ps;
+            while pages.peek() == Some(&end) {
+                pages.next();
+                end += ps;
+            }
+            Some(start..end)
+        })
+    }
+
+    /// Adds every page of `other` to `self`.
+    ///
+    /// The use: a dump of a collected set failed, so re-merge the set into the next one and
+    /// nothing is lost. Sets with different extents or page sizes are merged page by page
+    /// (`other`'s pages are split to `self`'s granularity when it is finer).
+    pub fn union(&mut self, other: &DirtySet) {
+        if other.is_empty() {
+            return;
+        }
+        let same_extents = self.page_size == other.page_size
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.start == b.start && a.bits.len() == b.bits.len());
+        if same_extents {
+            for (a, b) in self.segments.iter_mut().zip(&other.segments) {
+                a.or_same_extent(b);
+            }
+        } else {
+            let runs: Vec<Range<usize>> = other.runs().collect();
+            for r in runs {
+                self.insert_range(r);
+            }
+            return;
+        }
+        self.count = self.segments.iter().map(|s| s.bits.count_ones()).sum();
+    }
+
+    /// Marks every page overlapping `range` dirty (e.g. to merge pages known dirty from elsewhere).
+    pub fn insert_range(&mut self, range: Range<usize>) {
+        if range.start >= range.end {
+            return;
+        }
+        let ps = self.page_size;
+        let lo = range.start - range.start % ps;
+        let hi = range.end.div_ceil(ps).saturating_mul(ps);
+        if hi <= lo {
+            return;
+        }
+        // Merge every segment overlapping or touching [lo, hi) into one new segment.
+        let first = self.segments.partition_point(|s| s.end(ps) < lo);
+        let last = self.segments.partition_point(|s| s.start <= hi);
+        let merged: Vec<Segment> = self.segments.drain(first..last).collect();
+        let start = merged.first().map_or(lo, |s| s.start.min(lo));
+        let end = merged.last().map_or(hi, |s| s.end(ps).max(hi));
+        let mut seg = Segment::new(start, (end - start) / ps);
+        for m in &merged {
+            let off = (m.start - start) / ps;
+            for i in m.bits.iter_ones() {
+                seg.bits.set(off + i, true);
+            }
+        }
+        seg.mark(lo, hi, ps);
+        self.segments.insert(first, seg);
+        self.count = self.segments.iter().map(|s| s.bits.count_ones()).sum();
+    }
+}
+
+impl PartialEq for DirtySet {
+    /// Two sets are equal when they hold the same pages (extents may differ).
+    fn eq(&self, other: &DirtySet) -> bool {
+        self.count == other.count && self.runs().eq(other.runs())
+    }
+}
+impl Eq for DirtySet {}
+
+impl fmt::Debug for DirtySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut l = f.debug_list();
+        for r in self.runs().take(32) {
+            l.entry(&format_args!("{:#x}..{:#x}", r.start, r.end));
+        }
+        if self.runs().nth(32).is_some() {
+            l.entry(&format_args!("…"));
+        }
+        l.finish()?;
+        write!(f, " ({} pages)", self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ps: usize, segs: &[(usize, usize, &[usize])]) -> DirtySet {
+        let segments = segs
+            .iter()
+            .map(|&(start, pages, dirty)| {
+                let mut s = Segment::new(start, pages);
+                for &p in dirty {
+                    s.bits.set(p, true);
+                }
+                s
+            })
+            .collect();
+        DirtySet::from_segments(ps, segments)
+    }
+
+    #[test]
+    fn runs_coalesce_within_and_across_segments() {
+        let s = set(
+            0x1000,
+            &[(0x10000, 4, &[0, 1, 3]), (0x14000, 2, &[0]), (0x20000, 1, &[0])],
+        );
+        let runs: Vec<_> = s.runs().collect();
+        assert_eq!(runs, vec![0x10000..0x12000, 0x13000..0x15000, 0x20000..0x21000]);
+        assert_eq!(s.len(), 4);
+        assert!(s.contains(0x13fff) && !s.contains(0x12000) && !s.contains(0x0));
+    }
+
+    #[test]
+    fn union_same_and_different_extents() {
+        let mut a = set(0x1000, &[(0x10000, 70, &[0, 69])]);
+        let b = set(0x1000, &[(0x10000, 70, &[1, 64])]);
+        a.union(&b);
+        assert_eq!(a.pages().count(), 4);
+        let c = set(0x1000, &[(0x8000, 10, &[9]), (0x60000, 2, &[1])]);
+        a.union(&c);
+        let pages: Vec<_> = a.pages().collect();
+        // a: pages 0 and 69 of 0x10000; b: 1 and 64; c: 0x11000 (again) and 0x61000.
+        assert_eq!(pages, vec![0x10000, 0x11000, 0x50000, 0x55000, 0x61000]);
+        assert!(a.contains(0x11000) && a.contains(0x61000) && a.contains(0x10000));
+        assert_eq!(a.len(), 5);
+    }
+
+    #[test]
+    fn insert_range_rounds_to_pages() {
+        let mut s = DirtySet::with_page_size(0x1000);
+        s.insert_range(0x1fff..0x2001);
+        assert_eq!(s.runs().collect::<Vec<_>>(), vec![0x1000..0x3000]);
+        s.insert_range(0x5000..0x6000);
+        s.insert_range(0x3000..0x5000);
+        assert_eq!(s.runs().collect::<Vec<_>>(), vec![0x1000..0x6000]);
+        assert_eq!(s.len(), 5);
+    }
+}

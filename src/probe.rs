@@ -1,0 +1,324 @@
+//! Capability probing: what this kernel and this process can do, found out on throwaway fds.
+//!
+//! `UFFDIO_API` can be called only once per userfaultfd, so probing never touches the fd a
+//! tracker later uses. The result, [`Capabilities`], is public and prints as a short report
+//! saying which modes are available and, for each one that is not, why.
+
+use crate::sys::{self, mem, pagemap, uffd};
+use crate::{Error, Mode};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+/// Where a userfaultfd came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdSource {
+    /// The `userfaultfd(2)` system call.
+    Syscall,
+    /// `/dev/userfaultfd` with `USERFAULTFD_IOC_NEW` (6.1+).
+    DevUserfaultfd,
+}
+
+/// How sync mode makes sure the first write to a never-touched page faults.
+///
+/// Write-protecting a range only protects pages that have a page-table entry; without one of
+/// these, the first write to a page never touched before protection is not seen
+/// (KERNEL-FACTS.md: 22 of 22 lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefault {
+    /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+): the kernel installs markers in empty entries.
+    Unpopulated,
+    /// `madvise(MADV_POPULATE_READ)` (5.14+) before protecting: maps the zero page, no RSS growth.
+    PopulateRead,
+    /// Read one byte of every page before protecting (5.7–5.13).
+    ReadTouch,
+}
+
+impl Prefault {
+    fn describe(self) -> &'static str {
+        match self {
+            Prefault::Unpopulated => "UFFD_FEATURE_WP_UNPOPULATED (6.4+) protects never-touched pages",
+            Prefault::PopulateRead => "MADV_POPULATE_READ (5.14+) maps never-touched pages before protecting (WP_UNPOPULATED missing)",
+            Prefault::ReadTouch => "one byte of each page is read before protecting (no WP_UNPOPULATED, no MADV_POPULATE_READ)",
+        }
+    }
+}
+
+/// What the running kernel and this process's privileges allow. Print it (`{}`) for a report.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// How a full userfaultfd (one that also handles faults from kernel code) can be had, if at all.
+    pub full_fd: Option<FdSource>,
+    /// Why no full userfaultfd could be had (`None` if one could).
+    pub full_fd_error: Option<String>,
+    /// How a `UFFD_USER_MODE_ONLY` userfaultfd can be had, if at all.
+    pub user_mode_only_fd: Option<FdSource>,
+    /// Why no userfaultfd at all could be had (`None` if one could).
+    pub user_mode_only_fd_error: Option<String>,
+    /// `uffdio_api.features` the kernel offers (`UFFD_FEATURE_*` bits), after any test mask.
+    pub features: u64,
+    /// `uffdio_api.ioctls` (bit `1 << _UFFDIO_*`).
+    pub ioctls: u64,
+    /// `PAGEMAP_SCAN` on `/proc/self/pagemap` works (6.7+).
+    pub pagemap_scan: bool,
+    /// `MADV_POPULATE_READ` works (5.14+).
+    pub madv_populate_read: bool,
+}
+
+fn errno_text(e: &io::Error) -> String {
+    format!("{e}")
+}
+
+impl Capabilities {
+    /// Probes the running kernel. Creates and closes a few userfaultfds and one page of memory.
+    pub fn probe() -> Capabilities {
+        let kernel_release = sys::kernel_release().unwrap_or_else(|_| "unknown".into());
+        let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
+
+        let (full, full_fd_error) = match open_fd(base) {
+            Ok((fd, src)) => (Some((fd, src)), None),
+            Err((sys_err, dev_err)) => (
+                None,
+                Some(format!(
+                    "userfaultfd(2): {}; /dev/userfaultfd: {}",
+                    errno_text(&sys_err),
+                    errno_text(&dev_err)
+                )),
+            ),
+        };
+        let (umo, user_mode_only_fd_error) = match open_fd(base | uffd::UFFD_USER_MODE_ONLY) {
+            Ok((fd, src)) => (Some((fd, src)), None),
+            Err((sys_err, dev_err)) => (
+                None,
+                Some(format!(
+                    "userfaultfd(2, UFFD_USER_MODE_ONLY): {}; /dev/userfaultfd: {}",
+                    errno_text(&sys_err),
+                    errno_text(&dev_err)
+                )),
+            ),
+        };
+
+        let api = full
+            .as_ref()
+            .or(umo.as_ref())
+            .and_then(|(fd, _)| uffd::api(fd.as_fd(), 0).ok());
+
+        Capabilities {
+            kernel_release,
+            full_fd: full.as_ref().map(|(_, s)| *s),
+            full_fd_error,
+            user_mode_only_fd: umo.as_ref().map(|(_, s)| *s),
+            user_mode_only_fd_error,
+            features: api.map_or(0, |a| a.features),
+            ioctls: api.map_or(0, |a| a.ioctls),
+            pagemap_scan: probe_pagemap_scan(),
+            madv_populate_read: probe_populate_read(),
+        }
+    }
+
+    /// The same capabilities with some `UFFD_FEATURE_*` bits hidden (to force fallbacks in tests).
+    pub fn without_features(mut self, mask: u64) -> Capabilities {
+        self.features &= !mask;
+        self
+    }
+
+    /// Whether a feature bit (`sys::uffd::FEATURE_*`) is offered.
+    pub fn has(&self, feature: u64) -> bool {
+        self.features & feature == feature
+    }
+
+    /// Uffd write-protect (5.7+).
+    pub fn write_protect(&self) -> bool {
+        self.has(uffd::FEATURE_PAGEFAULT_FLAG_WP)
+    }
+
+    /// `UFFD_FEATURE_WP_ASYNC` (6.7+).
+    pub fn wp_async(&self) -> bool {
+        self.has(uffd::FEATURE_WP_ASYNC)
+    }
+
+    /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+).
+    pub fn wp_unpopulated(&self) -> bool {
+        self.has(uffd::FEATURE_WP_UNPOPULATED)
+    }
+
+    /// How sync mode protects never-touched pages on this kernel (best available).
+    pub fn prefault(&self) -> Prefault {
+        if self.wp_unpopulated() {
+            Prefault::Unpopulated
+        } else if self.madv_populate_read {
+            Prefault::PopulateRead
+        } else {
+            Prefault::ReadTouch
+        }
+    }
+
+    /// `Ok` if async mode can run here, else the error naming what is missing.
+    pub fn check_async(&self) -> Result<(), Error> {
+        let missing = |feature, since, alternative| Error::UnsupportedKernel {
+            mode: Mode::Async,
+            feature,
+            since,
+            kernel: self.kernel_release.clone(),
+            alternative,
+        };
+        if self.full_fd.is_none() && self.user_mode_only_fd.is_none() {
+            return Err(Error::Permission(format!(
+                "no userfaultfd could be created ({}): the kernel lacks CONFIG_USERFAULTFD, or a seccomp filter or LSM denies it; allow the userfaultfd syscall, or give this user read-write access to /dev/userfaultfd (Linux 6.1+)",
+                self.user_mode_only_fd_error.as_deref().unwrap_or("")
+            )));
+        }
+        if !self.write_protect() {
+            return Err(missing(
+                "userfaultfd write-protect (UFFD_FEATURE_PAGEFAULT_FLAG_WP)",
+                "5.7",
+                "this kernel cannot track writes with userfaultfd at all; upgrade the kernel",
+            ));
+        }
+        if !self.wp_async() {
+            return Err(missing(
+                "UFFD_FEATURE_WP_ASYNC",
+                "6.7",
+                "use Mode::Sync (a monitor thread resolves write faults) or Mode::Auto, or run Linux 6.7 or newer",
+            ));
+        }
+        if !self.pagemap_scan {
+            return Err(missing(
+                "the PAGEMAP_SCAN ioctl on /proc/self/pagemap",
+                "6.7",
+                "use Mode::Sync or Mode::Auto, or run Linux 6.7 or newer (and mount /proc)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` if sync mode can run here, else the error naming what is missing.
+    pub fn check_sync(&self) -> Result<(), Error> {
+        if self.full_fd.is_none() {
+            let why = if self.user_mode_only_fd.is_some() {
+                "only a UFFD_USER_MODE_ONLY userfaultfd can be created, and in sync mode such an fd makes every kernel write into tracked memory (read(2), recvmsg, pread, io_uring) fail with EFAULT"
+            } else {
+                "no userfaultfd can be created at all"
+            };
+            return Err(Error::Permission(format!(
+                "Mode::Sync needs a full userfaultfd, but {why} ({}). Any one of these gives a full fd: run with CAP_SYS_PTRACE, set the sysctl vm.unprivileged_userfaultfd=1, or give this user read-write access to /dev/userfaultfd (Linux 6.1+). Mode::Async works without them on Linux 6.7+",
+                self.full_fd_error.as_deref().unwrap_or("")
+            )));
+        }
+        if !self.write_protect() {
+            return Err(Error::UnsupportedKernel {
+                mode: Mode::Sync,
+                feature: "userfaultfd write-protect (UFFD_FEATURE_PAGEFAULT_FLAG_WP)",
+                since: "5.7",
+                kernel: self.kernel_release.clone(),
+                alternative: "this kernel cannot track writes with userfaultfd; upgrade the kernel",
+            });
+        }
+        Ok(())
+    }
+
+    /// The mode `Mode::Auto` resolves to here: async when possible, else sync.
+    pub fn auto_mode(&self) -> Result<Mode, Error> {
+        match (self.check_async(), self.check_sync()) {
+            (Ok(()), _) => Ok(Mode::Async),
+            (Err(_), Ok(())) => Ok(Mode::Sync),
+            (Err(a), Err(_)) => Err(a),
+        }
+    }
+
+    /// Names of the offered feature bits.
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        uffd::FEATURE_NAMES
+            .iter()
+            .filter(|(bit, _)| self.features & bit != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let src = |s: Option<FdSource>| match s {
+            Some(FdSource::Syscall) => "yes (userfaultfd syscall)",
+            Some(FdSource::DevUserfaultfd) => "yes (/dev/userfaultfd)",
+            None => "no",
+        };
+        writeln!(f, "kernel {}", self.kernel_release)?;
+        writeln!(f, "  full userfaultfd:           {}", src(self.full_fd))?;
+        if let Some(e) = &self.full_fd_error {
+            writeln!(f, "    why not: {e}")?;
+        }
+        writeln!(f, "  user-mode-only userfaultfd: {}", src(self.user_mode_only_fd))?;
+        writeln!(
+            f,
+            "  features {:#x}: {}",
+            self.features,
+            self.feature_names().join(" ")
+        )?;
+        writeln!(
+            f,
+            "  PAGEMAP_SCAN: {}   MADV_POPULATE_READ: {}",
+            if self.pagemap_scan { "yes" } else { "no" },
+            if self.madv_populate_read { "yes" } else { "no" }
+        )?;
+        match self.check_async() {
+            Ok(()) => writeln!(
+                f,
+                "  async mode: available (WP_ASYNC + PAGEMAP_SCAN; kernel resolves write faults)"
+            )?,
+            Err(e) => writeln!(f, "  async mode: unavailable: {e}")?,
+        }
+        match self.check_sync() {
+            Ok(()) => writeln!(
+                f,
+                "  sync mode:  available (monitor thread); never-touched pages: {}",
+                self.prefault().describe()
+            )?,
+            Err(e) => writeln!(f, "  sync mode:  unavailable: {e}")?,
+        }
+        match self.auto_mode() {
+            Ok(m) => write!(f, "  Mode::Auto chooses {m:?}"),
+            Err(_) => write!(f, "  Mode::Auto: no mode available"),
+        }
+    }
+}
+
+/// Opens a userfaultfd with `flags`: the system call first, then `/dev/userfaultfd`.
+/// On failure returns both errors.
+pub(crate) fn open_fd(flags: i32) -> Result<(OwnedFd, FdSource), (io::Error, io::Error)> {
+    match uffd::userfaultfd(flags) {
+        Ok(fd) => Ok((fd, FdSource::Syscall)),
+        Err(sys_err) => match uffd::userfaultfd_from_dev(flags) {
+            Ok(fd) => Ok((fd, FdSource::DevUserfaultfd)),
+            Err(dev_err) => Err((sys_err, dev_err)),
+        },
+    }
+}
+
+fn probe_pagemap_scan() -> bool {
+    let Ok(pm) = File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    // An empty scan: 0 on 6.7+, ENOTTY before.
+    let req = pagemap::ScanRequest {
+        category_mask: pagemap::PAGE_IS_WRITTEN,
+        return_mask: pagemap::PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    let mut out = [pagemap::PageRegion::default(); 1];
+    match pagemap::scan(&pm, &req, &mut out).result {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ENOTTY),
+    }
+}
+
+fn probe_populate_read() -> bool {
+    let ps = sys::page_size();
+    match mem::AnonMapping::new(ps) {
+        Ok(m) => mem::madvise(m.addr(), ps, mem::MADV_POPULATE_READ).is_ok(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,175 @@
+//! Per-range state shared by the tracker, the backends and the monitor thread.
+
+use crate::dirty_set::Segment;
+use crate::tracker::RangeId;
+use bitvec::prelude::*;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
+/// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
+pub(crate) struct AtomicBitmap {
+    words: Box<[AtomicU64]>,
+    bits: usize,
+}
+
+impl AtomicBitmap {
+    pub(crate) fn new(bits: usize) -> AtomicBitmap {
+        AtomicBitmap {
+            words: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            bits,
+        }
+    }
+
+    /// Sets bit `i` (ignored if out of range).
+    pub(crate) fn set(&self, i: usize) {
+        if i < self.bits {
+            self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// Sets bits `[from, to)`.
+    pub(crate) fn set_range(&self, from: usize, to: usize) {
+        let to = to.min(self.bits);
+        let mut i = from;
+        while i < to {
+            let w = i / 64;
+            let lo = i % 64;
+            let hi = (to - w * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            self.words[w].fetch_or(mask, Ordering::AcqRel);
+            i = w * 64 + hi;
+        }
+    }
+
+    /// ORs a bit vector of the same length in.
+    pub(crate) fn or_bits(&self, bits: &BitSlice<u64, Lsb0>) {
+        for i in bits.iter_ones() {
+            self.set(i);
+        }
+    }
+
+    /// Takes every set bit, leaving the bitmap clear, into `out` (ORed).
+    pub(crate) fn take_into(&self, out: &mut BitVec<u64, Lsb0>) {
+        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
+            if w.load(Ordering::Relaxed) != 0 {
+                *o |= w.swap(0, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Copies every set bit into `out` (ORed) without clearing.
+    pub(crate) fn copy_into(&self, out: &mut BitVec<u64, Lsb0>) {
+        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
+            *o |= w.load(Ordering::Acquire);
+        }
+    }
+
+    /// Clears every bit.
+    pub(crate) fn clear(&self) {
+        for w in self.words.iter() {
+            w.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// One registered range.
+pub(crate) struct RangeState {
+    pub(crate) id: RangeId,
+    /// Current start address. Changes only when the monitor follows an `mremap` move, under the
+    /// tracker's `ranges` write lock.
+    pub(crate) start: AtomicUsize,
+    /// Length in bytes (fixed).
+    pub(crate) len: usize,
+    /// Start and end at registration (for error messages).
+    pub(crate) registered_at: usize,
+    /// Pages known dirty that the page tables may not show: sync-mode write faults recorded by
+    /// the monitor, discards seen as `UFFD_EVENT_REMOVE`, and what a failed harvest had already
+    /// taken from the kernel or could not scan. Every collect takes these; every snapshot reads
+    /// them. Marked by any thread with `fetch_or`; never cleared except by a harvest.
+    pub(crate) marks: AtomicBitmap,
+    /// Pages discarded (`UFFD_EVENT_REMOVE`) since the last re-protect. Without
+    /// `WP_UNPOPULATED`, sync mode must populate them again before it re-protects them, or their
+    /// next first write would not fault.
+    pub(crate) discards: AtomicBitmap,
+    /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
+    /// A lost range makes every call that touches it fail with `Error::RangeLost`.
+    pub(crate) lost: Mutex<Option<String>>,
+}
+
+impl RangeState {
+    pub(crate) fn new(id: RangeId, start: usize, len: usize, page_size: usize) -> RangeState {
+        RangeState {
+            id,
+            start: AtomicUsize::new(start),
+            len,
+            registered_at: start,
+            marks: AtomicBitmap::new(len / page_size),
+            discards: AtomicBitmap::new(len / page_size),
+            lost: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn start(&self) -> usize {
+        self.start.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        self.start() + self.len
+    }
+
+    pub(crate) fn pages(&self, page_size: usize) -> usize {
+        self.len / page_size
+    }
+
+    /// An empty result segment for this range at its current address.
+    pub(crate) fn segment(&self, page_size: usize) -> Segment {
+        Segment::new(self.start(), self.pages(page_size))
+    }
+
+    /// A discard of `[from, to)` (absolute): the contents changed, and the pages lost their
+    /// page-table entries.
+    pub(crate) fn mark_discarded(&self, from: usize, to: usize, page_size: usize) {
+        let start = self.start();
+        let (from, to) = (from.max(start), to.min(start + self.len));
+        if from < to {
+            let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
+            self.marks.set_range(a, b);
+            self.discards.set_range(a, b);
+        }
+    }
+
+    /// Marks the range lost (first reason wins) and every page dirty.
+    pub(crate) fn mark_lost(&self, reason: String, page_size: usize) {
+        let mut lost = self.lost.lock();
+        if lost.is_none() {
+            *lost = Some(reason);
+        }
+        self.marks.set_range(0, self.pages(page_size));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_range_spans_words() {
+        for (from, to) in [(0, 1), (3, 64), (0, 64), (63, 65), (5, 200), (64, 128), (0, 130)] {
+            let b = AtomicBitmap::new(130);
+            b.set_range(from, to);
+            let mut out = bitvec![u64, Lsb0; 0; 130];
+            b.take_into(&mut out);
+            let ones: Vec<usize> = out.iter_ones().collect();
+            let want: Vec<usize> = (from..to.min(130)).collect();
+            assert_eq!(ones, want, "{from}..{to}");
+            let mut again = bitvec![u64, Lsb0; 0; 130];
+            b.take_into(&mut again);
+            assert!(again.not_any(), "take clears");
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! [`Tracker`], its builder, and range handles.
+
+use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
+use crate::core::{Core, Harvest};
+use crate::dirty_set::{DirtySet, Segment};
+use crate::probe::{self, Capabilities, Prefault};
+use crate::range::RangeState;
+use crate::sys::{self, maps, mem, uffd};
+use crate::Error;
+use parking_lot::{Mutex, RwLock};
+use std::fmt;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+/// How write faults are resolved.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Async when the kernel has it (6.7+), else sync.
+    #[default]
+    Auto,
+    /// `UFFD_FEATURE_WP_ASYNC` + `PAGEMAP_SCAN` (Linux 6.7+): the kernel resolves write faults
+    /// itself; a collect is one page-table walk. No thread, no blocked writer.
+    Async,
+    /// A monitor thread records each first write after a collect and lets it through
+    /// (Linux 5.7+). Costs a round trip per first write; needs a full (not user-mode-only)
+    /// userfaultfd.
+    Sync,
+}
+
+/// What to do about transparent huge pages in registered ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Thp {
+    /// Leave THP as the system and the mapping have it. A first write to a protected huge page
+    /// splits it; dirty pages are still reported at base-page granularity.
+    #[default]
+    Leave,
+    /// `madvise(MADV_NOHUGEPAGE)` each range on register, so it is never collapsed into huge
+    /// pages (no splits on first write; `MADV_COLLAPSE` fails on protected ranges anyway).
+    Disable,
+}
+
+/// A registered range. `Copy`, cheap, and only meaningful to the tracker that returned it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RangeId(pub(crate) u64);
+
+impl fmt::Debug for RangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RangeId({})", self.0)
+    }
+}
+
+/// Where a registered range lives now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeInfo {
+    /// The range.
+    pub id: RangeId,
+    /// Its current start address (it changes when `mremap` moves the memory).
+    pub addr: usize,
+    /// Its length in bytes.
+    pub len: usize,
+    /// Its start address when it was registered.
+    pub registered_addr: usize,
+    /// `Some(reason)` when its registration vanished; see [`Error::RangeLost`].
+    pub lost: Option<String>,
+}
+
+/// Configures and builds a [`Tracker`].
+///
+/// ```no_run
+/// use dirtytrack::{Mode, Tracker};
+/// # fn main() -> Result<(), dirtytrack::Error> {
+/// let tracker = Tracker::builder().mode(Mode::Async).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TrackerBuilder {
+    mode: Mode,
+    prefault: Option<Prefault>,
+    hidden_features: u64,
+    thp: Thp,
+}
+
+impl TrackerBuilder {
+    /// The mode to use (default [`Mode::Auto`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Forces sync mode's never-touched-page strategy instead of the best the kernel has.
+    /// Asking for one the kernel lacks is an error at `build`.
+    pub fn prefault(mut self, prefault: Prefault) -> Self {
+        self.prefault = Some(prefault);
+        self
+    }
+
+    /// Pretends the kernel lacks these `UFFD_FEATURE_*` bits (see [`crate::features`]); for
+    /// testing fallbacks (e.g. hide `WP_UNPOPULATED` to exercise the sync prefault paths).
+    pub fn hide_features(mut self, features: u64) -> Self {
+        self.hidden_features |= features;
+        self
+    }
+
+    /// What to do about transparent huge pages (default [`Thp::Leave`]).
+    pub fn thp(mut self, thp: Thp) -> Self {
+        self.thp = thp;
+        self
+    }
+
+    /// Probes the kernel, opens the userfaultfd and starts the monitor thread.
+    pub fn build(self) -> Result<Tracker, Error> {
+        let caps = Capabilities::probe().without_features(self.hidden_features);
+        let mode = match self.mode {
+            Mode::Auto => caps.auto_mode()?,
+            Mode::Async => caps.check_async().map(|()| Mode::Async)?,
+            Mode::Sync => caps.check_sync().map(|()| Mode::Sync)?,
+        };
+        let prefault = match mode {
+            Mode::Sync => self.prefault.unwrap_or_else(|| caps.prefault()),
+            _ => Prefault::Unpopulated,
+        };
+        if mode == Mode::Sync {
+            check_prefault(&caps, prefault)?;
+        }
+        let events = caps.features & backend::EVENT_FEATURES;
+        let shmem_hugetlb = caps.features & uffd::FEATURE_WP_HUGETLBFS_SHMEM;
+        let (flags, features) = match mode {
+            Mode::Sync => (sync_wp::FD_FLAGS, sync_wp::features(prefault)),
+            _ => (async_wp::FD_FLAGS, async_wp::FEATURES),
+        };
+        let (fd, _) = probe::open_fd(flags).map_err(|(sys_err, dev_err)| {
+            match sys_err.raw_os_error() {
+                Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                    Error::from_kernel("creating the userfaultfd", sys_err)
+                }
+                _ => Error::Permission(format!(
+                    "could not create the userfaultfd for {mode:?} mode (userfaultfd(2): {sys_err}; /dev/userfaultfd: {dev_err}); see Tracker::capabilities() or Capabilities::probe() for what this process can do"
+                )),
+            }
+        })?;
+        uffd::api(fd.as_fd(), features | events | shmem_hugetlb)
+            .map_err(|e| Error::from_kernel("UFFDIO_API", e))?;
+        let scanner = match mode {
+            Mode::Sync => None,
+            _ => Some(
+                async_wp::Scanner::open()
+                    .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
+            ),
+        };
+        let core = Arc::new(Core {
+            mode,
+            caps,
+            page_size: sys::page_size(),
+            prefault,
+            no_thp: self.thp == Thp::Disable,
+            owner_pid: sys::getpid(),
+            uffd: fd,
+            harvest: Mutex::new(Harvest { scanner }),
+            registry: Mutex::new(0),
+            ranges: RwLock::new(Vec::new()),
+            batch: Mutex::new(()),
+            poisoned: Mutex::new(None),
+        });
+        let monitor = Monitor::start(core.clone())
+            .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
+        Ok(Tracker {
+            core,
+            monitor: Some(monitor),
+        })
+    }
+}
+
+fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
+    let missing = |feature, since| Error::UnsupportedKernel {
+        mode: Mode::Sync,
+        feature,
+        since,
+        kernel: caps.kernel_release.clone(),
+        alternative: "choose another Prefault, or leave the default (the best the kernel has)",
+    };
+    match p {
+        Prefault::Unpopulated if !caps.wp_unpopulated() => {
+            Err(missing("UFFD_FEATURE_WP_UNPOPULATED", "6.4"))
+        }
+        Prefault::PopulateRead if !caps.madv_populate_read => {
+            Err(missing("MADV_POPULATE_READ", "5.14"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Tracks which pages of registered ranges of this process's memory were written.
+///
+/// `Send + Sync`: every method takes `&self` and may be called from any thread. Collects,
+/// snapshots, clears and unregisters run one at a time; registers run one at a time.
+///
+/// The promise: a page written after `register`, `clear` or `collect` number N returns is
+/// reported by collect N+1 or a later one (it may also be reported by collect N if the write raced
+/// it). Private anonymous pages that were not written are not reported, except after a discard
+/// (`MADV_DONTNEED`: the contents changed). The README's tracking contract lists every kind of
+/// memory and change, and what is and is not seen.
+///
+/// One tracker per process is the supported setup: any userfaultfd of the process can change the
+/// write-protection of memory registered to another (the kernel has no owner check).
+///
+/// ```no_run
+/// use dirtytrack::Tracker;
+/// # fn main() -> Result<(), dirtytrack::Error> {
+/// let mut buf = vec![0u8; 64 * dirtytrack::page_size()];
+/// # let buf = buf.as_mut_ptr(); // real code registers page-aligned memory it mapped itself
+/// let tracker = Tracker::new()?;
+/// let id = tracker.register(buf, 64 * dirtytrack::page_size())?;
+/// // ... the program writes ...
+/// let dirty = tracker.collect()?;
+/// for run in dirty.runs() {
+///     println!("{:#x}..{:#x} changed", run.start, run.end);
+/// }
+/// tracker.unregister(id)?;
+/// # Ok(()) }
+/// ```
+pub struct Tracker {
+    core: Arc<Core>,
+    monitor: Option<Monitor>,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("mode", &self.core.mode)
+            .field("ranges", &self.core.ranges.read().len())
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// A tracker in [`Mode::Auto`].
+    pub fn new() -> Result<Tracker, Error> {
+        Tracker::builder().build()
+    }
+
+    /// A builder to choose the mode and options.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder::default()
+    }
+
+    /// The mode in use: `Async` or `Sync`, never `Auto`.
+    pub fn mode(&self) -> Mode {
+        self.core.mode
+    }
+
+    /// What the kernel offered when the tracker was built, and why this mode was chosen.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.core.caps
+    }
+
+    /// Sync mode's never-touched-page strategy (`Unpopulated` in async mode).
+    pub fn prefault(&self) -> Prefault {
+        self.core.prefault
+    }
+
+    /// Starts tracking `[addr, addr + len)`, which must be page aligned and fully mapped. Every
+    /// page counts as clean when this returns.
+    ///
+    /// Registration write-protects the range; in sync mode (without `WP_UNPOPULATED`) it first
+    /// populates it for reading. Registering never changes the memory's contents.
+    ///
+    /// Errors: [`Error::Unaligned`], [`Error::ZeroLength`], [`Error::AddressOverflow`],
+    /// [`Error::NotMapped`], [`Error::Overlap`], [`Error::OwnedByAnotherUserfaultfd`],
+    /// [`Error::MappingNotSupported`], [`Error::ResourceExhausted`].
+    ///
+    /// In sync mode, do not register memory that the allocator or the tracker itself writes
+    /// (e.g. pages of the malloc heap): the monitor thread could then fault on its own memory.
+    pub fn register(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
+        self.core.check_usable()?;
+        let core = &*self.core;
+        let ps = core.page_size;
+        let start = addr as usize;
+        if start % ps != 0 {
+            return Err(Error::Unaligned {
+                what: "address",
+                value: start,
+                page_size: ps,
+            });
+        }
+        if len == 0 {
+            return Err(Error::ZeroLength { addr: start });
+        }
+        if len % ps != 0 {
+            return Err(Error::Unaligned {
+                what: "length",
+                value: len,
+                page_size: ps,
+            });
+        }
+        let end = start
+            .checked_add(len)
+            .ok_or(Error::AddressOverflow { addr: start, len })?;
+
+        let mut next_id = core.registry.lock();
+        if let Some(r) = core
+            .ranges
+            .read()
+            .iter()
+            .find(|r| r.start() < end && start < r.end())
+        {
+            return Err(Error::Overlap {
+                start,
+                end,
+                existing: r.id,
+                existing_start: r.start(),
+                existing_end: r.end(),
+            });
+        }
+        let vmas = maps::vmas_in(start, end)
+            .map_err(|e| Error::from_kernel("reading /proc/self/maps", e))?;
+        if let Some(hole) = maps::first_hole(&vmas, start, end) {
+            return Err(Error::NotMapped { start, end, hole });
+        }
+        if core.no_thp {
+            // Best effort: hugetlbfs mappings reject it and need no THP policy.
+            let _ = mem::madvise(start, len, mem::MADV_NOHUGEPAGE);
+        }
+        let ioctls = uffd::register(core.uffd.as_fd(), start, len, uffd::REGISTER_MODE_WP)
+            .map_err(|e| register_error(core, start, end, &vmas, e))?;
+        let unregister = || {
+            let _ = uffd::unregister(core.uffd.as_fd(), start, len);
+        };
+        if ioctls & (1 << uffd::NR_WRITEPROTECT) == 0 {
+            unregister();
+            return Err(Error::MappingNotSupported {
+                start,
+                end,
+                mapping: describe(&vmas),
+                mode: core.mode,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                hint: "the kernel does not offer UFFDIO_WRITEPROTECT on this mapping; shmem and hugetlbfs need UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19+)",
+            });
+        }
+        *next_id += 1;
+        let id = RangeId(*next_id);
+        let state = Arc::new(RangeState::new(id, start, len, ps));
+        // Visible to the monitor before any page is protected, so no fault finds no range.
+        core.ranges.write().push(state.clone());
+        let armed = sync_wp::prefault(core.prefault, start, len, ps)
+            .map_err(|e| ("populating the range before protecting it", e))
+            .and_then(|()| {
+                core.writeprotect(start, len, uffd::WRITEPROTECT_MODE_WP)
+                    .map_err(|e| ("UFFDIO_WRITEPROTECT", e))
+            });
+        if let Err((op, e)) = armed {
+            core.ranges.write().retain(|r| r.id != id);
+            unregister();
+            return Err(Error::from_kernel(op, e));
+        }
+        Ok(id)
+    }
+
+    /// Stops tracking a range: un-protects it and forgets its pending dirty pages. A lost range
+    /// (see [`Error::RangeLost`]) is unregistered the same way.
+    pub fn unregister(&self, id: RangeId) -> Result<(), Error> {
+        self.core.check_usable()?;
+        let core = &*self.core;
+        let _harvest = core.harvest.lock();
+        let _registry = core.registry.lock();
+        let r = {
+            let mut ranges = core.ranges.write();
+            let i = ranges
+                .iter()
+                .position(|r| r.id == id)
+                .ok_or(Error::UnknownRange(id))?;
+            ranges.remove(i)
+        };
+        match uffd::unregister(core.uffd.as_fd(), r.start(), r.len) {
+            Ok(()) => Ok(()),
+            // Already gone from the kernel's side: unmapped or replaced.
+            Err(_) if r.lost.lock().is_some() => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+                Ok(())
+            }
+            Err(e) => Err(Error::from_kernel("UFFDIO_UNREGISTER", e)),
+        }
+    }
+
+    /// The pages written since the last collect or clear (or register), in all ranges; resets
+    /// them, atomically per page: a write racing the collect is reported by this collect or the
+    /// next, never by neither.
+    ///
+    /// On error nothing is lost: what was already taken from the kernel is reported (as dirty)
+    /// by the next successful collect.
+    pub fn collect(&self) -> Result<DirtySet, Error> {
+        self.harvest(None, Kind::Collect)
+    }
+
+    /// The pages written since the last collect or clear, without resetting anything.
+    pub fn snapshot(&self) -> Result<DirtySet, Error> {
+        self.harvest(None, Kind::Snapshot)
+    }
+
+    /// Resets every range to clean without reporting.
+    pub fn clear(&self) -> Result<(), Error> {
+        self.harvest(None, Kind::Clear).map(drop)
+    }
+
+    /// [`Tracker::collect`] for one range.
+    pub fn collect_range(&self, id: RangeId) -> Result<DirtySet, Error> {
+        self.harvest(Some(id), Kind::Collect)
+    }
+
+    /// [`Tracker::snapshot`] for one range.
+    pub fn snapshot_range(&self, id: RangeId) -> Result<DirtySet, Error> {
+        self.harvest(Some(id), Kind::Snapshot)
+    }
+
+    /// [`Tracker::clear`] for one range.
+    pub fn clear_range(&self, id: RangeId) -> Result<(), Error> {
+        self.harvest(Some(id), Kind::Clear).map(drop)
+    }
+
+    /// Where a range lives now (after `mremap` its address changes) and whether it is lost.
+    pub fn range(&self, id: RangeId) -> Result<RangeInfo, Error> {
+        self.core.check_usable()?;
+        self.core.barrier();
+        let ranges = self.core.ranges.read();
+        let r = ranges
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or(Error::UnknownRange(id))?;
+        Ok(info(r))
+    }
+
+    /// Every registered range, in registration order.
+    pub fn ranges(&self) -> Vec<RangeInfo> {
+        self.core.barrier();
+        self.core.ranges.read().iter().map(|r| info(r)).collect()
+    }
+
+    fn harvest(&self, only: Option<RangeId>, kind: Kind) -> Result<DirtySet, Error> {
+        self.core.check_usable()?;
+        let core = &*self.core;
+        let mut h = core.harvest.lock();
+        let ranges: Vec<Arc<RangeState>> = match only {
+            None => core.ranges.read().clone(),
+            Some(id) => vec![core
+                .ranges
+                .read()
+                .iter()
+                .find(|r| r.id == id)
+                .cloned()
+                .ok_or(Error::UnknownRange(id))?],
+        };
+        let mut done: Vec<(&Arc<RangeState>, Segment)> = Vec::with_capacity(ranges.len());
+        let mut failure = None;
+        for r in &ranges {
+            let seg = match core.mode {
+                crate::Mode::Sync => sync_wp::harvest(core, r, kind),
+                _ => match h.scanner.as_mut() {
+                    Some(scanner) => async_wp::harvest(core, scanner, r, kind),
+                    None => Err(Error::Poisoned("async mode without a scanner".into())),
+                },
+            };
+            match seg {
+                Ok(seg) => done.push((r, seg)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            // The monitor may have died during the harvest: then the marks are incomplete.
+            if let Some(reason) = core.poisoned.lock().as_ref() {
+                failure = Some(Error::Poisoned(reason.clone()));
+            }
+        }
+        if let Some(e) = failure {
+            if kind == Kind::Collect {
+                // Nothing lost: what the other ranges yielded goes back to their marks.
+                for (r, seg) in &done {
+                    r.marks.or_bits(&seg.bits);
+                }
+            }
+            return Err(e);
+        }
+        Ok(DirtySet::from_segments(
+            core.page_size,
+            done.into_iter().map(|(_, s)| s).collect(),
+        ))
+    }
+}
+
+fn info(r: &RangeState) -> RangeInfo {
+    RangeInfo {
+        id: r.id,
+        addr: r.start(),
+        len: r.len,
+        registered_addr: r.registered_at,
+        lost: r.lost.lock().clone(),
+    }
+}
+
+fn describe(vmas: &[maps::Vma]) -> String {
+    let kinds: Vec<String> = vmas
+        .iter()
+        .map(|v| {
+            let sharing = if v.is_shared() { "shared" } else { "private" };
+            match (v.is_file_backed(), v.path.as_str()) {
+                (false, "") => format!("{sharing} anonymous"),
+                (false, p) => format!("{sharing} anonymous {p}"),
+                (true, p) => format!("{sharing} file mapping {p}"),
+            }
+        })
+        .collect();
+    kinds.join(", ")
+}
+
+fn register_error(
+    core: &Core,
+    start: usize,
+    end: usize,
+    vmas: &[maps::Vma],
+    e: std::io::Error,
+) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EBUSY) => Error::OwnedByAnotherUserfaultfd { start, end },
+        Some(libc::ENOMEM) | Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            Error::from_kernel("UFFDIO_REGISTER", e)
+        }
+        Some(libc::EINVAL) => {
+            // Unmapped since we looked?
+            if let Ok(now) = maps::vmas_in(start, end) {
+                if let Some(hole) = maps::first_hole(&now, start, end) {
+                    return Error::NotMapped { start, end, hole };
+                }
+            }
+            let hugetlb = vmas.iter().any(|v| v.path.contains("hugepage") || v.path.starts_with("/dev/hugepages"));
+            let file = vmas.iter().any(|v| v.is_file_backed());
+            let hint = if hugetlb {
+                "hugetlbfs ranges must start and end on a huge-page boundary (usually 2 MiB)"
+            } else if file && core.mode == crate::Mode::Sync {
+                "sync mode tracks anonymous, shmem/memfd and hugetlbfs memory only; use Mode::Async (Linux 6.7+) for regular file mappings"
+            } else {
+                "this kind of mapping cannot be write-protected by userfaultfd (e.g. VM_DROPPABLE, VM_PFNMAP/IO memory, or a file system without support)"
+            };
+            Error::MappingNotSupported {
+                start,
+                end,
+                mapping: describe(vmas),
+                mode: core.mode,
+                source: e,
+                hint,
+            }
+        }
+        _ => Error::from_kernel("UFFDIO_REGISTER", e),
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if sys::getpid() != self.core.owner_pid {
+            // A fork child: the monitor thread does not exist here; the parent owns the tracking.
+            if let Some(m) = self.monitor.as_mut() {
+                m.abandon();
+            }
+            return;
+        }
+        // Un-protect everything first, so no writer waits on a monitor that is about to stop.
+        for r in self.core.ranges.write().drain(..) {
+            let _ = uffd::unregister(self.core.uffd.as_fd(), r.start(), r.len);
+        }
+        if let Some(mut m) = self.monitor.take() {
+            m.stop();
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The one test oracle every test uses: a shadow copy of tracked memory, compared page by page
+//! with what the tracker reports; plus mode parameterisation and the documented skip rule.
+//!
+//! - Every page whose bytes differ from the shadow must be in the reported set (no lost write).
+//! - For exact memory (private anonymous, only user writes that change bytes), no page outside
+//!   the changed set may be reported either (no over-report).
+//!
+//! Skips: a test that cannot run here (mode unsupported by the kernel, no hugetlb pages, ...)
+//! prints `DIRTYTRACK-SKIP: <test>: <reason>` and FAILS, unless the environment variable
+//! `DIRTYTRACK_ALLOW_SKIP=1` is set, in which case it passes after printing the line.
+#![allow(dead_code)]
+
+use dirtytrack::{DirtySet, Error, Mode, Tracker, TrackerBuilder};
+use std::ptr;
+
+/// Generates one `#[test]` per mode: `name::async_mode` and `name::sync_mode`, each calling
+/// `body(mode)`.
+#[macro_export]
+macro_rules! per_mode {
+    ($(#[$attr:meta])* fn $name:ident($mode:ident: Mode) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$attr])*
+            fn run($mode: dirtytrack::Mode) $body
+            #[test]
+            fn async_mode() { run(dirtytrack::Mode::Async) }
+            #[test]
+            fn sync_mode() { run(dirtytrack::Mode::Sync) }
+        }
+    };
+}
+
+pub fn page() -> usize {
+    dirtytrack::page_size()
+}
+
+/// Reports a skip; panics unless `DIRTYTRACK_ALLOW_SKIP=1`.
+pub fn skip(reason: &str) {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("?")
+        .to_string();
+    eprintln!("DIRTYTRACK-SKIP: {name}: {reason}");
+    if std::env::var("DIRTYTRACK_ALLOW_SKIP").as_deref() != Ok("1") {
+        panic!("cannot run here: {reason} (set DIRTYTRACK_ALLOW_SKIP=1 to allow skipping)");
+    }
+}
+
+/// A tracker in `mode`, or `None` after reporting a skip when the kernel cannot run that mode.
+pub fn tracker(mode: Mode) -> Option<Tracker> {
+    tracker_with(Tracker::builder().mode(mode))
+}
+
+pub fn tracker_with(b: TrackerBuilder) -> Option<Tracker> {
+    match b.build() {
+        Ok(t) => {
+            eprintln!("DIRTYTRACK-MODE: {:?}", t.mode());
+            Some(t)
+        }
+        Err(e @ (Error::UnsupportedKernel { .. } | Error::Permission(_))) => {
+            skip(&e.to_string());
+            None
+        }
+        Err(e) => panic!("Tracker::build failed: {e}"),
+    }
+}
+
+/// An anonymous (or other) mapping with a shadow copy of its bytes.
+pub struct Region {
+    pub addr: usize,
+    pub len: usize,
+    shadow: Vec<u8>,
+    owned: bool,
+}
+
+// The region's memory is only touched through volatile raw-pointer accesses.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// `pages` pages of private anonymous memory, never touched.
+    pub fn anon(pages: usize) -> Region {
+        Region::mmap(pages, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1)
+    }
+
+    pub fn mmap(pages: usize, flags: i32, fd: i32) -> Region {
+        let len = pages * page();
+        // SAFETY: a fresh mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0)
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        Region { addr: p as usize, len, shadow: vec![0; len], owned: true }
+    }
+
+    /// Wraps memory the test manages itself (not unmapped on drop).
+    pub fn borrowed(addr: usize, len: usize) -> Region {
+        let mut r = Region { addr, len, shadow: vec![0; len], owned: false };
+        r.rebase();
+        r
+    }
+
+    pub fn pages(&self) -> usize {
+        self.len / page()
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    pub fn page_addr(&self, i: usize) -> usize {
+        assert!(i < self.pages());
+        self.addr + i * page()
+    }
+
+    /// Writes `v` at byte `off` of page `i`.
+    pub fn write(&self, i: usize, off: usize, v: u8) {
+        // SAFETY: inside the mapping; volatile because other threads and the kernel also access it.
+        unsafe { ptr::write_volatile((self.page_addr(i) + off) as *mut u8, v) }
+    }
+
+    /// Changes page `i` (increments its first byte).
+    pub fn touch(&self, i: usize) {
+        let v = self.read(i, 0);
+        self.write(i, 0, v.wrapping_add(1));
+    }
+
+    pub fn read(&self, i: usize, off: usize) -> u8 {
+        // SAFETY: inside the mapping.
+        unsafe { ptr::read_volatile((self.page_addr(i) + off) as *const u8) }
+    }
+
+    /// The shadow takes the current contents (after a clear or collect).
+    pub fn rebase(&mut self) {
+        // SAFETY: the mapping is readable and `len` long.
+        let now = unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) };
+        self.shadow.copy_from_slice(now);
+    }
+
+    /// Pages whose bytes differ from the shadow.
+    pub fn changed(&self) -> Vec<usize> {
+        // SAFETY: as in `rebase`.
+        let now = unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) };
+        (0..self.pages())
+            .filter(|&i| {
+                let r = i * page()..(i + 1) * page();
+                now[r.clone()] != self.shadow[r]
+            })
+            .collect()
+    }
+
+    /// The oracle: every changed page is in `dirty`; with `exact`, nothing else in this region is.
+    /// Then the shadow takes the current contents. Returns (changed, reported) counts.
+    pub fn check(&mut self, dirty: &DirtySet, exact: bool) -> (usize, usize) {
+        let changed = self.changed();
+        let lost: Vec<usize> = changed
+            .iter()
+            .copied()
+            .filter(|&i| !dirty.contains(self.page_addr(i)))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "LOST WRITES: {} of {} changed pages not reported (first: page {:?})",
+            lost.len(),
+            changed.len(),
+            &lost[..lost.len().min(8)]
+        );
+        let reported: Vec<usize> = dirty
+            .pages()
+            .filter(|&a| a >= self.addr && a < self.addr + self.len)
+            .map(|a| (a - self.addr) / page())
+            .collect();
+        if exact {
+            let over: Vec<usize> =
+                reported.iter().copied().filter(|i| !changed.contains(i)).collect();
+            assert!(
+                over.is_empty(),
+                "over-reported {} pages that did not change (first: {:?})",
+                over.len(),
+                &over[..over.len().min(8)]
+            );
+        }
+        self.rebase();
+        (changed.len(), reported.len())
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: we mapped it.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        }
+    }
+}
