@@ -27,6 +27,7 @@ use crate::{Error, Mode};
 use parking_lot::{Mutex, RwLock};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub(crate) struct Core {
@@ -52,6 +53,8 @@ pub(crate) struct Core {
     pub(crate) batch: Mutex<()>,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
     pub(crate) poisoned: Mutex<Option<String>>,
+    /// Test hook: the monitor panics when it next wakes up.
+    pub(crate) test_panic: AtomicBool,
 }
 
 /// What the harvest lock owns.
@@ -82,6 +85,15 @@ impl Core {
         }
     }
 
+    /// Un-registers `[start, start + len)` and wakes every writer blocked in a fault there.
+    /// `UFFDIO_UNREGISTER` alone wakes only MISSING-mode waiters, not write-protect ones: a
+    /// writer blocked in a WP fault would otherwise hang forever once no monitor serves it.
+    pub(crate) fn release(&self, start: usize, len: usize) -> io::Result<()> {
+        let res = uffd::unregister(self.uffd.as_fd(), start, len);
+        let _ = uffd::wake(self.uffd.as_fd(), start, len);
+        res
+    }
+
     /// Fails if this process is not the tracker's owner or the monitor died.
     pub(crate) fn check_usable(&self) -> Result<(), Error> {
         let current = crate::sys::getpid();
@@ -97,6 +109,16 @@ impl Core {
         Ok(())
     }
 
+    /// Stops tracking `r` for good (unregister, drop): a live snapshot of it can no longer be
+    /// consistent once its pages are un-protected.
+    pub(crate) fn retire(&self, r: &RangeState, why: &str) {
+        let _batch = self.batch.lock();
+        if let Some(cow) = r.cow.lock().as_ref() {
+            cow.disturbed(0, r.pages(self.page_size), why);
+        }
+        r.mark_lost(format!("{why} it"), self.page_size);
+    }
+
     /// Marks the tracker poisoned and un-registers every range so that no writer stays blocked.
     pub(crate) fn poison(&self, reason: String) {
         {
@@ -107,7 +129,11 @@ impl Core {
         }
         for r in self.ranges.read_recursive().iter() {
             r.mark_lost("the tracker was poisoned".into(), self.page_size);
-            let _ = uffd::unregister(self.uffd.as_fd(), r.start(), r.len);
+            let _ = self.release(r.start(), r.len);
         }
+        // An event blocks the thread that caused it until it is read: read and drop whatever is
+        // queued, so no thread stays blocked (no new event can come: nothing is registered).
+        let mut msgs = [uffd::UffdMsg::default(); 16];
+        while matches!(uffd::read_msgs(self.uffd.as_fd(), &mut msgs), Ok(n) if n > 0) {}
     }
 }

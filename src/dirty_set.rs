@@ -268,10 +268,17 @@ mod tests {
     fn runs_coalesce_within_and_across_segments() {
         let s = set(
             0x1000,
-            &[(0x10000, 4, &[0, 1, 3]), (0x14000, 2, &[0]), (0x20000, 1, &[0])],
+            &[
+                (0x10000, 4, &[0, 1, 3]),
+                (0x14000, 2, &[0]),
+                (0x20000, 1, &[0]),
+            ],
         );
         let runs: Vec<_> = s.runs().collect();
-        assert_eq!(runs, vec![0x10000..0x12000, 0x13000..0x15000, 0x20000..0x21000]);
+        assert_eq!(
+            runs,
+            vec![0x10000..0x12000, 0x13000..0x15000, 0x20000..0x21000]
+        );
         assert_eq!(s.len(), 4);
         assert!(s.contains(0x13fff) && !s.contains(0x12000) && !s.contains(0x0));
     }

@@ -121,7 +121,9 @@ pub enum Error {
     },
 
     /// The `RangeId` is not (or no longer) registered with this tracker.
-    #[error("{0:?} is not registered with this tracker (already unregistered, or from another tracker)")]
+    #[error(
+        "{0:?} is not registered with this tracker (already unregistered, or from another tracker)"
+    )]
     UnknownRange(RangeId),
 
     /// The registration of a range vanished under the tracker: the memory was unmapped, replaced
@@ -151,6 +153,28 @@ pub enum Error {
     /// The tracker's monitor thread died; tracking state is unknown, so the tracker refuses work.
     #[error("the tracker is poisoned: {0}. All ranges were un-protected so no writer hangs; treat every tracked page as changed and create a new Tracker")]
     Poisoned(String),
+
+    /// A live snapshot could not produce a consistent copy.
+    #[error("the live snapshot of {id:?} is not consistent: {reason}. Nothing was lost from dirty tracking; take the snapshot again")]
+    LiveSnapshotFailed {
+        /// The range.
+        id: RangeId,
+        /// What happened.
+        reason: String,
+    },
+
+    /// The operation needs another mode.
+    #[error("{what} needs Mode::Sync (this tracker runs in {mode:?} mode): build a tracker with Tracker::builder().mode(Mode::Sync)")]
+    NeedsSyncMode {
+        /// The operation.
+        what: &'static str,
+        /// The tracker's mode.
+        mode: crate::Mode,
+    },
+
+    /// A live snapshot of the range is already running.
+    #[error("a live snapshot of {0:?} is already in progress: wait for it first")]
+    SnapshotInProgress(RangeId),
 
     /// A kernel call failed in a way the library has no better name for.
     #[error("{op} failed: {source}")]

@@ -35,6 +35,7 @@ mod backend;
 mod core;
 mod dirty_set;
 mod error;
+mod live;
 pub mod probe;
 mod range;
 #[allow(missing_docs)]
@@ -43,6 +44,7 @@ mod tracker;
 
 pub use dirty_set::DirtySet;
 pub use error::Error;
+pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::{Capabilities, FdSource, Prefault};
 pub use tracker::{Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
 
@@ -61,6 +63,3 @@ pub fn page_size() -> usize {
     static PS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PS.get_or_init(sys::page_size)
 }
-
-#[doc(hidden)]
-pub use backend::monitor::PANIC_ON_NEXT_BATCH as __PANIC_MONITOR_ON_NEXT_BATCH;

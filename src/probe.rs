@@ -66,6 +66,8 @@ pub struct Capabilities {
     pub pagemap_scan: bool,
     /// `MADV_POPULATE_READ` works (5.14+).
     pub madv_populate_read: bool,
+    /// errno of the failed attempt to create any userfaultfd (to tell `EMFILE` from `EPERM`).
+    pub(crate) open_errno: Option<i32>,
 }
 
 fn errno_text(e: &io::Error) -> String {
@@ -89,6 +91,7 @@ impl Capabilities {
                 )),
             ),
         };
+        let mut open_errno = None;
         let (umo, user_mode_only_fd_error) = match open_fd(base | uffd::UFFD_USER_MODE_ONLY) {
             Ok((fd, src)) => (Some((fd, src)), None),
             Err((sys_err, dev_err)) => (
@@ -97,7 +100,8 @@ impl Capabilities {
                     "userfaultfd(2, UFFD_USER_MODE_ONLY): {}; /dev/userfaultfd: {}",
                     errno_text(&sys_err),
                     errno_text(&dev_err)
-                )),
+                ))
+                .inspect(|_| open_errno = sys_err.raw_os_error()),
             ),
         };
 
@@ -116,6 +120,7 @@ impl Capabilities {
             ioctls: api.map_or(0, |a| a.ioctls),
             pagemap_scan: probe_pagemap_scan(),
             madv_populate_read: probe_populate_read(),
+            open_errno,
         }
     }
 
@@ -166,6 +171,12 @@ impl Capabilities {
             alternative,
         };
         if self.full_fd.is_none() && self.user_mode_only_fd.is_none() {
+            if let Some(e @ (libc::EMFILE | libc::ENFILE)) = self.open_errno {
+                return Err(Error::from_kernel(
+                    "creating a userfaultfd",
+                    io::Error::from_raw_os_error(e),
+                ));
+            }
             return Err(Error::Permission(format!(
                 "no userfaultfd could be created ({}): the kernel lacks CONFIG_USERFAULTFD, or a seccomp filter or LSM denies it; allow the userfaultfd syscall, or give this user read-write access to /dev/userfaultfd (Linux 6.1+)",
                 self.user_mode_only_fd_error.as_deref().unwrap_or("")
@@ -198,6 +209,12 @@ impl Capabilities {
     /// `Ok` if sync mode can run here, else the error naming what is missing.
     pub fn check_sync(&self) -> Result<(), Error> {
         if self.full_fd.is_none() {
+            if let Some(e @ (libc::EMFILE | libc::ENFILE)) = self.open_errno {
+                return Err(Error::from_kernel(
+                    "creating a userfaultfd",
+                    io::Error::from_raw_os_error(e),
+                ));
+            }
             let why = if self.user_mode_only_fd.is_some() {
                 "only a UFFD_USER_MODE_ONLY userfaultfd can be created, and in sync mode such an fd makes every kernel write into tracked memory (read(2), recvmsg, pread, io_uring) fail with EFAULT"
             } else {
@@ -251,7 +268,11 @@ impl fmt::Display for Capabilities {
         if let Some(e) = &self.full_fd_error {
             writeln!(f, "    why not: {e}")?;
         }
-        writeln!(f, "  user-mode-only userfaultfd: {}", src(self.user_mode_only_fd))?;
+        writeln!(
+            f,
+            "  user-mode-only userfaultfd: {}",
+            src(self.user_mode_only_fd)
+        )?;
         writeln!(
             f,
             "  features {:#x}: {}",

@@ -1,10 +1,12 @@
 //! Per-range state shared by the tracker, the backends and the monitor thread.
 
 use crate::dirty_set::Segment;
+use crate::live::Cow;
 use crate::tracker::RangeId;
 use bitvec::prelude::*;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
 /// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
@@ -99,6 +101,9 @@ pub(crate) struct RangeState {
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
     /// A lost range makes every call that touches it fail with `Error::RangeLost`.
     pub(crate) lost: Mutex<Option<String>>,
+    /// The copy-on-write state while a live snapshot of this range runs (sync mode). Set and
+    /// taken under the tracker's `batch` lock; read by the monitor under it.
+    pub(crate) cow: Mutex<Option<Arc<Cow>>>,
 }
 
 impl RangeState {
@@ -111,6 +116,7 @@ impl RangeState {
             marks: AtomicBitmap::new(len / page_size),
             discards: AtomicBitmap::new(len / page_size),
             lost: Mutex::new(None),
+            cow: Mutex::new(None),
         }
     }
 
@@ -159,7 +165,15 @@ mod tests {
 
     #[test]
     fn set_range_spans_words() {
-        for (from, to) in [(0, 1), (3, 64), (0, 64), (63, 65), (5, 200), (64, 128), (0, 130)] {
+        for (from, to) in [
+            (0, 1),
+            (3, 64),
+            (0, 64),
+            (63, 65),
+            (5, 200),
+            (64, 128),
+            (0, 130),
+        ] {
             let b = AtomicBitmap::new(130);
             b.set_range(from, to);
             let mut out = bitvec![u64, Lsb0; 0; 130];

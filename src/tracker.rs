@@ -3,6 +3,7 @@
 use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
 use crate::core::{Core, Harvest};
 use crate::dirty_set::{DirtySet, Segment};
+use crate::live::{self, LiveSnapshot};
 use crate::probe::{self, Capabilities, Prefault};
 use crate::range::RangeState;
 use crate::sys::{self, maps, mem, uffd};
@@ -10,6 +11,7 @@ use crate::Error;
 use parking_lot::{Mutex, RwLock};
 use std::fmt;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// How write faults are resolved.
@@ -79,6 +81,7 @@ pub struct TrackerBuilder {
     prefault: Option<Prefault>,
     hidden_features: u64,
     thp: Thp,
+    scan_limits: Option<(usize, u64)>,
 }
 
 impl TrackerBuilder {
@@ -105,6 +108,14 @@ impl TrackerBuilder {
     /// What to do about transparent huge pages (default [`Thp::Leave`]).
     pub fn thp(mut self, thp: Thp) -> Self {
         self.thp = thp;
+        self
+    }
+
+    /// Test knob: `PAGEMAP_SCAN` output vector length and `max_pages` per call, to exercise the
+    /// `walk_end` continuation with tiny limits. Never use `max_pages` with hugetlb ranges.
+    #[doc(hidden)]
+    pub fn scan_limits(mut self, vec_len: usize, max_pages: u64) -> Self {
+        self.scan_limits = Some((vec_len.max(1), max_pages));
         self
     }
 
@@ -144,7 +155,7 @@ impl TrackerBuilder {
         let scanner = match mode {
             Mode::Sync => None,
             _ => Some(
-                async_wp::Scanner::open()
+                async_wp::Scanner::open(self.scan_limits)
                     .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
             ),
         };
@@ -161,6 +172,7 @@ impl TrackerBuilder {
             ranges: RwLock::new(Vec::new()),
             batch: Mutex::new(()),
             poisoned: Mutex::new(None),
+            test_panic: AtomicBool::new(false),
         });
         let monitor = Monitor::start(core.clone())
             .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
@@ -324,7 +336,7 @@ impl Tracker {
         let ioctls = uffd::register(core.uffd.as_fd(), start, len, uffd::REGISTER_MODE_WP)
             .map_err(|e| register_error(core, start, end, &vmas, e))?;
         let unregister = || {
-            let _ = uffd::unregister(core.uffd.as_fd(), start, len);
+            let _ = core.release(start, len);
         };
         if ioctls & (1 << uffd::NR_WRITEPROTECT) == 0 {
             unregister();
@@ -371,13 +383,12 @@ impl Tracker {
                 .ok_or(Error::UnknownRange(id))?;
             ranges.remove(i)
         };
-        match uffd::unregister(core.uffd.as_fd(), r.start(), r.len) {
+        core.retire(&r, "unregister");
+        match core.release(r.start(), r.len) {
             Ok(()) => Ok(()),
             // Already gone from the kernel's side: unmapped or replaced.
             Err(_) if r.lost.lock().is_some() => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
-                Ok(())
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
             Err(e) => Err(Error::from_kernel("UFFDIO_UNREGISTER", e)),
         }
     }
@@ -415,6 +426,65 @@ impl Tracker {
     /// [`Tracker::clear`] for one range.
     pub fn clear_range(&self, id: RangeId) -> Result<(), Error> {
         self.harvest(Some(id), Kind::Clear).map(drop)
+    }
+
+    /// Starts a consistent live snapshot of range `id` (sync mode): a copy of its contents as of
+    /// one instant, made while the program keeps writing. Returns at the instant; the copy
+    /// completes in the background ([`LiveSnapshot::wait`]).
+    ///
+    /// The instant acts as a collect of this range: [`LiveCopy::dirty_at_instant`] holds the
+    /// pages written since the previous collect, and the next `collect` reports the pages written
+    /// since the instant. The first write to each page after the instant waits while the monitor
+    /// copies the page (one page copy on top of the sync-mode round trip). Memory: one copy of
+    /// the range.
+    ///
+    /// ```no_run
+    /// use dirtytrack::{Mode, Tracker};
+    /// # fn main() -> Result<(), dirtytrack::Error> {
+    /// # let (addr, len) = (std::ptr::null_mut(), 0);
+    /// let tracker = Tracker::builder().mode(Mode::Sync).build()?;
+    /// let id = tracker.register(addr, len)?;
+    /// let copy = tracker.live_snapshot(id)?.wait()?;   // writers kept running
+    /// // copy.data: the range at the instant; tracker.collect(): what changed since
+    /// # Ok(()) }
+    /// ```
+    pub fn live_snapshot(&self, id: RangeId) -> Result<LiveSnapshot, Error> {
+        self.core.check_usable()?;
+        let core = &*self.core;
+        if core.mode != Mode::Sync {
+            return Err(Error::NeedsSyncMode {
+                what: "a consistent live snapshot",
+                mode: core.mode,
+            });
+        }
+        let _h = core.harvest.lock();
+        let r = core
+            .ranges
+            .read()
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or(Error::UnknownRange(id))?;
+        if r.cow.lock().is_some() {
+            return Err(Error::SnapshotInProgress(id));
+        }
+        let ps = core.page_size;
+        let buffer = live::alloc_buffer(r.len)?; // outside every lock: no writer waits on it
+        let seg = sync_wp::reprotect_then(core, &r, |seg| {
+            live::install(&r, buffer, r.pages(ps));
+            r.marks.take_into(&mut seg.bits);
+            Ok(())
+        })?;
+        let addr = seg.start;
+        let dirty = DirtySet::from_segments(ps, vec![seg]);
+        LiveSnapshot::start(self.core.clone(), r, dirty, addr)
+    }
+
+    /// Test hook: makes the monitor thread panic the next time it wakes up, to exercise
+    /// poisoning. Not part of the API.
+    #[doc(hidden)]
+    pub fn __panic_monitor_for_test(&self) {
+        self.core.test_panic.store(true, Ordering::SeqCst);
     }
 
     /// Where a range lives now (after `mremap` its address changes) and whether it is lost.
@@ -533,7 +603,9 @@ fn register_error(
                     return Error::NotMapped { start, end, hole };
                 }
             }
-            let hugetlb = vmas.iter().any(|v| v.path.contains("hugepage") || v.path.starts_with("/dev/hugepages"));
+            let hugetlb = vmas
+                .iter()
+                .any(|v| v.path.contains("hugepage") || v.path.starts_with("/dev/hugepages"));
             let file = vmas.iter().any(|v| v.is_file_backed());
             let hint = if hugetlb {
                 "hugetlbfs ranges must start and end on a huge-page boundary (usually 2 MiB)"
@@ -565,8 +637,10 @@ impl Drop for Tracker {
             return;
         }
         // Un-protect everything first, so no writer waits on a monitor that is about to stop.
-        for r in self.core.ranges.write().drain(..) {
-            let _ = uffd::unregister(self.core.uffd.as_fd(), r.start(), r.len);
+        let ranges: Vec<_> = self.core.ranges.write().drain(..).collect();
+        for r in ranges {
+            self.core.retire(&r, "dropping the tracker");
+            let _ = self.core.release(r.start(), r.len);
         }
         if let Some(mut m) = self.monitor.take() {
             m.stop();

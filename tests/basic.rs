@@ -1,7 +1,7 @@
 //! The core contract on private anonymous memory, in both modes.
 
 mod common;
-use common::{page, tracker, Region};
+use common::{tracker, Region};
 
 per_mode! {
     fn populated_and_untouched_pages(mode: Mode) {

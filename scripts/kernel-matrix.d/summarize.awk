@@ -7,7 +7,8 @@
 #   booted     1 if the guest init printed its UNAME marker, else 0
 #   uname      kernel release reported by the guest
 #   done       1 if the guest printed its DONE marker
-#   mode       distinct DIRTYTRACK-MODE values, comma separated ("?" if none)
+#   mode       what Mode::Auto chose, from the DIRTYTRACK-MODE lines (see
+#              below); "?" if that cannot be told
 #   passed, failed, ignored   sums of libtest "test result:" lines
 #   skipped    number of distinct <binary>::<test> with a DIRTYTRACK-SKIP line
 #   skip_reasons   distinct skip reasons, "; " separated
@@ -26,7 +27,7 @@ function add_list(list, item) { return list == "" ? item : list "; " item }
 
 BEGIN {
     booted = 0; done = 0; passed = 0; failed = 0; ignored = 0
-    nskip = 0; nreasons = 0; nmodes = 0; oops = 0
+    nskip = 0; nreasons = 0; nmodes = 0; nauto = 0; oops = 0
     cur = ""; failures = ""; panic = ""; warn = ""; uname = ""
     if (test_timeout == "") test_timeout = 0
 }
@@ -118,9 +119,19 @@ BEGIN {
     next
 }
 
+# Two shapes are understood (case-insensitive):
+#   "DIRTYTRACK-MODE: async"          the mode of some tracker (maybe forced)
+#   "DIRTYTRACK-MODE: auto -> async"  (or "auto=async", "auto: async") what
+#                                     Mode::Auto resolved to
 /DIRTYTRACK-MODE:/ {
-    s = $0; sub(/.*DIRTYTRACK-MODE:[ \t]*/, "", s); s = trim(s); sub(/[ \t].*/, "", s)
-    if (s != "" && !(s in modes)) { modes[s] = 1; mode_order[++nmodes] = s }
+    s = $0; sub(/.*DIRTYTRACK-MODE:[ \t]*/, "", s); s = tolower(trim(s))
+    if (s ~ /^auto[^a-z]+[a-z]/) {
+        sub(/^auto[^a-z]+/, "", s); sub(/[^a-z].*/, "", s)
+        if (!(s in auto_modes)) { auto_modes[s] = 1; auto_order[++nauto] = s }
+    } else {
+        sub(/[^a-z].*/, "", s)
+        if (s != "" && !(s in modes)) { modes[s] = 1; mode_order[++nmodes] = s }
+    }
     next
 }
 
@@ -150,9 +161,21 @@ END {
         }
     }
     if (notrun != "") failures = add_list(failures, "not run: " notrun)
-    mode = ""
-    for (i = 1; i <= nmodes; i++) mode = mode (mode == "" ? "" : ",") mode_order[i]
-    if (mode == "") mode = "?"
+    # The Auto choice if printed; else the one mode seen (nothing else ran
+    # there, so Auto cannot have picked anything else); else "?" with the
+    # modes seen.
+    # Sort the modes seen, for a stable table (the order of the lines
+    # depends on test scheduling).
+    for (i = 2; i <= nmodes; i++)
+        for (j = i; j > 1 && mode_order[j - 1] > mode_order[j]; j--) {
+            tmp = mode_order[j]; mode_order[j] = mode_order[j - 1]; mode_order[j - 1] = tmp
+        }
+    mode = ""; seen = ""
+    for (i = 1; i <= nauto; i++) mode = mode (mode == "" ? "" : ",") auto_order[i]
+    for (i = 1; i <= nmodes; i++) seen = seen (seen == "" ? "" : ", ") mode_order[i]
+    if (mode == "" && nmodes == 1) mode = seen
+    else if (mode == "" && nmodes > 1) mode = "? (seen: " seen ")"
+    else if (mode == "") mode = "?"
     sr = ""
     for (i = 1; i <= nreasons; i++) sr = add_list(sr, reason_order[i])
 

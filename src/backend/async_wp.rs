@@ -21,8 +21,8 @@ use crate::core::Core;
 use crate::dirty_set::Segment;
 use crate::range::RangeState;
 use crate::sys::pagemap::{self, PageRegion, ScanRequest};
-use crate::Error;
 use crate::sys::uffd;
+use crate::Error;
 use std::fs::File;
 use std::io;
 
@@ -56,14 +56,19 @@ pub(crate) struct Scanner {
     buf: Vec<PageRegion>,
     /// Entries of `buf` that may be non-zero (written by the last call).
     used: usize,
+    /// `max_pages` per call (0: no limit).
+    max_pages: u64,
 }
 
 impl Scanner {
-    pub(crate) fn open() -> io::Result<Scanner> {
+    /// Opens `/proc/self/pagemap`; `limits` = (vector length, `max_pages`) for tests.
+    pub(crate) fn open(limits: Option<(usize, u64)>) -> io::Result<Scanner> {
+        let (vec_len, max_pages) = limits.unwrap_or((VEC_LEN, 0));
         Ok(Scanner {
             pagemap: File::open("/proc/self/pagemap")?,
-            buf: vec![PageRegion::default(); VEC_LEN],
+            buf: vec![PageRegion::default(); vec_len],
             used: 0,
+            max_pages,
         })
     }
 
@@ -76,7 +81,7 @@ impl Scanner {
         seg: &mut Segment,
         page_size: usize,
     ) -> Result<(), ScanError> {
-        self.scan_with(start, end, rearm, seg, page_size, 0)
+        self.scan_with(start, end, rearm, seg, page_size, self.max_pages)
     }
 
     /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
@@ -111,8 +116,8 @@ impl Scanner {
             let out = pagemap::scan(&self.pagemap, &req, &mut self.buf);
             // Keep every filled entry, on success and on failure alike.
             let filled = match out.result {
-                Ok(()) => out.regions.min(VEC_LEN),
-                Err(_) => VEC_LEN,
+                Ok(()) => out.regions.min(self.buf.len()),
+                Err(_) => self.buf.len(),
             };
             self.used = filled;
             for r in &self.buf[..filled] {

@@ -102,11 +102,6 @@ impl Drop for Monitor {
     }
 }
 
-/// A test hook: when set, the monitor panics on its next batch (to test poisoning).
-#[doc(hidden)]
-pub static PANIC_ON_NEXT_BATCH: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
 fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
     let mut faults: Vec<usize> = Vec::with_capacity(FAULTS_CAPACITY);
@@ -119,7 +114,10 @@ fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
         if !uffd_ready {
             continue;
         }
-        if PANIC_ON_NEXT_BATCH.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if core
+            .test_panic
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             panic!("test hook: monitor panic");
         }
         let ranges = core.ranges.read_recursive();
@@ -168,7 +166,12 @@ fn read_batch(
                 if core.mode == Mode::Sync {
                     // Record before the page is un-protected (which happens later, in `run`).
                     if let Some(r) = Core::range_at(ranges, addr) {
-                        r.marks.set((addr - r.start()) / ps);
+                        let i = (addr - r.start()) / ps;
+                        r.marks.set(i);
+                        // Live snapshot: keep the page's old contents before the write.
+                        if let Some(cow) = r.cow.lock().as_ref() {
+                            cow.copy_page(i, addr, ps);
+                        }
                     }
                 }
                 faults.push(addr);
@@ -177,12 +180,20 @@ fn read_batch(
                 let (a, b) = m.remove();
                 for r in ranges {
                     r.mark_discarded(a as usize, b as usize, ps);
+                    disturb_cow(
+                        r,
+                        a as usize,
+                        b as usize,
+                        ps,
+                        "a discard (MADV_DONTNEED, MADV_FREE or MADV_REMOVE)",
+                    );
                 }
             }
             uffd::EVENT_UNMAP => {
                 let (a, b) = m.remove();
                 let (a, b) = (a as usize, b as usize);
                 for r in ranges.iter().filter(|r| r.start() < b && a < r.end()) {
+                    disturb_cow(r, a, b, ps, "an unmap");
                     r.mark_lost(
                         format!("{a:#x}..{b:#x} was unmapped (munmap, mmap(MAP_FIXED) over it, or mremap)"),
                         ps,
@@ -196,6 +207,7 @@ fn read_batch(
                     .iter()
                     .filter(|r| r.start() < from + len && from < r.end())
                 {
+                    disturb_cow(r, from, from + len, ps, "an mremap");
                     if r.start() >= from && r.end() <= from + len {
                         r.start.store(
                             to + (r.start() - from),
@@ -203,7 +215,10 @@ fn read_batch(
                         );
                     } else {
                         r.mark_lost(
-                            format!("mremap moved only part of it ({from:#x}..{:#x} to {to:#x})", from + len),
+                            format!(
+                                "mremap moved only part of it ({from:#x}..{:#x} to {to:#x})",
+                                from + len
+                            ),
                             ps,
                         );
                     }
@@ -213,6 +228,17 @@ fn read_batch(
         }
     }
     Ok(())
+}
+
+/// A live snapshot of `r` cannot stay consistent if `[a, b)` changed under it before being copied.
+fn disturb_cow(r: &RangeState, a: usize, b: usize, ps: usize, what: &str) {
+    let (s, e) = (r.start(), r.end());
+    let (a, b) = (a.max(s), b.min(e));
+    if a < b {
+        if let Some(cow) = r.cow.lock().as_ref() {
+            cow.disturbed((a - s) / ps, (b - s).div_ceil(ps), what);
+        }
+    }
 }
 
 /// Un-protects `[start, end)` and wakes its writers. On `EAGAIN` reads (and applies) more

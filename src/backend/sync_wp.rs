@@ -60,15 +60,31 @@ pub(crate) fn prefault(
 /// One harvest of range `r` (see the module docs for the locking rule).
 pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment, Error> {
     let ps = core.page_size;
-    let mut seg = r.segment(ps);
     if kind == Kind::Snapshot {
         core.barrier();
         if r.lost.lock().is_some() {
             return Err(lost_error(r));
         }
+        let mut seg = r.segment(ps);
         r.marks.copy_into(&mut seg.bits);
         return Ok(seg);
     }
+    reprotect_then(core, r, |seg| {
+        match kind {
+            Kind::Collect => r.marks.take_into(&mut seg.bits),
+            _ => r.marks.clear(),
+        }
+        Ok(())
+    })
+}
+
+/// Re-protects all of `r`, then runs `at_instant` on a segment at the range's address, both under
+/// the `batch` lock: no fault is recorded or un-protected between the two.
+pub(crate) fn reprotect_then(
+    core: &Core,
+    r: &RangeState,
+    at_instant: impl FnOnce(&mut Segment) -> Result<(), Error>,
+) -> Result<Segment, Error> {
     loop {
         if r.lost.lock().is_some() {
             return Err(lost_error(r));
@@ -83,13 +99,10 @@ pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment
         }
         match uffd::writeprotect(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
             Ok(()) => {
-                seg.start = start;
-                match kind {
-                    Kind::Collect => r.marks.take_into(&mut seg.bits),
-                    _ => r.marks.clear(),
-                }
+                let mut seg = r.segment(core.page_size);
+                let result = at_instant(&mut seg);
                 drop(batch);
-                return Ok(seg);
+                return result.map(|()| seg);
             }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // An event waits to be read by the monitor, which needs `batch`: let it run.
@@ -115,7 +128,12 @@ fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(),
         while it.peek() == Some(&(last + 1)) {
             last = it.next().unwrap_or(last);
         }
-        if let Err(e) = prefault(core.prefault, start + first * ps, (last - first + 1) * ps, ps) {
+        if let Err(e) = prefault(
+            core.prefault,
+            start + first * ps,
+            (last - first + 1) * ps,
+            ps,
+        ) {
             // Keep them for the next attempt; the pages themselves are already in `marks`.
             r.discards.or_bits(&bits);
             return Err(range_error(core, r, "populating discarded pages", e));

@@ -81,8 +81,8 @@ mod tests {
         let v = parse_line("7f00a000-7f00c000 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!((v.start, v.end, v.inode), (0x7f00a000, 0x7f00c000, 0));
         assert!(!v.is_shared());
-        let v = parse_line("7f00a000-7f00c000 rw-s 00000000 00:01 1234    /memfd:x (deleted)")
-            .unwrap();
+        let v =
+            parse_line("7f00a000-7f00c000 rw-s 00000000 00:01 1234    /memfd:x (deleted)").unwrap();
         assert!(v.is_shared() && v.is_file_backed());
         assert_eq!(v.path, "/memfd:x (deleted)");
     }

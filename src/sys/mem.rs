@@ -61,6 +61,10 @@ impl AnonMapping {
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Drop for AnonMapping {
@@ -155,6 +159,29 @@ pub fn populate_read_by_copy(addr: usize, len: usize, page_size: usize) -> io::R
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         done += n;
+    }
+    Ok(())
+}
+
+/// Copies `buf.len()` bytes of this process's memory at `addr` into `buf` with
+/// `process_vm_readv(2)`. Memory that is unmapped (or unmapped concurrently) gives `EFAULT`
+/// instead of a `SIGSEGV`, and the copy is made by the kernel, not through a Rust reference to
+/// memory that other threads may be writing.
+pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, exclusively borrowed for the call; `remote` is only read
+    // and is validated by the kernel against our address space.
+    let got =
+        cvt(unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) } as _)?;
+    if got as usize != buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
     }
     Ok(())
 }

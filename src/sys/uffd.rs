@@ -218,7 +218,11 @@ pub fn userfaultfd_from_dev(flags: i32) -> io::Result<OwnedFd> {
     let dev = unsafe { OwnedFd::from_raw_fd(dev as i32) };
     // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a new fd or -1.
     let fd = cvt(unsafe {
-        libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags as libc::c_long)
+        libc::ioctl(
+            dev.as_raw_fd(),
+            USERFAULTFD_IOC_NEW as _,
+            flags as libc::c_long,
+        )
     } as _)?;
     // SAFETY: on success the kernel returned a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

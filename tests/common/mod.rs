@@ -37,10 +37,7 @@ pub fn page() -> usize {
 
 /// Reports a skip; panics unless `DIRTYTRACK_ALLOW_SKIP=1`.
 pub fn skip(reason: &str) {
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("?")
-        .to_string();
+    let name = std::thread::current().name().unwrap_or("?").to_string();
     eprintln!("DIRTYTRACK-SKIP: {name}: {reason}");
     if std::env::var("DIRTYTRACK_ALLOW_SKIP").as_deref() != Ok("1") {
         panic!("cannot run here: {reason} (set DIRTYTRACK_ALLOW_SKIP=1 to allow skipping)");
@@ -81,22 +78,48 @@ unsafe impl Sync for Region {}
 impl Region {
     /// `pages` pages of private anonymous memory, never touched.
     pub fn anon(pages: usize) -> Region {
-        Region::mmap(pages, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1)
+        Region::mmap(
+            pages,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )
     }
 
     pub fn mmap(pages: usize, flags: i32, fd: i32) -> Region {
         let len = pages * page();
         // SAFETY: a fresh mapping at an address the kernel picks.
         let p = unsafe {
-            libc::mmap(ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0)
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
         };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        Region { addr: p as usize, len, shadow: vec![0; len], owned: true }
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Region {
+            addr: p as usize,
+            len,
+            shadow: vec![0; len],
+            owned: true,
+        }
     }
 
     /// Wraps memory the test manages itself (not unmapped on drop).
     pub fn borrowed(addr: usize, len: usize) -> Region {
-        let mut r = Region { addr, len, shadow: vec![0; len], owned: false };
+        let mut r = Region {
+            addr,
+            len,
+            shadow: vec![0; len],
+            owned: false,
+        };
         r.rebase();
         r
     }
@@ -172,8 +195,11 @@ impl Region {
             .map(|a| (a - self.addr) / page())
             .collect();
         if exact {
-            let over: Vec<usize> =
-                reported.iter().copied().filter(|i| !changed.contains(i)).collect();
+            let over: Vec<usize> = reported
+                .iter()
+                .copied()
+                .filter(|i| !changed.contains(i))
+                .collect();
             assert!(
                 over.is_empty(),
                 "over-reported {} pages that did not change (first: {:?})",

@@ -1,0 +1,251 @@
+//! Every error case: a clear, matchable error, nothing lost, no panic.
+
+mod common;
+use common::{page, tracker, Region};
+#[allow(unused_imports)]
+use dirtytrack::Mode;
+use dirtytrack::{features, Error, Prefault, Tracker};
+
+per_mode! {
+    fn bad_ranges_are_refused(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let r = Region::anon(8);
+        let ps = page();
+        let e = t.register((r.addr + 1) as *mut u8, ps).unwrap_err();
+        assert!(matches!(e, Error::Unaligned { what: "address", .. }), "{e}");
+        let e = t.register(r.ptr(), ps + 1).unwrap_err();
+        assert!(matches!(e, Error::Unaligned { what: "length", .. }), "{e}");
+        let e = t.register(r.ptr(), 0).unwrap_err();
+        assert!(matches!(e, Error::ZeroLength { .. }), "{e}");
+        let e = t.register((usize::MAX - ps + 1) as *mut u8, 2 * ps).unwrap_err();
+        assert!(matches!(e, Error::AddressOverflow { .. }), "{e}");
+        assert!(e.to_string().contains("overflows"));
+        // Nothing mapped at the page after a 1-page hole we punch.
+        // SAFETY: unmapping a page of our own mapping.
+        unsafe { libc::munmap((r.addr + 4 * ps) as *mut libc::c_void, ps) };
+        let e = t.register(r.ptr(), 8 * ps).unwrap_err();
+        match e {
+            Error::NotMapped { hole, .. } => assert_eq!(hole, r.addr + 4 * ps),
+            e => panic!("expected NotMapped, got {e}"),
+        }
+        assert!(t.ranges().is_empty(), "a refused register leaves nothing behind");
+        // The mapped part still registers fine.
+        t.register(r.ptr(), 4 * ps).unwrap();
+    }
+}
+
+per_mode! {
+    fn overlaps_and_double_register_are_refused(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(16);
+        let ps = page();
+        let id = t.register((r.addr + 4 * ps) as *mut u8, 8 * ps).unwrap();
+        for (off, pages) in [(4, 8), (0, 5), (11, 5), (6, 1), (0, 16)] {
+            let e = t.register((r.addr + off * ps) as *mut u8, pages * ps).unwrap_err();
+            match &e {
+                Error::Overlap { existing, .. } => assert_eq!(*existing, id),
+                e => panic!("expected Overlap for {off}+{pages}, got {e}"),
+            }
+            assert!(e.to_string().contains("unregister it first"), "{e}");
+        }
+        // Adjacent ranges are fine and tracked independently.
+        let a = t.register(r.ptr(), 4 * ps).unwrap();
+        let b = t.register((r.addr + 12 * ps) as *mut u8, 4 * ps).unwrap();
+        r.rebase();
+        for i in [0, 3, 4, 11, 12, 15] { r.touch(i); }
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, true), (6, 6));
+        // Pages 3-4 and 11-12 straddle range boundaries: runs coalesce across adjacent ranges.
+        let runs: Vec<_> = d.runs().map(|x| (x.start - r.addr) / ps..(x.end - r.addr) / ps).collect();
+        assert_eq!(runs, vec![0..1, 3..5, 11..13, 15..16]);
+        r.touch(0);
+        assert_eq!(t.collect_range(b).unwrap().len(), 0);
+        assert_eq!(t.collect_range(a).unwrap().len(), 1);
+    }
+}
+
+per_mode! {
+    fn range_owned_by_another_tracker(mode: Mode) {
+        let Some(t1) = tracker(mode) else { return };
+        let Some(t2) = tracker(mode) else { return };
+        let r = Region::anon(8);
+        t1.register(r.ptr(), r.len).unwrap();
+        let e = t2.register(r.ptr(), r.len).unwrap_err();
+        assert!(matches!(e, Error::OwnedByAnotherUserfaultfd { .. }), "{e}");
+        assert!(e.to_string().contains("EBUSY"));
+    }
+}
+
+per_mode! {
+    fn unknown_and_unregistered_ids(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let Some(other) = tracker(mode) else { return };
+        let r = Region::anon(4);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        t.unregister(id).unwrap();
+        for res in [t.unregister(id), t.clear_range(id)] {
+            assert!(matches!(res, Err(Error::UnknownRange(x)) if x == id));
+        }
+        assert!(matches!(t.collect_range(id), Err(Error::UnknownRange(_))));
+        assert!(matches!(t.snapshot_range(id), Err(Error::UnknownRange(_))));
+        assert!(matches!(other.collect_range(id), Err(Error::UnknownRange(_))));
+        // After unregister, the memory can be registered again (by this or another tracker).
+        other.register(r.ptr(), r.len).unwrap();
+    }
+}
+
+#[test]
+fn async_mode_without_wp_async_names_kernel_feature_and_alternative() {
+    let e = Tracker::builder()
+        .mode(Mode::Async)
+        .hide_features(features::WP_ASYNC)
+        .build()
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::UnsupportedKernel { since: "6.7", .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("WP_ASYNC") && msg.contains("Mode::Sync"),
+        "{msg}"
+    );
+    // Auto falls back to sync when async is not there.
+    match Tracker::builder().hide_features(features::WP_ASYNC).build() {
+        Ok(t) => assert_eq!(t.mode(), Mode::Sync),
+        Err(e) => common::skip(&format!("sync mode unavailable: {e}")),
+    }
+}
+
+#[test]
+fn forcing_a_prefault_the_kernel_lacks_is_an_error() {
+    let e = Tracker::builder()
+        .mode(Mode::Sync)
+        .prefault(Prefault::Unpopulated)
+        .hide_features(features::WP_UNPOPULATED)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::UnsupportedKernel { since: "6.4", .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn live_snapshot_needs_sync_mode() {
+    let Some(t) = tracker(Mode::Async) else {
+        return;
+    };
+    let r = Region::anon(4);
+    let id = t.register(r.ptr(), r.len).unwrap();
+    let e = t
+        .live_snapshot(id)
+        .err()
+        .expect("async live snapshot must fail");
+    assert!(matches!(e, Error::NeedsSyncMode { .. }), "{e}");
+}
+
+#[test]
+fn sync_mode_refuses_regular_file_mappings_with_a_hint() {
+    let Some(t) = tracker(Mode::Sync) else { return };
+    let dir = std::env::temp_dir().join(format!("dirtytrack-file-{}", std::process::id()));
+    std::fs::write(&dir, vec![0u8; 4 * page()]).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dir)
+        .unwrap();
+    let r = Region::mmap(4, libc::MAP_PRIVATE, std::os::fd::AsRawFd::as_raw_fd(&f));
+    let _ = std::fs::remove_file(&dir);
+    match t.register(r.ptr(), r.len) {
+        Err(e @ Error::MappingNotSupported { .. }) => {
+            assert!(e.to_string().contains("Mode::Async"), "{e}")
+        }
+        // tmpfs-backed temp dirs are shmem, which sync mode supports.
+        Ok(_) if is_tmpfs(&std::env::temp_dir()) => {}
+        other => panic!("expected MappingNotSupported, got {other:?}"),
+    }
+}
+
+fn is_tmpfs(p: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs fills a zeroed, owned struct.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated; `s` is valid.
+    unsafe { libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type == libc::TMPFS_MAGIC }
+}
+
+per_mode! {
+    fn capabilities_explain_the_choice(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let text = t.capabilities().to_string();
+        assert!(text.contains("async mode:") && text.contains("sync mode:"), "{text}");
+        assert!(text.contains(&t.capabilities().kernel_release), "{text}");
+        assert_eq!(t.mode(), mode);
+    }
+}
+
+per_mode! {
+    fn poisoned_tracker_refuses_work_and_releases_writers(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let r = Region::anon(8);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        t.__panic_monitor_for_test();
+        // Any uffd traffic wakes the monitor: a write fault (sync) or a discard event (both).
+        r.touch(0);
+        // SAFETY: discarding pages of our own mapping.
+        unsafe { libc::madvise(r.ptr().cast(), page(), libc::MADV_DONTNEED) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let e = loop {
+            match t.collect() {
+                Err(e) => break e,
+                Ok(_) => {
+                    assert!(std::time::Instant::now() < deadline, "monitor never poisoned");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        };
+        assert!(matches!(e, Error::Poisoned(_)), "{e}");
+        assert!(e.to_string().contains("un-protected"), "{e}");
+        // Writers are not blocked: every page can be written.
+        for i in 0..r.pages() { r.touch(i); }
+        assert!(matches!(t.snapshot_range(id), Err(Error::Poisoned(_))));
+        assert!(matches!(t.register(r.ptr(), r.len), Err(Error::Poisoned(_))));
+    }
+}
+
+#[test]
+fn fd_exhaustion_is_reported_as_a_resource_error() {
+    // Runs in a child so the lowered limit does not affect other tests.
+    // SAFETY: the child only makes async-signal-safe-enough calls before _exit (no locks held:
+    // the test harness thread forks while other tests may run, so the child avoids allocation
+    // until it has lowered the limit; Tracker::new allocates, which is acceptable in practice
+    // for this single-purpose child and is what a real program would do).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let lim = libc::rlimit {
+            rlim_cur: 3,
+            rlim_max: 1024,
+        };
+        // SAFETY: setting our own limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        let code = match Tracker::new() {
+            Err(Error::ResourceExhausted { .. }) => 0,
+            Err(Error::Permission(m)) if m.contains("Too many open files") => 3,
+            Err(_) => 4,
+            Ok(_) => 5,
+        };
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "Tracker::new under RLIMIT_NOFILE=3 must give ResourceExhausted"
+    );
+}
