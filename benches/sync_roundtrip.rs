@@ -10,6 +10,9 @@
 //! - `raw_sync`: a minimal monitor on `dirtytrack::sys` (poll, read one `uffd_msg`, un-protect
 //!   that page).
 //!
+//! Set `DIRTYTRACK_BENCH_PIN_CPU=0` to pin every thread to one CPU (stable sync figures on small
+//! VMs, where cross-CPU wake-ups dominate and vary run to run).
+//!
 //! Re-arming (`Tracker::clear()` / `UFFDIO_WRITEPROTECT` WP) happens outside the timing.
 
 mod common;
@@ -68,6 +71,7 @@ fn check_tracker(t: &Tracker, m: &AnonMapping) {
 }
 
 fn first_write(c: &mut Criterion) {
+    pin_from_env();
     let untracked = populated(PAGES);
     let async_mem = populated(PAGES);
     let async_t = tracker(Mode::Async, &async_mem);

@@ -290,3 +290,29 @@ pub fn median(v: &mut [Duration]) -> Duration {
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
+
+/// If `DIRTYTRACK_BENCH_PIN_CPU=<n>` is set, pins the whole process (every thread created after
+/// this call, the trackers' monitor threads included) to CPU `n`. On this 2-vCPU VM cross-CPU
+/// wake-ups make sync round trips vary 5–100 µs run to run; pinned, the fault ping-pong stays
+/// on one CPU and the comparison measures software cost.
+pub fn pin_from_env() {
+    let Some(cpu) = std::env::var("DIRTYTRACK_BENCH_PIN_CPU")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    else {
+        return;
+    };
+    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of the exclusively borrowed set (it bounds-checks `cpu`).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: passes a valid, live `cpu_set_t` and its exact size.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity to CPU {cpu}: {}",
+        io::Error::last_os_error()
+    );
+    eprintln!("pinned to CPU {cpu}");
+}

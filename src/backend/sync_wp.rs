@@ -90,7 +90,11 @@ pub(crate) fn reprotect_then(
             return Err(lost_error(r));
         }
         let start = r.start();
-        if core.prefault != Prefault::Unpopulated {
+        let fallback = core.prefault != Prefault::Unpopulated;
+        if fallback {
+            // Apply the discards the monitor has read but not yet applied (the madvising thread
+            // is released when the event is read), then populate them again.
+            core.barrier();
             repopulate_discarded(core, r, start)?;
         }
         let batch = core.batch.lock();
@@ -101,6 +105,14 @@ pub(crate) fn reprotect_then(
             Ok(()) => {
                 let mut seg = r.segment(core.page_size);
                 let result = at_instant(&mut seg);
+                if fallback {
+                    // Pages discarded after we populated them are empty again, so the
+                    // re-protect skipped them and their next write will not fault: keep them
+                    // dirty for the next collect, which populates and protects them.
+                    let mut late = bitvec![u64, Lsb0; 0; r.pages(core.page_size)];
+                    r.discards.copy_into(&mut late);
+                    r.marks.or_bits(&late);
+                }
                 drop(batch);
                 return result.map(|()| seg);
             }

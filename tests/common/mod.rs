@@ -220,3 +220,165 @@ impl Drop for Region {
         }
     }
 }
+
+// ---- Memory-type constructors (memory_types.rs, kernel_writes.rs) ----
+
+/// Default huge page size (hugetlbfs), from `/proc/meminfo`.
+pub fn huge_page_size() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Hugepagesize:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(2 << 20, |kb| kb * 1024)
+}
+
+impl Region {
+    /// `pages` pages of a fresh (zero-filled) memfd, mapped `MAP_SHARED` (`shared`) or
+    /// `MAP_PRIVATE`. Returns the fd too, for `pwrite`s and second mappings.
+    pub fn memfd(pages: usize, shared: bool) -> (Region, std::os::fd::OwnedFd) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: a NUL-terminated name; the fd is ours.
+        let fd = unsafe { libc::memfd_create(c"dirtytrack-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: resizing our own memfd.
+        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), (pages * page()) as libc::off_t) };
+        assert_eq!(rc, 0, "ftruncate: {}", std::io::Error::last_os_error());
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        (Region::mmap(pages, flags, fd.as_raw_fd()), fd)
+    }
+
+    /// `pages` pages of private anonymous memory whose start is a multiple of `align`, never
+    /// touched.
+    pub fn anon_aligned(pages: usize, align: usize) -> Region {
+        let len = pages * page();
+        // SAFETY: a fresh mapping; the parts outside the aligned window are unmapped again.
+        unsafe {
+            let p = libc::mmap(
+                ptr::null_mut(),
+                len + align,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            assert_ne!(
+                p,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
+            let base = p as usize;
+            let addr = base.next_multiple_of(align);
+            if addr > base {
+                libc::munmap(p, addr - base);
+            }
+            let tail = base + len + align - (addr + len);
+            if tail > 0 {
+                libc::munmap((addr + len) as *mut libc::c_void, tail);
+            }
+            Region {
+                addr,
+                len,
+                shadow: vec![0; len],
+                owned: true,
+            }
+        }
+    }
+
+    /// `huge_pages` huge pages of `MAP_HUGETLB` anonymous memory (`MAP_SHARED` or `MAP_PRIVATE`),
+    /// or `None` when the kernel has none to give (see [`HugetlbPool`]).
+    pub fn hugetlb(huge_pages: usize, shared: bool) -> Option<Region> {
+        let len = huge_pages * huge_page_size();
+        let sharing = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        // SAFETY: a fresh mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                sharing | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Region {
+            addr: p as usize,
+            len,
+            shadow: vec![0; len],
+            owned: true,
+        })
+    }
+}
+
+/// Reserves hugetlb pages (`/proc/sys/vm/nr_hugepages`) for one test at a time; restores the
+/// old value on drop. Tests holding it are serialised.
+pub struct HugetlbPool {
+    old: Option<String>,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl HugetlbPool {
+    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    /// Makes at least `free` huge pages free, or `None` after reporting a skip.
+    pub fn reserve(free: usize) -> Option<HugetlbPool> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let free_now = || meminfo("HugePages_Free").unwrap_or(0);
+        let mut pool = HugetlbPool {
+            old: None,
+            _lock: lock,
+        };
+        if free_now() < free {
+            let Ok(old) = std::fs::read_to_string(Self::PATH) else {
+                skip("cannot read /proc/sys/vm/nr_hugepages");
+                return None;
+            };
+            let total: usize = old.trim().parse().unwrap_or(0);
+            let want = total + free - free_now();
+            if std::fs::write(Self::PATH, want.to_string()).is_ok() {
+                pool.old = Some(old.trim().to_string());
+            }
+        }
+        if free_now() < free {
+            skip(&format!(
+                "{free} free hugetlb pages needed, {} available (nr_hugepages could not be raised)",
+                free_now()
+            ));
+            return None;
+        }
+        Some(pool)
+    }
+}
+
+impl Drop for HugetlbPool {
+    fn drop(&mut self) {
+        if let Some(old) = self.old.take() {
+            let _ = std::fs::write(Self::PATH, old);
+        }
+    }
+}
+
+/// A numeric field of `/proc/meminfo` (as printed, without unit).
+pub fn meminfo(field: &str) -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

@@ -1,0 +1,208 @@
+//! Memory events under tracking: discards, unmaps, moves, fork, mprotect.
+
+mod common;
+use common::{page, tracker, Region};
+use dirtytrack::Error;
+
+fn madvise(addr: usize, len: usize, advice: i32) {
+    // SAFETY: advice on our own test mappings.
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+    assert_eq!(rc, 0, "madvise: {}", std::io::Error::last_os_error());
+}
+
+per_mode! {
+    fn discarded_pages_are_reported(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(64);
+        for p in 0..64 { r.write(p, 0, 0x55); }
+        t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        // Discard written and unwritten-since-register pages alike: their contents become zero.
+        r.touch(3);
+        madvise(r.page_addr(0), 10 * page(), libc::MADV_DONTNEED);
+        let d = t.collect().unwrap();
+        r.check(&d, false);
+        for p in 0..10 { assert!(d.contains(r.page_addr(p)), "discarded page {p} not reported"); }
+        // After the collect, the discarded (now empty) pages are protected again.
+        r.touch(5);
+        r.touch(40);
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, true), (2, 2));
+    }
+}
+
+per_mode! {
+    fn discarding_a_whole_page_table_is_reported(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        // 4 MiB, so that at least one 2 MiB-aligned page table lies inside.
+        let mut r = Region::anon(1024);
+        for p in 0..1024 { r.write(p, 0, 1); }
+        t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        let two_mib = 2 << 20;
+        let first = (r.addr + two_mib - 1) & !(two_mib - 1);
+        madvise(first, two_mib, libc::MADV_DONTNEED);
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, false).0, 512);
+        r.touch((first - r.addr) / page() + 7);
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, true), (1, 1), "a write after the discard and a collect is seen");
+    }
+}
+
+per_mode! {
+    fn munmap_of_a_range_is_never_silent(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let r = Region::anon(16);
+        let keep = Region::anon(4);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        let other = t.register(keep.ptr(), keep.len).unwrap();
+        // Unmap the middle of the range.
+        // SAFETY: unmapping part of our own mapping; the Region's drop unmaps the rest.
+        unsafe { libc::munmap((r.addr + 4 * page()) as *mut libc::c_void, 4 * page()) };
+        keep.touch(1);
+        let e = t.collect().unwrap_err();
+        match &e {
+            Error::RangeLost { id: lost, reason, .. } => {
+                assert_eq!(*lost, id);
+                assert!(reason.contains("unmapped"), "{reason}");
+            }
+            e => panic!("expected RangeLost, got {e}"),
+        }
+        assert!(e.to_string().contains("unregister it"), "{e}");
+        assert!(t.range(id).unwrap().lost.is_some());
+        // Nothing lost for the other range: its page is reported once the lost one is gone.
+        t.unregister(id).unwrap();
+        let d = t.collect().unwrap();
+        assert!(d.contains(keep.page_addr(1)), "{d:?}");
+        t.unregister(other).unwrap();
+    }
+}
+
+per_mode! {
+    fn mmap_fixed_over_a_range_is_never_silent(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let r = Region::anon(8);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        // SAFETY: replacing pages of our own mapping with fresh anonymous memory.
+        let p = unsafe {
+            libc::mmap(
+                (r.addr + 2 * page()) as *mut libc::c_void,
+                2 * page(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        r.touch(2); // a write into the new, untracked memory
+        for res in [t.collect().map(drop), t.snapshot().map(drop), t.clear()] {
+            assert!(matches!(res, Err(Error::RangeLost { .. })), "{res:?}");
+        }
+        t.unregister(id).unwrap();
+        // The new memory can be registered afresh.
+        t.register(r.ptr(), r.len).unwrap();
+    }
+}
+
+per_mode! {
+    fn mremap_move_follows_the_range(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let ps = page();
+        let r = Region::anon(16);
+        for p in 0..16 { r.write(p, 0, 9); }
+        let id = t.register(r.ptr(), r.len).unwrap();
+        r.touch(1); // written before the move: must still be reported after it
+        // Reserve a destination, then move the range there.
+        let dest = Region::anon(16);
+        // SAFETY: moving our own mapping over our own reserved destination.
+        let moved = unsafe {
+            libc::mremap(r.ptr().cast(), r.len, r.len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dest.ptr() as *mut libc::c_void)
+        };
+        assert_eq!(moved as usize, dest.addr, "mremap: {}", std::io::Error::last_os_error());
+        std::mem::forget(r); // its pages now live at `dest`
+        let info = t.range(id).unwrap();
+        assert_eq!(info.addr, dest.addr, "the tracker knows where the range lives now");
+        assert!(info.lost.is_none());
+        let mut now = Region::borrowed(dest.addr, dest.len);
+        now.touch(7);
+        let d = t.collect().unwrap();
+        assert!(d.contains(dest.addr + ps), "write before the move reported at the new address: {d:?}");
+        assert!(d.contains(dest.addr + 7 * ps), "{d:?}");
+        assert_eq!(d.len(), 2, "{d:?}");
+        now.check(&d, false); // page 1 changed before `now`'s shadow was taken
+        now.touch(3);
+        assert_eq!(now.check(&t.collect().unwrap(), true), (1, 1));
+        drop(now);
+        t.unregister(id).unwrap();
+        drop(dest);
+    }
+}
+
+per_mode! {
+    fn partial_mremap_loses_the_range_loudly(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let r = Region::anon(8);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        let dest = Region::anon(2);
+        // SAFETY: moving two pages of our own mapping over our own destination.
+        let moved = unsafe {
+            libc::mremap((r.addr + 2 * page()) as *mut libc::c_void, 2 * page(), 2 * page(),
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dest.ptr() as *mut libc::c_void)
+        };
+        assert_eq!(moved as usize, dest.addr);
+        assert!(matches!(t.collect(), Err(Error::RangeLost { id: x, .. }) if x == id));
+        t.unregister(id).unwrap();
+    }
+}
+
+per_mode! {
+    fn fork_child_tracker_is_inert_and_parent_stays_exact(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(16);
+        for p in 0..16 { r.write(p, 0, 1); }
+        t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        // SAFETY: the child only touches its own copy of memory and calls the tracker, then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let inert = matches!(t.collect(), Err(Error::ForkedChild { .. }))
+                && matches!(t.register(r.ptr(), r.len), Err(Error::ForkedChild { .. }));
+            for p in 0..16 { r.write(p, 0, 0xEE); } // private COW copy: the parent never sees it
+            drop(t);
+            // SAFETY: leave without running the test harness's atexit handlers.
+            unsafe { libc::_exit(if inert { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child tracker must be inert");
+        // Parent: the child's writes changed nothing here; the parent's own writes are exact.
+        r.touch(2);
+        r.touch(9);
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, true), (2, 2));
+    }
+}
+
+per_mode! {
+    fn mprotect_round_trips_stay_exact(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(16);
+        t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        for prot in [libc::PROT_READ, libc::PROT_NONE] {
+            // SAFETY: changing protection of our own mapping; we restore RW before touching it.
+            unsafe {
+                assert_eq!(libc::mprotect(r.ptr().cast(), r.len, prot), 0);
+                assert_eq!(libc::mprotect(r.ptr().cast(), r.len, libc::PROT_READ | libc::PROT_WRITE), 0);
+            }
+            r.touch(4);
+            r.touch(15);
+            let d = t.collect().unwrap();
+            assert_eq!(r.check(&d, true), (2, 2), "after mprotect {prot}");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Each kind of memory, in both modes, with the shadow-copy oracle: private anonymous, shared
+//! anonymous, memfd (shared and private), transparent huge pages, hugetlbfs. Plus discards
+//! (`MADV_DONTNEED`, `MADV_REMOVE`) on each, and the documented blind spot of page-table
+//! tracking: writes to shared memory that do not go through the tracked mapping.
+
+mod common;
+use common::{huge_page_size, page, tracker, tracker_with, HugetlbPool, Region};
+#[allow(unused_imports)]
+use dirtytrack::Mode;
+use dirtytrack::{DirtySet, Error, RangeId, Thp, Tracker};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+fn madvise(addr: usize, len: usize, advice: i32) {
+    // SAFETY: advice on a mapping the test owns.
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+    assert_eq!(
+        rc,
+        0,
+        "madvise({advice}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn pwrite(fd: &OwnedFd, off: usize, data: &[u8]) {
+    // SAFETY: `data` is a valid buffer.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off as i64) };
+    assert_eq!(
+        n,
+        data.len() as isize,
+        "pwrite: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn pages_of(d: &DirtySet, r: &Region) -> Vec<usize> {
+    d.pages()
+        .filter(|&a| a >= r.addr && a < r.addr + r.len)
+        .map(|a| (a - r.addr) / page())
+        .collect()
+}
+
+/// Runs `f` (which writes tracked memory) on another thread; if it has not finished after a few
+/// seconds, unregisters `id` (which un-protects the range and wakes a stuck writer) and fails.
+fn bounded(t: &Tracker, id: RangeId, what: &str, f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        let h = s.spawn(f);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !h.is_finished() {
+            let _ = t.unregister(id);
+            let _ = h.join();
+            panic!(
+                "HANG: {what} did not complete within 5 s (the writer was released by unregister)"
+            );
+        }
+        h.join().unwrap();
+    });
+}
+
+/// The contract on `n`-page region `r`: pages 0..n/4 populated by writes, n/4..n/2 populated
+/// by reads, n/2.. never touched; after register, reads are not reported and writes are
+/// reported exactly. Returns the (changed, reported) counts of the write round.
+fn contract(t: &Tracker, r: &mut Region) -> (usize, usize) {
+    let n = r.pages();
+    for i in 0..n / 4 {
+        r.write(i, 0, 1);
+    }
+    for i in n / 4..n / 2 {
+        r.read(i, 0);
+    }
+    t.register(r.ptr(), r.len).unwrap();
+    r.rebase();
+    assert!(
+        t.collect().unwrap().is_empty(),
+        "nothing written since register"
+    );
+    for i in 0..n {
+        r.read(i, 100);
+    }
+    assert_eq!(
+        r.check(&t.collect().unwrap(), true),
+        (0, 0),
+        "reads are not reported"
+    );
+    for i in [0, n / 4 - 1, n / 4, n / 2 - 1, n / 2, n - 1] {
+        r.touch(i);
+    }
+    let counts = r.check(&t.collect().unwrap(), true);
+    assert!(t.collect().unwrap().is_empty(), "collect resets");
+    counts
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small pages: exact in both modes.
+
+per_mode! {
+    fn private_anonymous(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(32);
+        assert_eq!(contract(&t, &mut r), (6, 6));
+    }
+}
+
+per_mode! {
+    fn shared_anonymous(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::mmap(32, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
+        assert_eq!(contract(&t, &mut r), (6, 6));
+    }
+}
+
+per_mode! {
+    fn memfd_shared(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, _fd) = Region::memfd(32, true);
+        assert_eq!(contract(&t, &mut r), (6, 6));
+    }
+}
+
+per_mode! {
+    fn memfd_private(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, fd) = Region::memfd(32, false);
+        // The file has contents, so private copies, file pages and zero pages all differ.
+        pwrite(&fd, 0, &vec![0x5a; 16 * page()]);
+        assert_eq!(contract(&t, &mut r), (6, 6));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared memory written around the tracked mapping: invisible (documented).
+
+per_mode! {
+    /// Page-table tracking sees writes through the registered mapping only. A write through a
+    /// second mapping of the same memfd, or a `pwrite` to the memfd, changes the tracked memory
+    /// but is NOT reported. This test asserts that documented behaviour.
+    fn memfd_shared_second_mapping_and_pwrite_is_invisible_documented(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, fd) = Region::memfd(8, true);
+        for i in 0..4 {
+            r.write(i, 0, 1);
+        }
+        t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        let other = Region::mmap(8, libc::MAP_SHARED, fd.as_raw_fd());
+        // Pages 1 and 5 through the second mapping (populated / never touched in the tracked
+        // mapping), pages 2 and 6 with pwrite.
+        other.write(1, 10, 0x77);
+        other.write(5, 10, 0x77);
+        pwrite(&fd, 2 * page() + 10, &[0x88; 16]);
+        pwrite(&fd, 6 * page() + 10, &[0x88; 16]);
+        assert_eq!(r.changed(), vec![1, 2, 5, 6], "the tracked memory did change");
+        let d = t.collect().unwrap();
+        assert!(d.is_empty(), "documented: not visible to page-table tracking, got {:?}", pages_of(&d, &r));
+        // Tracking itself is intact: writes through the tracked mapping are reported.
+        r.rebase();
+        r.touch(1);
+        r.touch(6);
+        assert_eq!(r.check(&t.collect().unwrap(), true), (2, 2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discards after a collect: the contents of discarded pages changed (anon: to zero; private
+// file: back to the file's contents; shared: re-read from the file, unchanged) and must be
+// reported; afterwards tracking is exact again.
+
+/// 16 registered pages: 0..8 written (non-zero), 8..12 written with zero, 12..16 never touched.
+/// After a collect, page 0 is written again, then `advice` discards all 16 pages. Returns the
+/// counts of the collect after the discard; then checks that new writes are reported exactly.
+fn discard_after_collect(t: &Tracker, r: &mut Region, advice: i32) -> (usize, usize) {
+    assert_eq!(r.pages(), 16);
+    for i in 0..8 {
+        r.write(i, 0, 1);
+    }
+    for i in 8..12 {
+        r.write(i, 0, 0);
+    }
+    t.register(r.ptr(), r.len).unwrap();
+    r.rebase();
+    r.touch(0);
+    assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1));
+    r.touch(1);
+    madvise(r.addr, r.len, advice);
+    let counts = r.check(&t.collect().unwrap(), false);
+    r.touch(3);
+    r.touch(13);
+    assert_eq!(
+        r.check(&t.collect().unwrap(), true),
+        (2, 2),
+        "exact again after the discard"
+    );
+    counts
+}
+
+per_mode! {
+    fn private_anonymous_dontneed(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::anon(16);
+        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
+        eprintln!("private anon DONTNEED: changed {changed}, reported {reported}");
+        assert_eq!(changed, 8, "pages 0..8 now read as zero");
+        assert_eq!(reported, 16, "every discarded page is reported (over-report: 8)");
+    }
+}
+
+per_mode! {
+    fn shared_anonymous_dontneed(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let mut r = Region::mmap(16, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
+        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
+        eprintln!("shared anon DONTNEED: changed {changed}, reported {reported}");
+        assert_eq!(changed, 1, "shared pages keep their contents; only page 1 was written");
+        assert_eq!(reported, 16, "every discarded page is reported (over-report: 15)");
+    }
+}
+
+per_mode! {
+    fn memfd_shared_dontneed(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, _fd) = Region::memfd(16, true);
+        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
+        eprintln!("memfd shared DONTNEED: changed {changed}, reported {reported}");
+        assert_eq!(changed, 1, "shared pages keep their contents; only page 1 was written");
+        assert_eq!(reported, 16, "every discarded page is reported (over-report: 15)");
+    }
+}
+
+per_mode! {
+    fn memfd_shared_madv_remove(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, _fd) = Region::memfd(16, true);
+        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_REMOVE);
+        eprintln!("memfd shared MADV_REMOVE: changed {changed}, reported {reported}");
+        assert_eq!(changed, 8, "the hole reads as zero");
+        assert_eq!(reported, 16, "every removed page is reported (over-report: 8)");
+    }
+}
+
+per_mode! {
+    fn memfd_private_dontneed(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let (mut r, fd) = Region::memfd(16, false);
+        pwrite(&fd, 0, &vec![0x5a; 16 * page()]);
+        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
+        eprintln!("memfd private DONTNEED: changed {changed}, reported {reported}");
+        assert_eq!(changed, 12, "private copies (0..12) revert to the file's contents");
+        assert_eq!(reported, 16, "every discarded page is reported (over-report: 4)");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transparent huge pages.
+
+const HUGE: usize = 2 << 20;
+
+/// AnonHugePages (kB) of the VMAs overlapping `[addr, addr + len)`, from `/proc/self/smaps`.
+fn anon_huge_kb(addr: usize, len: usize) -> usize {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = a < addr + len && addr < b;
+                continue;
+            }
+        }
+        if let Some(v) = line.strip_prefix("AnonHugePages:") {
+            if inside {
+                kb += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    kb
+}
+
+/// 4 MiB of 2 MiB-aligned anonymous memory, `MADV_HUGEPAGE`, every base page written with 1:
+/// two transparent huge pages, or `None` after a skip when the kernel gave none.
+fn thp_region() -> Option<Region> {
+    let r = Region::anon_aligned(2 * HUGE / page(), HUGE);
+    madvise(r.addr, r.len, libc::MADV_HUGEPAGE);
+    for i in 0..r.pages() {
+        r.write(i, 0, 1);
+    }
+    let kb = anon_huge_kb(r.addr, r.len);
+    if kb < 2 * HUGE / 1024 {
+        common::skip(&format!(
+            "no transparent huge pages (AnonHugePages {kb} kB of 4096)"
+        ));
+        return None;
+    }
+    Some(r)
+}
+
+/// On THP: a one-byte write reports exactly its 4 KiB page (the first write splits the PMD).
+fn thp_one_byte(t: &Tracker) {
+    let Some(mut r) = thp_region() else { return };
+    let id = t.register(r.ptr(), r.len).unwrap();
+    r.rebase();
+    eprintln!(
+        "AnonHugePages after register: {} kB",
+        anon_huge_kb(r.addr, r.len)
+    );
+    assert!(t.collect().unwrap().is_empty());
+    bounded(t, id, "a write to a THP", || r.write(300, 5, 9));
+    let d = t.collect().unwrap();
+    assert_eq!(r.check(&d, true), (1, 1));
+    assert_eq!(pages_of(&d, &r), vec![300]);
+    eprintln!(
+        "AnonHugePages after the write: {} kB",
+        anon_huge_kb(r.addr, r.len)
+    );
+    // A second huge page, and a page of the first one again.
+    bounded(t, id, "writes to a THP", || {
+        r.write(512 + 77, 5, 9);
+        r.write(3, 5, 9);
+    });
+    let d = t.collect().unwrap();
+    assert_eq!(r.check(&d, true), (2, 2));
+    assert_eq!(pages_of(&d, &r), vec![3, 512 + 77]);
+}
+
+per_mode! {
+    fn thp_one_byte_write_reports_one_base_page(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        thp_one_byte(&t);
+    }
+}
+
+per_mode! {
+    fn thp_disable_one_byte_write_reports_one_base_page(mode: Mode) {
+        let Some(t) = tracker_with(Tracker::builder().mode(mode).thp(Thp::Disable)) else { return };
+        thp_one_byte(&t);
+    }
+}
+
+per_mode! {
+    /// `Thp::Disable` on never-touched `MADV_HUGEPAGE` memory: no huge page is ever made, and
+    /// every write is reported exactly.
+    fn thp_disable_keeps_new_memory_small(mode: Mode) {
+        let Some(t) = tracker_with(Tracker::builder().mode(mode).thp(Thp::Disable)) else { return };
+        let mut r = Region::anon_aligned(2 * HUGE / page(), HUGE);
+        madvise(r.addr, r.len, libc::MADV_HUGEPAGE);
+        let id = t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        bounded(&t, id, "writes", || {
+            for i in (0..r.pages()).step_by(3) {
+                r.write(i, 0, 1);
+            }
+        });
+        assert_eq!(anon_huge_kb(r.addr, r.len), 0, "no THP under Thp::Disable");
+        let n = r.pages().div_ceil(3);
+        assert_eq!(r.check(&t.collect().unwrap(), true), (n, n));
+    }
+}
+
+per_mode! {
+    /// `MADV_DONTNEED` of a whole protected THP (the PMD is freed): all 512 pages now read as
+    /// zero and all are reported.
+    fn thp_dontneed_whole_huge_page(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let Some(mut r) = thp_region() else { return };
+        let id = t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        bounded(&t, id, "a write to a THP", || r.write(600, 0, 7));
+        assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1));
+        madvise(r.addr, HUGE, libc::MADV_DONTNEED);
+        let d = t.collect().unwrap();
+        eprintln!("THP DONTNEED of 2 MiB: reported {}", d.len());
+        assert_eq!(r.check(&d, true), (512, 512));
+        bounded(&t, id, "writes", || {
+            r.write(5, 0, 7);
+            r.write(700, 0, 7);
+        });
+        assert_eq!(r.check(&t.collect().unwrap(), true), (2, 2), "exact again after the discard");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hugetlbfs (MAP_HUGETLB): reported per huge page.
+
+per_mode! {
+    /// A one-byte write reports its whole huge page (512 base pages for 2 MiB): over-report by
+    /// granularity, nothing lost.
+    fn hugetlb_one_byte_reports_the_whole_huge_page(mode: Mode) {
+        let Some(_pool) = HugetlbPool::reserve(2) else { return };
+        let Some(t) = tracker(mode) else { return };
+        let hp = huge_page_size() / page();
+        let Some(mut r) = Region::hugetlb(2, false) else {
+            common::skip("MAP_HUGETLB failed");
+            return;
+        };
+        r.write(0, 0, 1); // huge page 0 populated, huge page 1 never touched
+        let id = t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        assert!(t.collect().unwrap().is_empty());
+        bounded(&t, id, "a write to a hugetlb page", || r.write(300, 5, 9));
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, false), (1, hp));
+        assert_eq!(pages_of(&d, &r), (0..hp).collect::<Vec<_>>());
+        bounded(&t, id, "a write to a never-touched hugetlb page", || r.write(hp + 77, 5, 9));
+        let d = t.collect().unwrap();
+        assert_eq!(r.check(&d, false), (1, hp));
+        assert_eq!(pages_of(&d, &r), (hp..2 * hp).collect::<Vec<_>>());
+        assert!(t.collect().unwrap().is_empty());
+    }
+}
+
+per_mode! {
+    /// Registering part of a huge page is refused with a clear error.
+    fn hugetlb_unaligned_subrange_is_refused(mode: Mode) {
+        let Some(_pool) = HugetlbPool::reserve(2) else { return };
+        let Some(t) = tracker(mode) else { return };
+        let (hs, ps) = (huge_page_size(), page());
+        let Some(r) = Region::hugetlb(2, false) else {
+            common::skip("MAP_HUGETLB failed");
+            return;
+        };
+        for (what, off, len) in [
+            ("unaligned start", ps, hs - ps),
+            ("unaligned end", 0, ps),
+            ("unaligned end past one huge page", 0, hs + ps),
+        ] {
+            let e = t.register((r.addr + off) as *mut u8, len).unwrap_err();
+            eprintln!("hugetlb {what}: {e:?}");
+            match &e {
+                Error::MappingNotSupported { source, .. } => {
+                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{what}: {e}");
+                    assert!(e.to_string().contains("huge-page boundary"), "{what}: {e}");
+                }
+                e => panic!("{what}: expected MappingNotSupported, got {e:?}"),
+            }
+            assert!(t.ranges().is_empty(), "a refused register leaves nothing behind");
+        }
+        // The aligned range registers.
+        t.register(r.ptr(), r.len).unwrap();
+    }
+}
+
+per_mode! {
+    /// `MADV_DONTNEED` of protected hugetlb pages after a collect: they read as zero again and
+    /// every base page of both huge pages is reported.
+    fn hugetlb_dontneed(mode: Mode) {
+        let Some(_pool) = HugetlbPool::reserve(2) else { return };
+        let Some(t) = tracker(mode) else { return };
+        let hp = huge_page_size() / page();
+        let Some(mut r) = Region::hugetlb(2, false) else {
+            common::skip("MAP_HUGETLB failed");
+            return;
+        };
+        for i in 0..r.pages() {
+            r.write(i, 0, 1);
+        }
+        let id = t.register(r.ptr(), r.len).unwrap();
+        r.rebase();
+        bounded(&t, id, "a write to a hugetlb page", || r.write(5, 0, 2));
+        assert_eq!(r.check(&t.collect().unwrap(), false), (1, hp));
+        madvise(r.addr, r.len, libc::MADV_DONTNEED);
+        let d = t.collect().unwrap();
+        eprintln!("hugetlb DONTNEED of 2 huge pages: reported {}", d.len());
+        assert_eq!(r.check(&d, true), (2 * hp, 2 * hp));
+        bounded(&t, id, "a write after the discard", || r.write(hp + 1, 0, 2));
+        assert_eq!(r.check(&t.collect().unwrap(), false), (1, hp), "tracking continues");
+    }
+}
