@@ -27,16 +27,18 @@ impl Segment {
         self.start + self.bits.len() * page_size
     }
 
-    /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty.
+    /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect
+    /// path once per reported region: shifts and whole-word ORs, no bit-by-bit fill.
     pub(crate) fn mark(&mut self, from: usize, to: usize, page_size: usize) {
         let end = self.end(page_size);
         let (from, to) = (from.max(self.start), to.min(end));
         if from >= to {
             return;
         }
-        let first = (from - self.start) / page_size;
-        let last = (to - self.start).div_ceil(page_size);
-        self.bits[first..last].fill(true);
+        let shift = page_size.trailing_zeros();
+        let first = (from - self.start) >> shift;
+        let last = (to - self.start + page_size - 1) >> shift;
+        set_bits(self.bits.as_raw_mut_slice(), first, last);
     }
 
     /// ORs `other` (same extent) into `self`, word by word.
@@ -50,6 +52,78 @@ impl Segment {
             *a |= *b;
         }
     }
+}
+
+/// Sets bits `[first, last)` of `words` (LSB-first), a word at a time.
+fn set_bits(words: &mut [u64], first: usize, last: usize) {
+    let mut i = first;
+    while i < last {
+        let w = i / 64;
+        let lo = i % 64;
+        let hi = (last - w * 64).min(64);
+        words[w] |= if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        };
+        i = w * 64 + hi;
+    }
+}
+
+/// Indices of the set bits of `words`, ascending (`trailing_zeros` per set bit).
+fn ones(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    words.iter().enumerate().flat_map(|(w, &word)| {
+        let mut bits = word;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(w * 64 + b)
+        })
+    })
+}
+
+/// Maximal runs `[first, last)` of set bits of `words`, ascending (`trailing_zeros` /
+/// `trailing_ones` per run, so a dense bitmap costs a few operations per word).
+fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut w = 0;
+    let mut cur = words.first().copied().unwrap_or(0);
+    std::iter::from_fn(move || {
+        // Find the next set bit.
+        while cur == 0 {
+            w += 1;
+            cur = *words.get(w)?;
+        }
+        let b = cur.trailing_zeros() as usize;
+        let first = w * 64 + b;
+        // Extend across ones, possibly over whole words.
+        let ones = (cur >> b).trailing_ones() as usize;
+        if b + ones < 64 {
+            cur &= !(((1u64 << ones) - 1) << b);
+            return Some((first, first + ones));
+        }
+        loop {
+            w += 1;
+            match words.get(w) {
+                Some(&u64::MAX) => continue,
+                Some(&next) => {
+                    let n = next.trailing_ones() as usize;
+                    cur = if n == 64 {
+                        0
+                    } else {
+                        next & !((1u64 << n) - 1)
+                    };
+                    return Some((first, w * 64 + n));
+                }
+                None => {
+                    cur = 0;
+                    return Some((first, w * 64));
+                }
+            }
+        }
+    })
 }
 
 /// A set of dirty pages, one bitmap per tracked range.
@@ -101,7 +175,7 @@ impl DirtySet {
     /// Builds a set from segments (sorted, non-overlapping, with the same page size).
     pub(crate) fn from_segments(page_size: usize, mut segments: Vec<Segment>) -> DirtySet {
         segments.sort_by_key(|s| s.start);
-        let count = segments.iter().map(|s| s.bits.count_ones()).sum();
+        let count = count_all(&segments);
         DirtySet {
             page_size,
             segments,
@@ -145,22 +219,28 @@ impl DirtySet {
         let ps = self.page_size;
         self.segments
             .iter()
-            .flat_map(move |s| s.bits.iter_ones().map(move |i| s.start + i * ps))
+            .flat_map(move |s| ones(s.bits.as_raw_slice()).map(move |i| s.start + i * ps))
     }
 
     /// Maximal runs of contiguous dirty pages as byte ranges, ascending. Runs are coalesced
     /// across adjacent tracked ranges too.
     pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         let ps = self.page_size;
-        let mut pages = self.pages().peekable();
+        let mut per_segment = self.segments.iter().flat_map(move |s| {
+            bit_runs(s.bits.as_raw_slice()).map(move |(a, b)| s.start + a * ps..s.start + b * ps)
+        });
+        let mut pending = per_segment.next();
         std::iter::from_fn(move || {
-            let start = pages.next()?;
-            let mut end = start + ps;
-            while pages.peek() == Some(&end) {
-                pages.next();
-                end += ps;
+            let mut run = pending.take()?;
+            loop {
+                match per_segment.next() {
+                    Some(next) if next.start == run.end => run.end = next.end,
+                    next => {
+                        pending = next;
+                        return Some(run);
+                    }
+                }
             }
-            Some(start..end)
         })
     }
 
@@ -191,7 +271,7 @@ impl DirtySet {
             }
             return;
         }
-        self.count = self.segments.iter().map(|s| s.bits.count_ones()).sum();
+        self.count = count_all(&self.segments);
     }
 
     /// Marks every page overlapping `range` dirty (e.g. to merge pages known dirty from elsewhere).
@@ -220,8 +300,16 @@ impl DirtySet {
         }
         seg.mark(lo, hi, ps);
         self.segments.insert(first, seg);
-        self.count = self.segments.iter().map(|s| s.bits.count_ones()).sum();
+        self.count = count_all(&self.segments);
     }
+}
+
+fn count_all(segments: &[Segment]) -> usize {
+    segments
+        .iter()
+        .flat_map(|s| s.bits.as_raw_slice())
+        .map(|w| w.count_ones() as usize)
+        .sum()
 }
 
 impl PartialEq for DirtySet {
@@ -279,7 +367,7 @@ mod tests {
             runs,
             vec![0x10000..0x12000, 0x13000..0x15000, 0x20000..0x21000]
         );
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.len(), 5);
         assert!(s.contains(0x13fff) && !s.contains(0x12000) && !s.contains(0x0));
     }
 
@@ -296,6 +384,40 @@ mod tests {
         assert_eq!(pages, vec![0x10000, 0x11000, 0x50000, 0x55000, 0x61000]);
         assert!(a.contains(0x11000) && a.contains(0x61000) && a.contains(0x10000));
         assert_eq!(a.len(), 5);
+    }
+
+    #[test]
+    fn word_iterators_match_a_bit_by_bit_reference() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for round in 0..200 {
+            let nbits = 1 + round * 7 % 300;
+            let mut bits = bitvec![u64, Lsb0; 0; nbits];
+            for i in 0..nbits {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let density = round % 4; // sparse .. dense
+                if x % 4 < density as u64 + 1 || round % 10 == 0 {
+                    bits.set(i, true);
+                }
+            }
+            let words = bits.as_raw_slice();
+            let want: Vec<usize> = bits.iter_ones().collect();
+            assert_eq!(ones(words).collect::<Vec<_>>(), want);
+            let mut runs = Vec::new();
+            for i in want {
+                match runs.last_mut() {
+                    Some((_, e)) if *e == i => *e += 1,
+                    _ => runs.push((i, i + 1)),
+                }
+            }
+            assert_eq!(bit_runs(words).collect::<Vec<_>>(), runs, "round {round}");
+            let mut w = vec![0u64; words.len()];
+            let (a, b) = (round % nbits, (round * 3 % nbits).max(round % nbits));
+            set_bits(&mut w, a, b);
+            let got: Vec<usize> = ones(&w).collect();
+            assert_eq!(got, (a..b).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ mod backend;
 mod core;
 mod dirty_set;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod live;
 pub mod probe;
 mod range;

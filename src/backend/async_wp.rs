@@ -101,43 +101,77 @@ impl Scanner {
             } else {
                 0
             };
-        let mut at = start;
-        while at < end {
-            self.buf[..self.used].fill(PageRegion::default());
-            let req = ScanRequest {
-                flags,
-                start: at as u64,
-                end: end as u64,
-                max_pages,
-                category_mask: pagemap::PAGE_IS_WRITTEN,
-                return_mask: pagemap::PAGE_IS_WRITTEN,
-                ..Default::default()
-            };
-            let out = pagemap::scan(&self.pagemap, &req, &mut self.buf);
-            // Keep every filled entry, on success and on failure alike.
-            let filled = match out.result {
-                Ok(()) => out.regions.min(self.buf.len()),
-                Err(_) => self.buf.len(),
-            };
-            self.used = filled;
-            for r in &self.buf[..filled] {
-                if r.end > r.start {
-                    seg.mark(r.start as usize, r.end as usize, page_size);
-                }
-            }
-            if let Err(e) = out.result {
-                seg.mark(at, end, page_size);
-                return Err(ScanError::Kernel(e));
-            }
-            let walk_end = out.walk_end as usize;
-            if walk_end <= at {
-                seg.mark(at, end, page_size);
-                return Err(ScanError::NoProgress { at, walk_end });
-            }
-            at = walk_end;
-        }
-        Ok(())
+        let pagemap = &self.pagemap;
+        let mut used = self.used;
+        let result = scan_loop(
+            start,
+            end,
+            seg,
+            page_size,
+            &mut self.buf,
+            &mut used,
+            |at, buf| {
+                let req = ScanRequest {
+                    flags,
+                    start: at as u64,
+                    end: end as u64,
+                    max_pages,
+                    category_mask: pagemap::PAGE_IS_WRITTEN,
+                    return_mask: pagemap::PAGE_IS_WRITTEN,
+                    ..Default::default()
+                };
+                pagemap::scan(pagemap, &req, buf)
+            },
+        );
+        self.used = used;
+        result
     }
+}
+
+/// The `walk_end` continuation loop, separate from the ioctl so that it can be fuzzed over
+/// arbitrary kernel answers: `call(at, buf)` performs one scan of `[at, end)` into `buf`.
+///
+/// Guarantees, whatever `call` returns: it terminates (each step advances, or it stops with
+/// `NoProgress`); every non-empty region written into `buf` is marked in `seg`, on success and on
+/// failure; on failure, everything from the failed call's start to `end` is marked too.
+/// `used` tracks how much of `buf` may hold stale entries (pre-zeroed before each call).
+pub(crate) fn scan_loop(
+    start: usize,
+    end: usize,
+    seg: &mut Segment,
+    page_size: usize,
+    buf: &mut [PageRegion],
+    used: &mut usize,
+    mut call: impl FnMut(usize, &mut [PageRegion]) -> pagemap::ScanOutcome,
+) -> Result<(), ScanError> {
+    let mut at = start;
+    while at < end {
+        let stale = (*used).min(buf.len());
+        buf[..stale].fill(PageRegion::default());
+        let out = call(at, buf);
+        // Keep every filled entry, on success and on failure alike.
+        let filled = match out.result {
+            Ok(()) => out.regions.min(buf.len()),
+            Err(_) => buf.len(),
+        };
+        *used = filled;
+        for r in &buf[..filled] {
+            if r.end > r.start {
+                seg.mark(r.start as usize, r.end as usize, page_size);
+            }
+        }
+        if let Err(e) = out.result {
+            seg.mark(at, end, page_size);
+            return Err(ScanError::Kernel(e));
+        }
+        let walk_end = usize::try_from(out.walk_end).unwrap_or(usize::MAX);
+        if walk_end <= at {
+            seg.mark(at, end, page_size);
+            return Err(ScanError::NoProgress { at, walk_end });
+        }
+        at = walk_end;
+    }
+    Ok(())
 }
 
 /// One harvest of range `r`. On error, everything taken from the kernel (and everything not
