@@ -48,7 +48,7 @@ pub use dirty_set::DirtySet;
 pub use error::Error;
 pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::{Capabilities, FdSource, Prefault};
-pub use tracker::{Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
+pub use tracker::{Backing, Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
 
 /// `UFFD_FEATURE_*` bits, for [`TrackerBuilder::hide_features`] and [`Capabilities::has`].
 pub mod features {

@@ -66,6 +66,11 @@ pub struct Capabilities {
     pub pagemap_scan: bool,
     /// `MADV_POPULATE_READ` works (5.14+).
     pub madv_populate_read: bool,
+    /// Start-up self-test (async-capable kernels only): does `PAGEMAP_SCAN` itself report an
+    /// anonymous page discarded with `MADV_DONTNEED` as written? `Some(true)` on kernels with the
+    /// 2026 "PAGEMAP_SCAN written state for unpopulated ptes" fixes. The library does not depend
+    /// on it: it reports discards from `UFFD_EVENT_REMOVE` in both modes.
+    pub scan_reports_discards: Option<bool>,
     /// errno of the failed attempt to create any userfaultfd (to tell `EMFILE` from `EPERM`).
     pub(crate) open_errno: Option<i32>,
 }
@@ -110,7 +115,7 @@ impl Capabilities {
             .or(umo.as_ref())
             .and_then(|(fd, _)| uffd::api(fd.as_fd(), 0).ok());
 
-        Capabilities {
+        let mut caps = Capabilities {
             kernel_release,
             full_fd: full.as_ref().map(|(_, s)| *s),
             full_fd_error,
@@ -120,8 +125,14 @@ impl Capabilities {
             ioctls: api.map_or(0, |a| a.ioctls),
             pagemap_scan: probe_pagemap_scan(),
             madv_populate_read: probe_populate_read(),
+            scan_reports_discards: None,
             open_errno,
+        };
+        if caps.wp_async() && caps.pagemap_scan {
+            caps.scan_reports_discards =
+                probe_discard_reporting(caps.has(uffd::FEATURE_PAGEFAULT_FLAG_WP));
         }
+        caps
     }
 
     /// The same capabilities with some `UFFD_FEATURE_*` bits hidden (to force fallbacks in tests).
@@ -285,6 +296,11 @@ impl fmt::Display for Capabilities {
             if self.pagemap_scan { "yes" } else { "no" },
             if self.madv_populate_read { "yes" } else { "no" }
         )?;
+        match self.scan_reports_discards {
+            Some(true) => writeln!(f, "  discards: PAGEMAP_SCAN reports discarded pages itself; UFFD_EVENT_REMOVE reports them too")?,
+            Some(false) => writeln!(f, "  discards: PAGEMAP_SCAN misses discarded pages on this kernel (no 2026 fix); the library reports them from UFFD_EVENT_REMOVE")?,
+            None => writeln!(f, "  discards: reported from UFFD_EVENT_REMOVE")?,
+        }
         match self.check_async() {
             Ok(()) => writeln!(
                 f,
@@ -317,6 +333,42 @@ pub(crate) fn open_fd(flags: i32) -> Result<(OwnedFd, FdSource), (io::Error, io:
             Err(dev_err) => Err((sys_err, dev_err)),
         },
     }
+}
+
+/// Registers two written pages in async mode on a throwaway fd (no events enabled, so nothing
+/// blocks), discards one, and asks `PAGEMAP_SCAN` whether it is written.
+fn probe_discard_reporting(wp: bool) -> Option<bool> {
+    if !wp {
+        return None;
+    }
+    let ps = sys::page_size();
+    let (fd, _) = open_fd(libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY).ok()?;
+    uffd::api(
+        fd.as_fd(),
+        uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED,
+    )
+    .ok()?;
+    let m = mem::AnonMapping::new(2 * ps).ok()?;
+    mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
+    uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
+    uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
+    mem::madvise_discard(m.addr(), ps).ok()?;
+    let pm = File::open("/proc/self/pagemap").ok()?;
+    let req = pagemap::ScanRequest {
+        flags: pagemap::PM_SCAN_CHECK_WPASYNC,
+        start: m.addr() as u64,
+        end: (m.addr() + 2 * ps) as u64,
+        category_mask: pagemap::PAGE_IS_WRITTEN,
+        return_mask: pagemap::PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    let mut out = [pagemap::PageRegion::default(); 2];
+    let res = pagemap::scan(&pm, &req, &mut out);
+    res.result.ok()?;
+    let reported = out[..res.regions.min(2)]
+        .iter()
+        .any(|r| r.start <= m.addr() as u64 && (m.addr() as u64) < r.end);
+    Some(reported)
 }
 
 fn probe_pagemap_scan() -> bool {

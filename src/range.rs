@@ -87,6 +87,10 @@ pub(crate) struct RangeState {
     pub(crate) start: AtomicUsize,
     /// Length in bytes (fixed).
     pub(crate) len: usize,
+    /// Protection granule: the page size, or the huge page size of a hugetlbfs range.
+    pub(crate) granule: usize,
+    /// What backs the range (from `/proc/self/maps` at registration).
+    pub(crate) backing: crate::Backing,
     /// Start and end at registration (for error messages).
     pub(crate) registered_at: usize,
     /// Pages known dirty that the page tables may not show: sync-mode write faults recorded by
@@ -107,11 +111,20 @@ pub(crate) struct RangeState {
 }
 
 impl RangeState {
-    pub(crate) fn new(id: RangeId, start: usize, len: usize, page_size: usize) -> RangeState {
+    pub(crate) fn new(
+        id: RangeId,
+        start: usize,
+        len: usize,
+        page_size: usize,
+        granule: usize,
+        backing: crate::Backing,
+    ) -> RangeState {
         RangeState {
             id,
             start: AtomicUsize::new(start),
             len,
+            granule,
+            backing,
             registered_at: start,
             marks: AtomicBitmap::new(len / page_size),
             discards: AtomicBitmap::new(len / page_size),

@@ -42,6 +42,49 @@ pub enum Thp {
     Disable,
 }
 
+/// What backs a registered range, and so which changes page-table tracking cannot see.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    /// `MAP_PRIVATE | MAP_ANONYMOUS` (or the heap, stacks): tracked exactly.
+    PrivateAnonymous,
+    /// `MAP_SHARED` memory (shared anonymous, memfd, shmem, a shared file mapping): writes
+    /// through another mapping, another process, or the fd (`pwrite`, `fallocate`, `ftruncate`)
+    /// are NOT seen.
+    Shared,
+    /// A private mapping of a file or memfd: this process's writes are seen; changes to the
+    /// file's pages not yet copied privately (`pwrite` to the file) are NOT seen.
+    PrivateFile,
+    /// hugetlbfs: tracked per huge page (a one-byte write reports the whole huge page).
+    Hugetlb {
+        /// The huge page size in bytes.
+        page_size: usize,
+    },
+    /// Several kinds of mapping in one range.
+    Mixed,
+}
+
+impl Backing {
+    /// The changes to such memory that no page-table tracker sees (the README's tracking
+    /// contract); empty for private anonymous memory.
+    pub fn blind_spots(&self) -> &'static [&'static str] {
+        match self {
+            Backing::PrivateAnonymous => &[],
+            Backing::Shared | Backing::Mixed => &[
+                "writes through another mapping of the same memory or by another process",
+                "writes through the file descriptor (pwrite, write, copy_file_range)",
+                "fallocate(PUNCH_HOLE) and ftruncate of the backing object",
+            ],
+            Backing::PrivateFile => &[
+                "changes to the file (pwrite, another process) in pages not yet written privately",
+            ],
+            Backing::Hugetlb { .. } => &[
+                "writes through another mapping of the same hugetlbfs file, or by another process",
+            ],
+        }
+    }
+}
+
 /// A registered range. `Copy`, cheap, and only meaningful to the tracker that returned it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RangeId(pub(crate) u64);
@@ -65,6 +108,8 @@ pub struct RangeInfo {
     pub registered_addr: usize,
     /// `Some(reason)` when its registration vanished; see [`Error::RangeLost`].
     pub lost: Option<String>,
+    /// What backs it (see [`Backing::blind_spots`] for what cannot be seen there).
+    pub backing: Backing,
 }
 
 /// Configures and builds a [`Tracker`].
@@ -329,9 +374,50 @@ impl Tracker {
         if let Some(hole) = maps::first_hole(&vmas, start, end) {
             return Err(Error::NotMapped { start, end, hole });
         }
+        let backing = backing_of(&vmas, start);
+        let granule = match backing {
+            Backing::Hugetlb { page_size } => {
+                for (what, value) in [("hugetlbfs address", start), ("hugetlbfs length", len)] {
+                    if value % page_size != 0 {
+                        return Err(Error::Unaligned {
+                            what,
+                            value,
+                            page_size,
+                        });
+                    }
+                }
+                if !core.caps.has(uffd::FEATURE_EVENT_REMOVE) {
+                    return Err(Error::MappingNotSupported {
+                        start,
+                        end,
+                        mapping: describe(&vmas),
+                        mode: core.mode,
+                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                        hint: "tracking hugetlbfs needs UFFD_FEATURE_EVENT_REMOVE (4.11+): without it discards are lost",
+                    });
+                }
+                page_size
+            }
+            _ if vmas.iter().any(maps::looks_hugetlb) => return Err(Error::MappingNotSupported {
+                start,
+                end,
+                mapping: describe(&vmas),
+                mode: core.mode,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                hint:
+                    "register hugetlbfs memory as a range of its own, aligned to its huge page size",
+            }),
+            _ => ps,
+        };
         if core.no_thp {
             // Best effort: hugetlbfs mappings reject it and need no THP policy.
             let _ = mem::madvise(start, len, mem::MADV_NOHUGEPAGE);
+        }
+        if !matches!(backing, Backing::Hugetlb { .. }) {
+            // KSM merging drops the write-protect bits (sync mode lost 15 of 16 writes): take the
+            // range out of KSM. A no-op unless the range was MADV_MERGEABLE or the process uses
+            // PR_SET_MEMORY_MERGE; fails harmlessly without CONFIG_KSM.
+            let _ = mem::madvise(start, len, mem::MADV_UNMERGEABLE);
         }
         let ioctls = uffd::register(core.uffd.as_fd(), start, len, uffd::REGISTER_MODE_WP)
             .map_err(|e| register_error(core, start, end, &vmas, e))?;
@@ -351,7 +437,7 @@ impl Tracker {
         }
         *next_id += 1;
         let id = RangeId(*next_id);
-        let state = Arc::new(RangeState::new(id, start, len, ps));
+        let state = Arc::new(RangeState::new(id, start, len, ps, granule, backing));
         // Visible to the monitor before any page is protected, so no fault finds no range.
         core.ranges.write().push(state.clone());
         let armed = sync_wp::prefault(core.prefault, start, len, ps)
@@ -566,6 +652,32 @@ fn info(r: &RangeState) -> RangeInfo {
         len: r.len,
         registered_addr: r.registered_at,
         lost: r.lost.lock().clone(),
+        backing: r.backing.clone(),
+    }
+}
+
+fn backing_of(vmas: &[maps::Vma], start: usize) -> Backing {
+    let kind = |v: &maps::Vma| {
+        if maps::looks_hugetlb(v) {
+            let page_size = maps::kernel_page_size(v.start.max(start))
+                .ok()
+                .flatten()
+                .unwrap_or(2 << 20);
+            Backing::Hugetlb { page_size }
+        } else if v.is_shared() {
+            Backing::Shared
+        } else if v.is_file_backed() {
+            Backing::PrivateFile
+        } else {
+            Backing::PrivateAnonymous
+        }
+    };
+    let mut kinds = vmas.iter().map(kind);
+    let first = kinds.next().unwrap_or(Backing::PrivateAnonymous);
+    if kinds.all(|k| k == first) {
+        first
+    } else {
+        Backing::Mixed
     }
 }
 

@@ -104,8 +104,7 @@ impl Drop for Monitor {
 
 fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
-    let mut faults: Vec<usize> = Vec::with_capacity(FAULTS_CAPACITY);
-    let ps = core.page_size;
+    let mut faults: Vec<(usize, usize)> = Vec::with_capacity(FAULTS_CAPACITY);
     loop {
         let [uffd_ready, stop_ready] = mem::poll_in2(core.uffd.as_fd(), stop.as_fd(), -1)?;
         if stop_ready {
@@ -126,16 +125,15 @@ fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
         if faults.is_empty() {
             continue;
         }
-        // read_batch recorded every fault in its range's marks; only now un-protect.
+        // read_batch recorded every fault in its range's marks; only now un-protect, as
+        // coalesced runs (a new fault read during an EAGAIN retry is appended and handled too).
         faults.sort_unstable();
-        faults.dedup();
         let mut i = 0;
         while i < faults.len() {
-            let start = faults[i];
-            let mut end = start + ps;
+            let (start, mut end) = faults[i];
             let mut j = i + 1;
-            while j < faults.len() && faults[j] == end {
-                end += ps;
+            while j < faults.len() && faults[j].0 <= end {
+                end = end.max(faults[j].1);
                 j += 1;
             }
             unprotect(core, &ranges, &mut msgs, &mut faults, start, end)?;
@@ -145,12 +143,13 @@ fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Reads one batch and applies events; pushes write-fault page addresses to `faults`.
+/// Reads one batch and applies events; pushes the `[start, end)` to un-protect for each write
+/// fault to `faults` (one page, or one huge page in a hugetlbfs range).
 fn read_batch(
     core: &Core,
     ranges: &[Arc<RangeState>],
     msgs: &mut [uffd::UffdMsg],
-    faults: &mut Vec<usize>,
+    faults: &mut Vec<(usize, usize)>,
 ) -> io::Result<()> {
     let n = match uffd::read_msgs(core.uffd.as_fd(), msgs) {
         Ok(n) => n,
@@ -163,18 +162,25 @@ fn read_batch(
         match m.event {
             uffd::EVENT_PAGEFAULT => {
                 let addr = m.pagefault_address() as usize & !(ps - 1);
+                let range = Core::range_at(ranges, addr);
+                // Protection granule: a page, or a whole huge page (hugetlbfs cannot
+                // un-protect less: UFFDIO_WRITEPROTECT of 4 KiB there is EINVAL).
+                let granule = range.map_or(ps, |r| r.granule);
+                let start = addr & !(granule - 1);
                 if core.mode == Mode::Sync {
                     // Record before the page is un-protected (which happens later, in `run`).
-                    if let Some(r) = Core::range_at(ranges, addr) {
-                        let i = (addr - r.start()) / ps;
-                        r.marks.set(i);
-                        // Live snapshot: keep the page's old contents before the write.
-                        if let Some(cow) = r.cow.lock().as_ref() {
-                            cow.copy_page(i, addr, ps);
+                    if let Some(r) = range {
+                        let first = (start - r.start()) / ps;
+                        for i in first..first + granule / ps {
+                            r.marks.set(i);
+                            // Live snapshot: keep the page's old contents before the write.
+                            if let Some(cow) = r.cow.lock().as_ref() {
+                                cow.copy_page(i, r.start() + i * ps, ps);
+                            }
                         }
                     }
                 }
-                faults.push(addr);
+                faults.push((start, start + granule));
             }
             uffd::EVENT_REMOVE => {
                 let (a, b) = m.remove();
@@ -247,7 +253,7 @@ fn unprotect(
     core: &Core,
     ranges: &[Arc<RangeState>],
     msgs: &mut [uffd::UffdMsg],
-    faults: &mut Vec<usize>,
+    faults: &mut Vec<(usize, usize)>,
     start: usize,
     end: usize,
 ) -> io::Result<()> {
@@ -263,6 +269,14 @@ fn unprotect(
                 }
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
+                // Gone (unregistered, unmapped): waking is all that is left to do. But a range
+                // that is still tracked must not answer this: waking alone would let the writer
+                // fault again forever, so fail (the tracker is poisoned, writers released).
+                if let Some(r) = Core::range_at(ranges, start) {
+                    if r.lost.lock().is_none() {
+                        return Err(e);
+                    }
+                }
                 let _ = uffd::wake(core.uffd.as_fd(), start, end - start);
                 return Ok(());
             }

@@ -72,6 +72,51 @@ pub fn first_hole(vmas: &[Vma], start: usize, end: usize) -> Option<usize> {
     (at < end).then_some(at)
 }
 
+/// `HUGETLBFS_MAGIC` from `<linux/magic.h>`.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The kernel page size of the mapping that contains `addr`, from `/proc/self/smaps`
+/// (`KernelPageSize`), if the mapping is found. Reads smaps, which walks page tables: call it
+/// only for mappings that look like hugetlbfs (see [`looks_hugetlb`]).
+pub fn kernel_page_size(addr: usize) -> io::Result<Option<usize>> {
+    let text = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut inside = false;
+    for line in text.lines() {
+        if let Some(v) = parse_line(line) {
+            inside = v.start <= addr && addr < v.end;
+        } else if inside {
+            if let Some(rest) = line.strip_prefix("KernelPageSize:") {
+                let kb: usize = rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                return Ok((kb > 0).then_some(kb * 1024));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a mapping is backed by hugetlbfs (`MAP_HUGETLB` or a file on a hugetlbfs mount).
+pub fn looks_hugetlb(v: &Vma) -> bool {
+    if v.path.starts_with("/anon_hugepage") {
+        return true;
+    }
+    if !v.is_file_backed() || !v.path.starts_with('/') {
+        return false;
+    }
+    let Ok(path) = std::ffi::CString::new(v.path.trim_end_matches(" (deleted)")) else {
+        return false;
+    };
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid, exclusively borrowed out-parameter.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,16 +11,28 @@ pub const MADV_POPULATE_READ: i32 = 22;
 pub const MADV_POPULATE_WRITE: i32 = 23;
 /// `MADV_NOHUGEPAGE` (2.6.38).
 pub const MADV_NOHUGEPAGE: i32 = libc::MADV_NOHUGEPAGE;
+/// `MADV_UNMERGEABLE` (2.6.32): take the range out of KSM and un-merge its merged pages.
+pub const MADV_UNMERGEABLE: i32 = libc::MADV_UNMERGEABLE;
 
 /// `madvise(addr, len, advice)`.
 ///
 /// Only advice values that do not change the contents of memory may be passed by the library
-/// (`MADV_POPULATE_READ`, `MADV_NOHUGEPAGE`); destructive advice is the caller's business.
+/// (`MADV_POPULATE_READ`, `MADV_NOHUGEPAGE`, `MADV_UNMERGEABLE`); destructive advice is the
+/// caller's business.
 pub fn madvise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
     // SAFETY: the advice values used by this crate only fault pages in or change THP policy;
     // they neither unmap nor change the contents of memory, so no Rust reference is affected.
     // The kernel validates the range.
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } as _)?;
+    Ok(())
+}
+
+/// `madvise(MADV_DONTNEED)` on memory the caller owns exclusively (the probe's own throwaway
+/// mapping): its contents become zero.
+pub fn madvise_discard(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: callers pass only mappings they created and reference through no Rust reference
+    // (the probe's `AnonMapping`), so zeroing them invalidates nothing.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) } as _)?;
     Ok(())
 }
 
