@@ -27,7 +27,6 @@ use crate::{Error, Mode};
 use parking_lot::{Mutex, RwLock};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub(crate) struct Core {
@@ -53,8 +52,6 @@ pub(crate) struct Core {
     pub(crate) batch: Mutex<()>,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
     pub(crate) poisoned: Mutex<Option<String>>,
-    /// Test hook: the monitor panics when it next wakes up.
-    pub(crate) test_panic: AtomicBool,
 }
 
 /// What the harvest lock owns.

@@ -1,6 +1,6 @@
 //! [`Tracker`], its builder, and range handles.
 
-use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
+use crate::backend::{self, async_wp, monitor, monitor::Monitor, sync_wp, Kind};
 use crate::core::{Core, Harvest};
 use crate::dirty_set::{DirtySet, Segment};
 use crate::live::{self, LiveSnapshot};
@@ -11,7 +11,6 @@ use crate::Error;
 use parking_lot::{Mutex, RwLock};
 use std::fmt;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// How write faults are resolved.
@@ -217,7 +216,6 @@ impl TrackerBuilder {
             ranges: RwLock::new(Vec::new()),
             batch: Mutex::new(()),
             poisoned: Mutex::new(None),
-            test_panic: AtomicBool::new(false),
         });
         let monitor = Monitor::start(core.clone())
             .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
@@ -566,11 +564,21 @@ impl Tracker {
         LiveSnapshot::start(self.core.clone(), r, dirty, addr)
     }
 
-    /// Test hook: makes the monitor thread panic the next time it wakes up, to exercise
-    /// poisoning. Not part of the API.
+    /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
     #[doc(hidden)]
     pub fn __panic_monitor_for_test(&self) {
-        self.core.test_panic.store(true, Ordering::SeqCst);
+        if let Some(m) = &self.monitor {
+            m.send(monitor::Control::PanicForTest);
+        }
+    }
+
+    /// Test hook: the monitor thread serves nothing for `d`, so writers stay blocked in their
+    /// faults. Not part of the API.
+    #[doc(hidden)]
+    pub fn __pause_monitor_for_test(&self, d: std::time::Duration) {
+        if let Some(m) = &self.monitor {
+            m.send(monitor::Control::PauseForTest(d));
+        }
     }
 
     /// Where a range lives now (after `mremap` its address changes) and whether it is lost.

@@ -131,20 +131,34 @@ per_mode! {
 
 #[test]
 fn writer_blocked_in_a_fault_is_released_when_the_tracker_is_dropped() {
-    // Sync mode only: a writer blocks until the monitor un-protects its page. Drop while the
-    // monitor is (made) unable to serve it: the drop must release the writer.
+    // Sync mode only: a writer blocks until the monitor un-protects its page. The monitor is
+    // paused, the writer faults and blocks, and the tracker is dropped under it: the drop must
+    // release the writer (UFFDIO_UNREGISTER alone does not wake write-protect waiters).
     let Some(t) = tracker(dirtytrack::Mode::Sync) else {
         return;
     };
     let r = Arc::new(Region::anon(4));
     t.register(r.ptr(), r.len).unwrap();
-    t.__panic_monitor_for_test(); // the monitor dies on the next fault, leaving the writer blocked
+    t.__pause_monitor_for_test(Duration::from_secs(30));
+    let done = Arc::new(AtomicBool::new(false));
     let w = {
-        let r = r.clone();
-        std::thread::spawn(move || r.write(1, 0, 7))
+        let (r, done) = (r.clone(), done.clone());
+        std::thread::spawn(move || {
+            r.write(1, 0, 7);
+            done.store(true, Ordering::Release);
+        })
     };
-    std::thread::sleep(Duration::from_millis(50));
-    drop(t);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !done.load(Ordering::Acquire),
+        "the writer must be blocked in its fault"
+    );
+    let started = Instant::now();
+    drop(t); // unregisters and wakes first; then stops the (paused) monitor
     w.join().unwrap();
     assert_eq!(r.read(1, 0), 7);
+    eprintln!(
+        "writer released; drop took {:?} (the monitor was paused for 30 s)",
+        started.elapsed()
+    );
 }

@@ -6,7 +6,8 @@
 //! memory events (`UFFD_EVENT_REMOVE`, `UNMAP`, `REMAP`), which block the thread that caused them
 //! until they are read.
 //!
-//! Loop: `poll` the uffd and a stop eventfd; when the uffd is readable, take `ranges` (read) and
+//! Loop: `poll` the uffd and a doorbell eventfd (control messages — stop, test hooks — arrive on
+//! a `crossbeam-channel` and ring it); when the uffd is readable, take `ranges` (read) and
 //! `batch`, read up to [`BATCH`] messages, and apply them:
 //! - `REMOVE [a, b)` (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`): the pages' contents changed
 //!   (to zero, or to the file's): mark them dirty;
@@ -52,22 +53,36 @@ const BATCH: usize = 64;
 /// Pre-allocated room for outstanding faults.
 const FAULTS_CAPACITY: usize = 4096;
 
-/// The running thread and its stop signal.
+/// A control message to the monitor thread. Sent on a channel; the eventfd is the doorbell that
+/// wakes the thread's `poll`, which then drains the channel in order.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Leave the loop.
+    Stop,
+    /// Test hook: panic now, to exercise poisoning.
+    PanicForTest,
+    /// Test hook: serve nothing for this long (no lock held), so writers stay blocked.
+    PauseForTest(std::time::Duration),
+}
+
+/// The running thread, its control channel and doorbell.
 pub(crate) struct Monitor {
-    stop: OwnedFd,
+    control: crossbeam_channel::Sender<Control>,
+    doorbell: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Monitor {
     /// Starts the monitor for `core`.
     pub(crate) fn start(core: Arc<Core>) -> io::Result<Monitor> {
-        let stop = mem::eventfd()?;
-        let stop_for_thread = stop.try_clone()?;
+        let doorbell = mem::eventfd()?;
+        let doorbell_for_thread = doorbell.try_clone()?;
+        let (control, inbox) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("dirtytrack-monitor".into())
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&core, &stop_for_thread)
+                    run(&core, &doorbell_for_thread, &inbox)
                 }));
                 let reason = match result {
                     Ok(Ok(())) => return,
@@ -77,15 +92,23 @@ impl Monitor {
                 core.poison(reason);
             })?;
         Ok(Monitor {
-            stop,
+            control,
+            doorbell,
             thread: Some(thread),
         })
+    }
+
+    /// Sends a control message and rings the doorbell.
+    pub(crate) fn send(&self, msg: Control) {
+        if self.control.send(msg).is_ok() {
+            let _ = mem::eventfd_signal(self.doorbell.as_fd());
+        }
     }
 
     /// Stops the thread and waits for it.
     pub(crate) fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = mem::eventfd_signal(self.stop.as_fd());
+            self.send(Control::Stop);
             let _ = t.join();
         }
     }
@@ -102,22 +125,31 @@ impl Drop for Monitor {
     }
 }
 
-fn run(core: &Core, stop: &OwnedFd) -> io::Result<()> {
+fn run(
+    core: &Core,
+    doorbell: &OwnedFd,
+    inbox: &crossbeam_channel::Receiver<Control>,
+) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
     let mut faults: Vec<(usize, usize)> = Vec::with_capacity(FAULTS_CAPACITY);
     loop {
-        let [uffd_ready, stop_ready] = mem::poll_in2(core.uffd.as_fd(), stop.as_fd(), -1)?;
-        if stop_ready {
-            return Ok(());
+        let [uffd_ready, control_ready] = mem::poll_in2(core.uffd.as_fd(), doorbell.as_fd(), -1)?;
+        if control_ready {
+            mem::eventfd_drain(doorbell.as_fd())?;
+            while let Ok(msg) = inbox.try_recv() {
+                match msg {
+                    Control::Stop => return Ok(()),
+                    Control::PanicForTest => panic!("test hook: monitor panic"),
+                    Control::PauseForTest(d) => {
+                        if let Ok(Control::Stop) = inbox.recv_timeout(d) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
         }
         if !uffd_ready {
             continue;
-        }
-        if core
-            .test_panic
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            panic!("test hook: monitor panic");
         }
         let ranges = core.ranges.read_recursive();
         let _batch = core.batch.lock();
