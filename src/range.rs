@@ -71,6 +71,15 @@ impl AtomicBitmap {
         }
     }
 
+    /// Moves every set bit into `other` (ORed), leaving `self` clear.
+    pub(crate) fn move_into(&self, other: &AtomicBitmap) {
+        for (w, o) in self.words.iter().zip(other.words.iter()) {
+            if w.load(Ordering::Relaxed) != 0 {
+                o.fetch_or(w.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Clears every bit.
     pub(crate) fn clear(&self) {
         for w in self.words.iter() {
@@ -98,10 +107,14 @@ pub(crate) struct RangeState {
     /// taken from the kernel or could not scan. Every collect takes these; every snapshot reads
     /// them. Marked by any thread with `fetch_or`; never cleared except by a harvest.
     pub(crate) marks: AtomicBitmap,
-    /// Pages discarded (`UFFD_EVENT_REMOVE`) since the last re-protect. Without
-    /// `WP_UNPOPULATED`, sync mode must populate them again before it re-protects them, or their
-    /// next first write would not fault.
+    /// Pages discarded (`UFFD_EVENT_REMOVE`) since the last harvest. The discarding thread zaps
+    /// the pages only after the monitor has read the event, possibly after the harvest that
+    /// took their mark: so every harvest moves these back into `marks`, and the next collect
+    /// reports them again (over-report, documented for discards).
     pub(crate) discards: AtomicBitmap,
+    /// Sync mode without `WP_UNPOPULATED`: discarded pages to populate again before the next
+    /// re-protect (their next first write would not fault otherwise).
+    pub(crate) repopulate: AtomicBitmap,
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
     /// A lost range makes every call that touches it fail with `Error::RangeLost`.
     pub(crate) lost: Mutex<Option<String>>,
@@ -128,6 +141,7 @@ impl RangeState {
             registered_at: start,
             marks: AtomicBitmap::new(len / page_size),
             discards: AtomicBitmap::new(len / page_size),
+            repopulate: AtomicBitmap::new(len / page_size),
             lost: Mutex::new(None),
             cow: Mutex::new(None),
         }
@@ -159,6 +173,19 @@ impl RangeState {
             let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
             self.marks.set_range(a, b);
             self.discards.set_range(a, b);
+        }
+    }
+
+    /// After a harvest took (or cleared) the marks: the pages discarded since the previous
+    /// harvest are marked again for the next one, and queued for re-population if `repopulate`.
+    pub(crate) fn rearm_discards(&self, repopulate: bool) {
+        if repopulate {
+            let mut d = bitvec![u64, Lsb0; 0; self.marks.bits];
+            self.discards.take_into(&mut d);
+            self.marks.or_bits(&d);
+            self.repopulate.or_bits(&d);
+        } else {
+            self.discards.move_into(&self.marks);
         }
     }
 

@@ -222,6 +222,15 @@ pub(crate) fn harvest(
         Kind::Snapshot => r.marks.copy_into(&mut seg.bits),
         Kind::Clear => r.marks.clear(),
     }
+    // A discard's zap may land after this scan. For private anonymous memory on kernels whose
+    // scan reports zapped pages as written (start-up self-test), the next scan catches it; in
+    // every other case (older kernels, shared memory and hugetlbfs, which keep protection
+    // markers or are missed by the scan), the discarded pages are reported again.
+    let scan_sees_zaps = core.caps.scan_reports_discards == Some(true)
+        && r.backing == crate::Backing::PrivateAnonymous;
+    if kind != Kind::Snapshot && !scan_sees_zaps {
+        r.rearm_discards(false);
+    }
     Ok(seg)
 }
 

@@ -105,14 +105,10 @@ pub(crate) fn reprotect_then(
             Ok(()) => {
                 let mut seg = r.segment(core.page_size);
                 let result = at_instant(&mut seg);
-                if fallback {
-                    // Pages discarded after we populated them are empty again, so the
-                    // re-protect skipped them and their next write will not fault: keep them
-                    // dirty for the next collect, which populates and protects them.
-                    let mut late = bitvec![u64, Lsb0; 0; r.pages(core.page_size)];
-                    r.discards.copy_into(&mut late);
-                    r.marks.or_bits(&late);
-                }
+                // Pages discarded since the last harvest: their zap may land after this
+                // re-protect (then their next write does not fault), so they stay dirty for the
+                // next collect, which (without WP_UNPOPULATED) also populates them again first.
+                r.rearm_discards(fallback);
                 drop(batch);
                 return result.map(|()| seg);
             }
@@ -129,11 +125,13 @@ pub(crate) fn reprotect_then(
     }
 }
 
-/// Populates the pages discarded since the last re-protect (prefault fallbacks only).
+/// Populates the pages discarded since the last re-protect (prefault fallbacks only): those
+/// queued by the last harvest, and those discarded since (read from `discards`, not taken).
 fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(), Error> {
     let ps = core.page_size;
     let mut bits = bitvec![u64, Lsb0; 0; r.pages(ps)];
-    r.discards.take_into(&mut bits);
+    r.repopulate.take_into(&mut bits);
+    r.discards.copy_into(&mut bits);
     let mut it = bits.iter_ones().peekable();
     while let Some(first) = it.next() {
         let mut last = first;
@@ -147,7 +145,7 @@ fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(),
             ps,
         ) {
             // Keep them for the next attempt; the pages themselves are already in `marks`.
-            r.discards.or_bits(&bits);
+            r.repopulate.or_bits(&bits);
             return Err(range_error(core, r, "populating discarded pages", e));
         }
     }

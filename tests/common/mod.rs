@@ -63,6 +63,17 @@ pub fn tracker_with(b: TrackerBuilder) -> Option<Tracker> {
     }
 }
 
+/// Whether the collect right after the one that reported a discard is exact for range `id`:
+/// only in async mode, for private anonymous memory, on kernels whose scan reports zapped pages
+/// itself. Elsewhere the discarded pages are reported by two collects (the zap may land after
+/// the first), which the README documents as a discard over-report.
+pub fn exact_after_discard(t: &Tracker, id: dirtytrack::RangeId) -> bool {
+    let backing = t.range(id).map(|i| i.backing).ok();
+    t.mode() == Mode::Async
+        && t.capabilities().scan_reports_discards == Some(true)
+        && backing == Some(dirtytrack::Backing::PrivateAnonymous)
+}
+
 /// An anonymous (or other) mapping with a shadow copy of its bytes.
 pub struct Region {
     pub addr: usize,
@@ -171,6 +182,32 @@ impl Region {
                 now[r.clone()] != self.shadow[r]
             })
             .collect()
+    }
+
+    /// The shadow of pages `pages` takes their current contents; the other pages keep theirs.
+    pub fn rebase_pages(&mut self, pages: std::ops::Range<usize>) {
+        let bytes = pages.start * page()..pages.end * page();
+        assert!(bytes.end <= self.len);
+        // SAFETY: inside the mapping, which is readable.
+        let now = unsafe {
+            std::slice::from_raw_parts((self.addr + bytes.start) as *const u8, bytes.len())
+        };
+        self.shadow[bytes].copy_from_slice(now);
+    }
+
+    /// Whether page `i` differs from its shadow.
+    pub fn page_changed(&self, i: usize) -> bool {
+        let bytes = i * page()..(i + 1) * page();
+        // SAFETY: inside the mapping, which is readable.
+        let now = unsafe { std::slice::from_raw_parts(self.page_addr(i) as *const u8, page()) };
+        now != &self.shadow[bytes]
+    }
+
+    /// Page `i`'s shadow becomes a copy of page `j`'s shadow in `from` (the page moved, e.g. by
+    /// `mremap`).
+    pub fn copy_shadow_page(&mut self, i: usize, from: &Region, j: usize) {
+        let ps = page();
+        self.shadow[i * ps..(i + 1) * ps].copy_from_slice(&from.shadow[j * ps..(j + 1) * ps]);
     }
 
     /// The oracle: every changed page is in `dirty`; with `exact`, nothing else in this region is.
