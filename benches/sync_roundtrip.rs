@@ -151,6 +151,60 @@ fn first_write(c: &mut Criterion) {
     drop((async_t, sync_t, raw));
 }
 
+/// Live snapshot of 256 MiB while two writer threads keep dirtying random pages, against a
+/// stopped-world copy of the same range (`process_vm_readv`, the physical limit). Throughput is
+/// printed in MiB/s by criterion.
+fn live_snapshot(c: &mut Criterion) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    const SNAP_PAGES: usize = 65536; // 256 MiB
+    let m = populated(SNAP_PAGES);
+    let t = Tracker::builder()
+        .mode(Mode::Sync)
+        .build()
+        .expect("sync tracker");
+    let id = t.register(m.addr() as *mut u8, m.len()).expect("register");
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = m.addr();
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    touch(base + (x as usize % SNAP_PAGES) * page_size(), x as u8);
+                }
+            })
+        })
+        .collect();
+    let mut g = c.benchmark_group("live_snapshot_256MiB_2writers");
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Bytes(m.len() as u64));
+    g.bench_function("dirtytrack_live_snapshot", |b| {
+        b.iter(|| {
+            let copy = t
+                .live_snapshot(id)
+                .expect("live snapshot")
+                .wait()
+                .expect("copy");
+            assert_eq!(copy.data.len(), m.len());
+        })
+    });
+    let mut buf = vec![0u8; m.len()];
+    g.bench_function("stopped_world_copy", |b| {
+        b.iter(|| dirtytrack::sys::mem::read_own_memory(m.addr(), &mut buf).expect("copy"))
+    });
+    g.finish();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    drop(t);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -159,4 +213,13 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = first_write
 }
-criterion_main!(benches);
+
+criterion_group! {
+    name = snapshot;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4));
+    targets = live_snapshot
+}
+criterion_main!(benches, snapshot);
