@@ -32,6 +32,8 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(feature = "capi")]
+pub mod capi;
 mod core;
 mod dirty_set;
 mod error;

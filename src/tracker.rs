@@ -516,7 +516,7 @@ impl Tracker {
     /// one instant, made while the program keeps writing. Returns at the instant; the copy
     /// completes in the background ([`LiveSnapshot::wait`]).
     ///
-    /// The instant acts as a collect of this range: [`LiveCopy::dirty_at_instant`] holds the
+    /// The instant acts as a collect of this range: [`LiveCopy::dirty_at_instant`](crate::LiveCopy::dirty_at_instant) holds the
     /// pages written since the previous collect, and the next `collect` reports the pages written
     /// since the instant. The first write to each page after the instant waits while the monitor
     /// copies the page (one page copy on top of the sync-mode round trip). Memory: one copy of

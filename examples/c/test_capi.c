@@ -1,0 +1,885 @@
+/*
+ * test_capi.c: tests of the dirtytrack C API, normal use and every error path a C program can
+ * reach. Run by scripts/check-capi natively, under valgrind and under AddressSanitizer.
+ *
+ * Exit code: 0 if every check passed, 1 otherwise, 77 if this machine cannot create any tracker
+ * (no userfaultfd: permissions or kernel), so there is nothing to test.
+ *
+ * Environment: DT_TEST_VALGRIND=1 skips the checks that block a thread until the tracker's
+ * monitor thread reacts, which deadlock under valgrind: valgrind runs one guest thread at a time
+ * and keeps its lock while a thread sits in a page fault or in munmap/madvise, so the monitor
+ * never gets to run. Skipped: writes to sync-mode memory (a userfaultfd write fault), and munmap
+ * or MADV_DONTNEED of registered memory (UFFD_EVENT_UNMAP / UFFD_EVENT_REMOVE wait for the
+ * monitor), i.e. the range-lost and poisoned-tracker checks. scripts/check-capi runs the whole
+ * test natively and under AddressSanitizer as well.
+ */
+#define _GNU_SOURCE
+#include "dirtytrack.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Test hooks exported by the library but not declared in the header. */
+dt_status dt__test_panic(void);
+dt_status dt__test_poison(dt_tracker *t);
+
+static int failures = 0;
+static int checks = 0;
+static size_t PS;
+
+#define EXPECT(call, want)                                                                         \
+    do {                                                                                           \
+        dt_status got_ = (call);                                                                   \
+        checks++;                                                                                  \
+        if (got_ != (want)) {                                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s\n  returned %s, expected %s\n  message: %s\n",         \
+                    __FILE__, __LINE__, #call, dt_status_name(got_), dt_status_name(want),         \
+                    dt_last_error_message());                                                      \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+#define OK(call) EXPECT(call, DT_OK)
+
+#define ASSERT(cond)                                                                               \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                        \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* The last error message contains `needle`. */
+#define MESSAGE_HAS(needle)                                                                        \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (strstr(dt_last_error_message(), (needle)) == NULL) {                                   \
+            fprintf(stderr, "FAIL %s:%d: message \"%s\" lacks \"%s\"\n", __FILE__, __LINE__,       \
+                    dt_last_error_message(), (needle));                                            \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+static void section(const char *name) {
+    if (getenv("DT_TEST_DEBUG")) printf("    (open handles: %zu)\n", dt_open_handles());
+    printf("  - %s\n", name);
+    fflush(stdout);
+}
+
+static char *map(size_t pages) {
+    char *p = mmap(NULL, pages * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    memset(p, 0x11, pages * PS);
+    return p;
+}
+
+static size_t set_len(const dt_dirty_set *s) {
+    size_t n = (size_t)-1;
+    OK(dt_dirty_set_len(s, &n));
+    return n;
+}
+
+static bool has(const dt_dirty_set *s, const void *addr) {
+    bool b = false;
+    OK(dt_dirty_set_contains(s, (uintptr_t)addr, &b));
+    return b;
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+static void test_statics(void) {
+    section("status names, page size, last error message");
+    ASSERT(strcmp(dt_status_name(DT_OK), "DT_OK") == 0);
+    ASSERT(strcmp(dt_status_name(DT_ERR_NOT_MAPPED), "DT_ERR_NOT_MAPPED") == 0);
+    ASSERT(strcmp(dt_status_name(DT_ERR_BUFFER_TOO_SMALL), "DT_ERR_BUFFER_TOO_SMALL") == 0);
+    ASSERT(strcmp(dt_status_name(12345), "DT_ERR_UNKNOWN_CODE") == 0);
+    ASSERT(PS >= 4096 && (PS & (PS - 1)) == 0);
+    ASSERT(dt_last_error_message() != NULL);
+
+    section("a panic inside the library becomes DT_ERR_PANIC");
+    EXPECT(dt__test_panic(), DT_ERR_PANIC);
+    MESSAGE_HAS("panic");
+    MESSAGE_HAS("dt__test_panic was called");
+    /* The next successful call clears the message. */
+    dt_dirty_set *s = NULL;
+    OK(dt_dirty_set_new(&s));
+    ASSERT(strcmp(dt_last_error_message(), "") == 0);
+    OK(dt_dirty_set_free(s));
+}
+
+static void test_probe_report(void) {
+    section("dt_probe_report: size query, full buffer, truncation, NULL buffer");
+    size_t need = 0;
+    EXPECT(dt_probe_report(NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
+    MESSAGE_HAS("call again with at least");
+    ASSERT(need > 20);
+    char *buf = malloc(need);
+    OK(dt_probe_report(buf, need, NULL));
+    ASSERT(strlen(buf) == need - 1);
+    ASSERT(strstr(buf, "async mode") != NULL && strstr(buf, "sync mode") != NULL);
+    char small[8];
+    size_t need2 = 0;
+    EXPECT(dt_probe_report(small, sizeof small, &need2), DT_ERR_BUFFER_TOO_SMALL);
+    ASSERT(strlen(small) == sizeof small - 1 && strncmp(small, buf, sizeof small - 1) == 0);
+    ASSERT(need2 == need);
+    EXPECT(dt_probe_report(NULL, 16, NULL), DT_ERR_NULL);
+    free(buf);
+}
+
+static void test_tracker_creation(void) {
+    section("tracker creation: NULL out, invalid modes");
+    EXPECT(dt_tracker_new(NULL), DT_ERR_NULL);
+    dt_tracker *t = (dt_tracker *)0x1;
+    EXPECT(dt_tracker_new_with_mode(7, &t), DT_ERR_INVALID_ARGUMENT);
+    ASSERT(t == NULL);
+    MESSAGE_HAS("is not a dt_mode");
+    EXPECT(dt_tracker_new_with_mode(-1, &t), DT_ERR_INVALID_ARGUMENT);
+}
+
+static void test_handles(dt_tracker *t) {
+    section("NULL, garbage, wrong-type and misaligned arguments");
+    uint64_t id = 0;
+    char *mem = map(4);
+    dt_dirty_set *set = NULL;
+    dt_mode mode;
+
+    EXPECT(dt_register(NULL, mem, PS, &id), DT_ERR_NULL);
+    MESSAGE_HAS("dt_tracker handle is NULL");
+    EXPECT(dt_tracker_mode(NULL, &mode), DT_ERR_NULL);
+    EXPECT(dt_collect(NULL, &set), DT_ERR_NULL);
+    ASSERT(set == NULL);
+    EXPECT(dt_clear(NULL), DT_ERR_NULL);
+    size_t len = 0;
+    EXPECT(dt_dirty_set_len(NULL, &len), DT_ERR_NULL);
+
+    /* Garbage handles: never dereferenced, reported as invalid. */
+    dt_tracker *garbage = (dt_tracker *)(uintptr_t)0xdeadbeef;
+    EXPECT(dt_register(garbage, mem, PS, &id), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("is not a live dt_tracker handle");
+    int on_stack = 0;
+    EXPECT(dt_clear((dt_tracker *)&on_stack), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_free((dt_tracker *)mem), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_dirty_set_free((dt_dirty_set *)(uintptr_t)0x1234567), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_live_copy_free((dt_live_copy *)(uintptr_t)-1), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_live_snapshot_free((dt_live_snapshot *)&on_stack), DT_ERR_INVALID_HANDLE);
+
+    /* A handle of another type. */
+    OK(dt_dirty_set_new(&set));
+    EXPECT(dt_clear((dt_tracker *)set), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("is a dt_dirty_set, not a dt_tracker");
+    EXPECT(dt_dirty_set_free((dt_dirty_set *)t), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("is a dt_tracker, not a dt_dirty_set");
+    OK(dt_tracker_mode(t, &mode)); /* still alive after the wrong-type free */
+
+    /* NULL out-parameters and buffers. */
+    EXPECT(dt_register(t, mem, PS, NULL), DT_ERR_NULL);
+    MESSAGE_HAS("out_range_id is NULL");
+    EXPECT(dt_tracker_mode(t, NULL), DT_ERR_NULL);
+    EXPECT(dt_collect(t, NULL), DT_ERR_NULL);
+    EXPECT(dt_dirty_set_len(set, NULL), DT_ERR_NULL);
+    EXPECT(dt_dirty_set_contains(set, 0, NULL), DT_ERR_NULL);
+    size_t n = 99;
+    EXPECT(dt_dirty_set_pages(set, 0, NULL, 4, &n), DT_ERR_NULL);
+    EXPECT(dt_dirty_set_pages(set, 0, NULL, 0, NULL), DT_ERR_NULL);
+    OK(dt_dirty_set_pages(set, 0, NULL, 0, &n)); /* cap 0: NULL buffer is fine */
+    ASSERT(n == 0);
+    EXPECT(dt_dirty_set_runs(set, 0, NULL, 1, &n), DT_ERR_NULL);
+
+    /* Misaligned out-parameters are refused, not written. */
+    uint64_t words[3] = {0, 0, 0};
+    uint64_t *misaligned = (uint64_t *)((char *)words + 1);
+    EXPECT(dt_register(t, mem, PS, misaligned), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("not aligned");
+    uintptr_t pages[4];
+    EXPECT(dt_dirty_set_pages(set, 0, (uintptr_t *)((char *)pages + 2), 2, &n),
+           DT_ERR_INVALID_ARGUMENT);
+    ASSERT(words[0] == 0 && words[1] == 0);
+
+    OK(dt_dirty_set_free(set));
+    munmap(mem, 4 * PS);
+}
+
+static void test_register_errors(dt_tracker *t) {
+    section("register: unaligned, zero, overflow, unmapped, overlap");
+    char *mem = map(8);
+    uint64_t id = 1234, id2 = 0;
+
+    EXPECT(dt_register(t, mem + 1, PS, &id), DT_ERR_UNALIGNED);
+    ASSERT(id == 0); /* set to 0 on failure */
+    MESSAGE_HAS("is not a multiple of the page size");
+    EXPECT(dt_register(t, mem, PS + 1, &id), DT_ERR_UNALIGNED);
+    MESSAGE_HAS("length");
+    EXPECT(dt_register(t, mem, 0, &id), DT_ERR_ZERO_LENGTH);
+    MESSAGE_HAS("has length 0");
+    void *top = (void *)(uintptr_t)(UINTPTR_MAX - PS + 1);
+    EXPECT(dt_register(t, top, 2 * PS, &id), DT_ERR_ADDRESS_OVERFLOW);
+    MESSAGE_HAS("overflows the address space");
+
+    /* A hole in the middle. */
+    munmap(mem + 4 * PS, PS);
+    EXPECT(dt_register(t, mem, 8 * PS, &id), DT_ERR_NOT_MAPPED);
+    MESSAGE_HAS("is not fully mapped");
+    EXPECT(dt_register(t, mem + 4 * PS, PS, &id), DT_ERR_NOT_MAPPED);
+
+    /* Overlap with a registered range. */
+    OK(dt_register(t, mem, 4 * PS, &id));
+    ASSERT(id != 0);
+    EXPECT(dt_register(t, mem + 2 * PS, 2 * PS, &id2), DT_ERR_OVERLAP);
+    MESSAGE_HAS("overlaps");
+    EXPECT(dt_register(t, mem, 4 * PS, &id2), DT_ERR_OVERLAP);
+    OK(dt_register(t, mem + 5 * PS, 3 * PS, &id2)); /* the part after the hole */
+    ASSERT(id2 != id && id2 != 0);
+
+    dt_range_info info;
+    OK(dt_tracker_range(t, id, &info));
+    ASSERT(info.id == id && info.addr == (uintptr_t)mem && info.len == 4 * PS && !info.lost);
+    ASSERT(info.registered_addr == (uintptr_t)mem);
+    EXPECT(dt_tracker_range(t, id, NULL), DT_ERR_NULL);
+
+    OK(dt_unregister(t, id));
+    OK(dt_unregister(t, id2));
+    munmap(mem, 8 * PS);
+}
+
+static void test_unknown_ranges(dt_tracker *t) {
+    section("unknown range ids");
+    dt_dirty_set *s = (dt_dirty_set *)0x1;
+    dt_range_info info;
+    EXPECT(dt_unregister(t, 0), DT_ERR_UNKNOWN_RANGE);
+    MESSAGE_HAS("RangeId(0) is not registered with this tracker");
+    EXPECT(dt_unregister(t, 987654), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_collect_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    ASSERT(s == NULL);
+    EXPECT(dt_snapshot_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_clear_range(t, 987654), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_range(t, 987654, &info), DT_ERR_UNKNOWN_RANGE);
+
+    /* An id that was valid once. */
+    char *mem = map(2);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 2 * PS, &id));
+    OK(dt_unregister(t, id));
+    EXPECT(dt_unregister(t, id), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_clear_range(t, id), DT_ERR_UNKNOWN_RANGE);
+    munmap(mem, 2 * PS);
+}
+
+static void test_tracking(dt_tracker *t) {
+    section("collect, snapshot, clear, and their per-range forms");
+    char *a = map(16), *b = map(8);
+    uint64_t ia = 0, ib = 0;
+    dt_dirty_set *s = NULL;
+    OK(dt_register(t, a, 16 * PS, &ia));
+    OK(dt_register(t, b, 8 * PS, &ib));
+
+    /* Nothing written yet. */
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+
+    a[0] = 1;
+    a[5 * PS + 3] = 1;
+    b[7 * PS] = 1;
+    /* snapshot does not reset. */
+    OK(dt_snapshot(t, &s));
+    ASSERT(set_len(s) == 3 && has(s, a) && has(s, a + 5 * PS + 100) && has(s, b + 7 * PS));
+    ASSERT(!has(s, a + PS) && !has(s, b));
+    OK(dt_dirty_set_free(s));
+    OK(dt_snapshot_range(t, ib, &s));
+    ASSERT(set_len(s) == 1 && has(s, b + 7 * PS));
+    OK(dt_dirty_set_free(s));
+
+    /* collect_range resets only its range. */
+    OK(dt_collect_range(t, ia, &s));
+    ASSERT(set_len(s) == 2 && has(s, a) && !has(s, b + 7 * PS));
+    OK(dt_dirty_set_free(s));
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == 1 && has(s, b + 7 * PS));
+    OK(dt_dirty_set_free(s));
+
+    /* clear and clear_range. */
+    a[PS] = 2;
+    b[PS] = 2;
+    OK(dt_clear_range(t, ib));
+    OK(dt_snapshot(t, &s));
+    ASSERT(set_len(s) == 1 && has(s, a + PS));
+    OK(dt_dirty_set_free(s));
+    OK(dt_clear(t));
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+
+    /* Runs coalesce within a range. */
+    for (int p = 3; p < 9; p++) {
+        a[p * PS] = 3;
+    }
+    a[12 * PS] = 3;
+    OK(dt_collect(t, &s));
+    size_t nruns = 0, n = 0;
+    OK(dt_dirty_set_run_count(s, &nruns));
+    ASSERT(nruns == 2);
+    dt_run runs[4];
+    OK(dt_dirty_set_runs(s, 0, runs, 4, &n));
+    ASSERT(n == 2);
+    ASSERT(runs[0].start == (uintptr_t)(a + 3 * PS) && runs[0].len == 6 * PS);
+    ASSERT(runs[1].start == (uintptr_t)(a + 12 * PS) && runs[1].len == PS);
+    OK(dt_dirty_set_free(s));
+
+    OK(dt_unregister(t, ia));
+    OK(dt_unregister(t, ib));
+    munmap(a, 16 * PS);
+    munmap(b, 8 * PS);
+}
+
+static void test_iteration(dt_tracker *t) {
+    section("page and run iteration with every buffer size, resume indices, end of set");
+    enum { N = 300 };
+    char *mem = map(N);
+    uint64_t id = 0;
+    int want[N] = {0};
+    size_t expect_pages = 0;
+    OK(dt_register(t, mem, N * PS, &id));
+    for (int p = 0; p < N; p++) {
+        if (p % 7 == 0 || (p >= 100 && p < 170) || p == N - 1) {
+            mem[p * PS] = 9;
+            want[p] = 1;
+            expect_pages++;
+        }
+    }
+    dt_dirty_set *s = NULL;
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == expect_pages);
+
+    const size_t caps[] = {1, 2, 3, 5, 64, 1000};
+    for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++) {
+        size_t cap = caps[c], n = 0, total = 0;
+        uintptr_t *buf = malloc(cap * sizeof *buf);
+        uintptr_t prev = 0;
+        int ok = 1;
+        for (size_t i = 0; dt_dirty_set_pages(s, i, buf, cap, &n) == DT_OK && n > 0; i += n) {
+            ASSERT(n <= cap);
+            for (size_t k = 0; k < n; k++) {
+                size_t p = (buf[k] - (uintptr_t)mem) / PS;
+                ok &= p < N && want[p] && buf[k] > prev;
+                prev = buf[k];
+            }
+            total += n;
+        }
+        ASSERT(ok && total == expect_pages);
+        free(buf);
+
+        /* Runs rebuilt into pages must give the same set. */
+        dt_run *rbuf = malloc(cap * sizeof *rbuf);
+        size_t rpages = 0;
+        for (size_t i = 0; dt_dirty_set_runs(s, i, rbuf, cap, &n) == DT_OK && n > 0; i += n) {
+            for (size_t k = 0; k < n; k++) {
+                ASSERT(rbuf[k].len % PS == 0 && rbuf[k].len > 0);
+                rpages += rbuf[k].len / PS;
+            }
+        }
+        ASSERT(rpages == expect_pages);
+        free(rbuf);
+    }
+
+    /* Past the end: nothing, not an error. */
+    uintptr_t one;
+    size_t n = 7;
+    OK(dt_dirty_set_pages(s, expect_pages, &one, 1, &n));
+    ASSERT(n == 0);
+    OK(dt_dirty_set_pages(s, (size_t)-1, &one, 1, &n));
+    ASSERT(n == 0);
+    dt_run r;
+    OK(dt_dirty_set_runs(s, 1u << 30, &r, 1, &n));
+    ASSERT(n == 0);
+    /* Resume in the middle of a run: page 100 + 5 is dirty page index... find it by address. */
+    size_t idx = 0;
+    for (int p = 0; p < 105; p++) {
+        idx += want[p];
+    }
+    OK(dt_dirty_set_pages(s, idx, &one, 1, &n));
+    ASSERT(n == 1 && one == (uintptr_t)(mem + 105 * PS));
+
+    OK(dt_dirty_set_free(s));
+    OK(dt_unregister(t, id));
+    munmap(mem, N * PS);
+}
+
+static void test_sets(dt_tracker *t) {
+    section("dirty sets: union (also with itself), empty sets, double free");
+    char *mem = map(32);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 32 * PS, &id));
+    dt_dirty_set *a = NULL, *b = NULL, *acc = NULL;
+    mem[0] = 1;
+    mem[10 * PS] = 1;
+    OK(dt_collect(t, &a));
+    mem[10 * PS] = 2;
+    mem[20 * PS] = 2;
+    OK(dt_collect(t, &b));
+
+    OK(dt_dirty_set_new(&acc));
+    ASSERT(set_len(acc) == 0);
+    OK(dt_dirty_set_union(acc, a));
+    ASSERT(set_len(acc) == 2);
+    size_t nr = 0;
+    OK(dt_dirty_set_run_count(acc, &nr)); /* builds the run table ... */
+    ASSERT(nr == 2);
+    OK(dt_dirty_set_union(acc, b)); /* ... which the union invalidates */
+    ASSERT(set_len(acc) == 3 && has(acc, mem) && has(acc, mem + 10 * PS) && has(acc, mem + 20 * PS));
+    OK(dt_dirty_set_run_count(acc, &nr));
+    ASSERT(nr == 3);
+    OK(dt_dirty_set_union(acc, acc));
+    ASSERT(set_len(acc) == 3);
+    OK(dt_dirty_set_union(b, a)); /* the other direction */
+    ASSERT(set_len(b) == 3 && set_len(a) == 2);
+    EXPECT(dt_dirty_set_union(NULL, a), DT_ERR_NULL);
+    EXPECT(dt_dirty_set_union(acc, NULL), DT_ERR_NULL);
+    EXPECT(dt_dirty_set_union(acc, (dt_dirty_set *)t), DT_ERR_INVALID_HANDLE);
+
+    OK(dt_dirty_set_free(a));
+    EXPECT(dt_dirty_set_free(a), DT_ERR_INVALID_HANDLE); /* double free detected */
+    MESSAGE_HAS("already freed");
+    EXPECT(dt_dirty_set_len(a, &nr), DT_ERR_INVALID_HANDLE); /* use after free detected */
+    EXPECT(dt_dirty_set_union(acc, a), DT_ERR_INVALID_HANDLE);
+    OK(dt_dirty_set_free(NULL));
+    OK(dt_dirty_set_free(b));
+    OK(dt_dirty_set_free(acc));
+    OK(dt_unregister(t, id));
+    munmap(mem, 32 * PS);
+}
+
+static void test_capabilities(dt_tracker *t) {
+    section("dt_capabilities_report");
+    size_t need = 0;
+    EXPECT(dt_capabilities_report(t, NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
+    char *buf = malloc(need);
+    size_t need2 = 0;
+    OK(dt_capabilities_report(t, buf, need, &need2));
+    ASSERT(need2 == need && strlen(buf) == need - 1);
+    ASSERT(strstr(buf, "Mode::Auto") != NULL);
+    char tiny[1] = {'x'};
+    EXPECT(dt_capabilities_report(t, tiny, 1, NULL), DT_ERR_BUFFER_TOO_SMALL);
+    ASSERT(tiny[0] == '\0');
+    EXPECT(dt_capabilities_report(NULL, buf, need, NULL), DT_ERR_NULL);
+    free(buf);
+}
+
+static void test_range_lost(dt_tracker *t) {
+    section("an unmapped range is reported lost (DT_ERR_RANGE_LOST), then unregistered");
+    char *mem = map(16), *keep = map(4);
+    uint64_t id = 0, other = 0;
+    OK(dt_register(t, mem, 16 * PS, &id));
+    OK(dt_register(t, keep, 4 * PS, &other));
+    munmap(mem + 4 * PS, 4 * PS);
+    keep[PS] = 1;
+    dt_dirty_set *s = NULL;
+    EXPECT(dt_collect(t, &s), DT_ERR_RANGE_LOST);
+    ASSERT(s == NULL);
+    MESSAGE_HAS("unregister it");
+    dt_range_info info;
+    OK(dt_tracker_range(t, id, &info));
+    ASSERT(info.lost);
+    OK(dt_unregister(t, id));
+    OK(dt_collect(t, &s)); /* nothing lost for the other range */
+    ASSERT(has(s, keep + PS));
+    OK(dt_dirty_set_free(s));
+    OK(dt_unregister(t, other));
+    munmap(mem, 16 * PS);
+    munmap(keep, 4 * PS);
+}
+
+static void test_other_userfaultfd(dt_tracker *t) {
+    section("memory owned by another tracker (DT_ERR_OWNED_BY_ANOTHER_USERFAULTFD)");
+    dt_tracker *t2 = NULL;
+    dt_mode mode;
+    OK(dt_tracker_mode(t, &mode));
+    OK(dt_tracker_new_with_mode(mode, &t2));
+    char *mem = map(4);
+    uint64_t id = 0, id2 = 0;
+    OK(dt_register(t, mem, 4 * PS, &id));
+    EXPECT(dt_register(t2, mem, 4 * PS, &id2), DT_ERR_OWNED_BY_ANOTHER_USERFAULTFD);
+    MESSAGE_HAS("already registered with another userfaultfd");
+    OK(dt_unregister(t, id));
+    OK(dt_tracker_free(t2));
+    munmap(mem, 4 * PS);
+}
+
+static void test_needs_sync(dt_tracker *t) {
+    dt_mode mode;
+    OK(dt_tracker_mode(t, &mode));
+    if (mode != DT_MODE_ASYNC) {
+        return;
+    }
+    section("live snapshot of an async tracker (DT_ERR_NEEDS_SYNC_MODE)");
+    char *mem = map(2);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 2 * PS, &id));
+    dt_live_snapshot *ls = (dt_live_snapshot *)0x1;
+    EXPECT(dt_live_snapshot_start(t, id, &ls), DT_ERR_NEEDS_SYNC_MODE);
+    ASSERT(ls == NULL);
+    MESSAGE_HAS("needs Mode::Sync");
+    OK(dt_unregister(t, id));
+    munmap(mem, 2 * PS);
+}
+
+static int on_tmpfs(const char *path) {
+    struct statfs fs;
+    return statfs(path, &fs) == 0 && fs.f_type == 0x01021994; /* TMPFS_MAGIC */
+}
+
+static void test_sync_mode(int skip_writes) {
+    dt_tracker *t = NULL;
+    dt_status st = dt_tracker_new_with_mode(DT_MODE_SYNC, &t);
+    if (st != DT_OK) {
+        printf("  - SKIP sync mode: %s: %s\n", dt_status_name(st), dt_last_error_message());
+        return;
+    }
+    section("sync mode: tracking, live snapshots (wait, in progress, free, double wait)");
+    dt_mode mode;
+    OK(dt_tracker_mode(t, &mode));
+    ASSERT(mode == DT_MODE_SYNC);
+    char *mem = map(32);
+    for (int p = 0; p < 32; p++) {
+        mem[p * PS] = (char)p;
+    }
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 32 * PS, &id));
+
+    dt_dirty_set *s = NULL;
+    if (!skip_writes) {
+        mem[3 * PS] = 33;
+        OK(dt_collect(t, &s));
+        ASSERT(set_len(s) == 1 && has(s, mem + 3 * PS));
+        OK(dt_dirty_set_free(s));
+        mem[4 * PS] = 44; /* dirty before the instant */
+    }
+
+    dt_live_snapshot *ls = NULL, *ls2 = (dt_live_snapshot *)0x1;
+    OK(dt_live_snapshot_start(t, id, &ls));
+    EXPECT(dt_live_snapshot_start(t, id, &ls2), DT_ERR_SNAPSHOT_IN_PROGRESS);
+    ASSERT(ls2 == NULL);
+    MESSAGE_HAS("already in progress");
+    if (!skip_writes) {
+        mem[5 * PS] = 55; /* after the instant: copied before it goes through */
+    }
+    size_t copied = 0, total = 0;
+    OK(dt_live_snapshot_progress(ls, &copied, &total));
+    ASSERT(total == 32 && copied <= total);
+    OK(dt_live_snapshot_progress(ls, NULL, NULL));
+    EXPECT(dt_live_snapshot_wait(ls, NULL), DT_ERR_NULL); /* handle untouched */
+    dt_live_copy *copy = NULL;
+    OK(dt_live_snapshot_wait(ls, &copy));
+    ASSERT(copy != NULL);
+    dt_live_copy *again = (dt_live_copy *)0x1;
+    EXPECT(dt_live_snapshot_wait(ls, &again), DT_ERR_INVALID_HANDLE); /* consumed */
+    ASSERT(again == NULL);
+    OK(dt_live_copy_free(copy));
+    EXPECT(dt_live_snapshot_free(ls), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_live_snapshot_wait(NULL, &copy), DT_ERR_NULL);
+
+    OK(dt_live_snapshot_start(t, id, &ls));
+    OK(dt_live_snapshot_wait(ls, &copy));
+    /* That second snapshot's instant was after every write above. */
+    uintptr_t addr = 0;
+    const uint8_t *data = NULL;
+    size_t len = 0;
+    OK(dt_live_copy_addr(copy, &addr));
+    OK(dt_live_copy_data(copy, &data, &len));
+    ASSERT(addr == (uintptr_t)mem && len == 32 * PS && data != NULL);
+    ASSERT(data != NULL && memcmp(data, mem, len) == 0);
+    dt_dirty_set *at = NULL;
+    OK(dt_live_copy_dirty_at_instant(copy, &at));
+    if (!skip_writes) {
+        ASSERT(set_len(at) == 1 && has(at, mem + 5 * PS));
+        mem[6 * PS] = 66; /* after the copy: the copy keeps the old byte */
+        ASSERT(data[6 * PS] == 6);
+    }
+    OK(dt_dirty_set_free(at));
+    EXPECT(dt_live_copy_data(copy, NULL, &len), DT_ERR_NULL);
+    EXPECT(dt_live_copy_addr((dt_live_copy *)t, &addr), DT_ERR_INVALID_HANDLE);
+    OK(dt_live_copy_free(copy));
+    EXPECT(dt_live_copy_free(copy), DT_ERR_INVALID_HANDLE);
+    OK(dt_live_copy_free(NULL));
+
+    /* Abandoning a snapshot. */
+    OK(dt_live_snapshot_start(t, id, &ls));
+    OK(dt_live_snapshot_free(ls));
+    OK(dt_live_snapshot_free(NULL));
+
+    /* A regular file mapping on a disk file system cannot be tracked in sync mode. */
+    if (!on_tmpfs(".")) {
+        char path[] = "./dt-test-XXXXXX";
+        int fd = mkstemp(path);
+        if (fd >= 0 && ftruncate(fd, (off_t)(4 * PS)) == 0) {
+            char *f = mmap(NULL, 4 * PS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (f != MAP_FAILED) {
+                uint64_t fid = 0;
+                EXPECT(dt_register(t, f, 4 * PS, &fid), DT_ERR_MAPPING_NOT_SUPPORTED);
+                MESSAGE_HAS("sync mode tracks anonymous");
+                munmap(f, 4 * PS);
+            }
+        }
+        if (fd >= 0) {
+            close(fd);
+            unlink(path);
+        }
+    } else {
+        printf("  - SKIP mapping-not-supported: the current directory is on tmpfs\n");
+    }
+
+    OK(dt_unregister(t, id));
+    OK(dt_tracker_free(t));
+    munmap(mem, 32 * PS);
+}
+
+/*
+ * Runs `fn(arg)` in a fork child and returns its result (0 = pass, 77 = skip, other = fail), or
+ * -1 if the child died without reporting. The result travels through a pipe rather than the exit
+ * status, because under valgrind the child's exit status reports valgrind's own findings: the
+ * child has none of the parent's threads, so what their stacks own looks leaked there.
+ */
+static int in_child(int (*fn)(void *), void *arg) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        return -1;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        unsigned char r = (unsigned char)fn(arg);
+        ssize_t w = write(fds[1], &r, 1);
+        _exit(w == 1 ? 0 : 1);
+    }
+    close(fds[1]);
+    unsigned char r = 0;
+    ssize_t got = pid > 0 ? read(fds[0], &r, 1) : -1;
+    close(fds[0]);
+    if (pid > 0) {
+        waitpid(pid, NULL, 0);
+    }
+    return got == 1 ? r : -1;
+}
+
+static int collect_in_child(void *arg) {
+    dt_dirty_set *s = NULL;
+    dt_status st = dt_collect((dt_tracker *)arg, &s);
+    return st == DT_ERR_FORKED_CHILD && s == NULL &&
+                   strstr(dt_last_error_message(), "a fork child") != NULL
+               ? 0
+               : 1;
+}
+
+static void test_fork_child(dt_tracker *t) {
+    section("a fork child gets DT_ERR_FORKED_CHILD");
+    ASSERT(in_child(collect_in_child, t) == 0);
+}
+
+static int new_tracker_without_fds(void *arg) {
+    (void)arg;
+    struct rlimit lim = {.rlim_cur = 3, .rlim_max = 1024};
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+        return 77;
+    }
+    dt_tracker *t = NULL;
+    dt_status st = dt_tracker_new(&t);
+    return st == DT_ERR_RESOURCE_EXHAUSTED && t == NULL ? 0 : 1;
+}
+
+static void test_fd_exhaustion(void) {
+    section("out of file descriptors (DT_ERR_RESOURCE_EXHAUSTED)");
+    int r = in_child(new_tracker_without_fds, NULL);
+    if (r == 77) {
+        printf("  - SKIP: setrlimit(RLIMIT_NOFILE) refused here (valgrind reserves descriptors)\n");
+        return;
+    }
+    ASSERT(r == 0);
+}
+
+static void test_poisoned(void) {
+    section("a dead monitor thread poisons the tracker (DT_ERR_POISONED)");
+    dt_tracker *t = NULL;
+    OK(dt_tracker_new(&t));
+    char *mem = map(8);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 8 * PS, &id));
+    OK(dt__test_poison(t));
+    /* A discard event wakes the monitor thread, which then panics. */
+    madvise(mem, PS, MADV_DONTNEED);
+    dt_dirty_set *s = NULL;
+    dt_status st = DT_OK;
+    for (int i = 0; i < 2000; i++) {
+        st = dt_collect(t, &s);
+        if (st != DT_OK) {
+            break;
+        }
+        dt_dirty_set_free(s);
+        s = NULL;
+        struct timespec ms = {0, 5 * 1000 * 1000};
+        nanosleep(&ms, NULL);
+    }
+    EXPECT(st, DT_ERR_POISONED);
+    MESSAGE_HAS("poisoned");
+    EXPECT(dt_register(t, mem, PS, &id), DT_ERR_POISONED);
+    for (int p = 0; p < 8; p++) {
+        mem[p * PS] = 1; /* writers are not blocked */
+    }
+    OK(dt_tracker_free(t));
+    munmap(mem, 8 * PS);
+}
+
+/* ---- threads ---- */
+
+struct shared {
+    dt_tracker *t;
+    pthread_barrier_t barrier;
+    int bad;
+};
+
+static void *error_thread(void *arg) {
+    struct shared *sh = arg;
+    uint64_t id;
+    /* This thread's error ... */
+    dt_status st = dt_register(sh->t, (void *)(uintptr_t)1, PS, &id);
+    pthread_barrier_wait(&sh->barrier); /* ... while the main thread succeeds and fails otherwise */
+    pthread_barrier_wait(&sh->barrier);
+    if (st != DT_ERR_UNALIGNED || strstr(dt_last_error_message(), "address 0x1 ") == NULL) {
+        sh->bad = 1;
+    }
+    return NULL;
+}
+
+static void *collector(void *arg) {
+    struct shared *sh = arg;
+    for (int i = 0; i < 200; i++) {
+        dt_dirty_set *s = NULL;
+        dt_status st = (i % 2) ? dt_snapshot(sh->t, &s) : dt_collect(sh->t, &s);
+        if (st == DT_ERR_INVALID_HANDLE) {
+            break; /* freed by the main thread: a clean error, not a crash */
+        }
+        if (st != DT_OK) {
+            sh->bad = 1;
+            break;
+        }
+        size_t n;
+        if (dt_dirty_set_len(s, &n) != DT_OK || dt_dirty_set_free(s) != DT_OK) {
+            sh->bad = 1;
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    section("threads: thread-local messages; concurrent collects; free while in use");
+    struct shared sh = {.bad = 0};
+    OK(dt_tracker_new(&sh.t));
+    pthread_barrier_init(&sh.barrier, NULL, 2);
+    pthread_t th;
+    pthread_create(&th, NULL, error_thread, &sh);
+    pthread_barrier_wait(&sh.barrier);
+    EXPECT(dt_unregister(sh.t, 424242), DT_ERR_UNKNOWN_RANGE);
+    pthread_barrier_wait(&sh.barrier);
+    pthread_join(th, NULL);
+    MESSAGE_HAS("RangeId(424242)");
+    ASSERT(!sh.bad);
+
+    char *mem = map(64);
+    uint64_t id = 0;
+    OK(dt_register(sh.t, mem, 64 * PS, &id));
+    pthread_t c[4];
+    for (int i = 0; i < 4; i++) {
+        pthread_create(&c[i], NULL, collector, &sh);
+    }
+    for (int round = 0; round < 50; round++) {
+        mem[(round % 64) * PS] = (char)round;
+    }
+    /* Free the tracker while the collectors may still be using it. */
+    struct timespec ms = {0, 2 * 1000 * 1000};
+    nanosleep(&ms, NULL);
+    OK(dt_tracker_free(sh.t));
+    for (int i = 0; i < 4; i++) {
+        pthread_join(c[i], NULL);
+    }
+    ASSERT(!sh.bad);
+    EXPECT(dt_tracker_free(sh.t), DT_ERR_INVALID_HANDLE); /* double free detected */
+    pthread_barrier_destroy(&sh.barrier);
+    munmap(mem, 64 * PS);
+}
+
+int main(void) {
+    PS = dt_page_size();
+    int valgrind = getenv("DT_TEST_VALGRIND") != NULL;
+    printf("test_capi: page size %zu%s\n", PS,
+           valgrind ? " (valgrind: checks that wait for the monitor thread are skipped)" : "");
+
+    dt_tracker *t = NULL;
+    dt_status st = dt_tracker_new(&t);
+    if (st == DT_ERR_PERMISSION || st == DT_ERR_UNSUPPORTED_KERNEL) {
+        printf("test_capi: SKIP: no tracker can be created here: %s\n", dt_last_error_message());
+        return 77;
+    }
+    OK(st);
+    if (t == NULL) {
+        fprintf(stderr, "test_capi: dt_tracker_new failed: %s\n", dt_last_error_message());
+        return 1;
+    }
+    dt_mode mode;
+    OK(dt_tracker_mode(t, &mode));
+    printf("  tracker mode: %s\n", mode == DT_MODE_ASYNC ? "async" : "sync");
+
+    test_statics();
+    test_probe_report();
+    test_tracker_creation();
+    test_handles(t);
+    test_register_errors(t);
+    test_unknown_ranges(t);
+    test_tracking(t);
+    test_iteration(t);
+    test_sets(t);
+    test_capabilities(t);
+    if (valgrind) {
+        printf("  - SKIP under valgrind: range lost (munmap of registered memory)\n");
+    } else {
+        test_range_lost(t);
+    }
+    test_other_userfaultfd(t);
+    test_needs_sync(t);
+    test_fork_child(t);
+
+    section("tracker free, double free, use after free, free(NULL)");
+    OK(dt_tracker_free(t));
+    EXPECT(dt_tracker_free(t), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_clear(t), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("already freed");
+    OK(dt_tracker_free(NULL));
+
+    test_fd_exhaustion();
+    if (valgrind) {
+        printf("  - SKIP under valgrind: poisoned tracker (MADV_DONTNEED of registered memory)\n");
+    } else {
+        test_poisoned();
+    }
+    test_sync_mode(valgrind);
+    test_threads();
+
+    section("every handle was freed");
+    ASSERT(dt_open_handles() == 0);
+
+    printf("test_capi: %d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
