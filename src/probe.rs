@@ -64,6 +64,9 @@ pub struct Capabilities {
     pub ioctls: u64,
     /// `PAGEMAP_SCAN` on `/proc/self/pagemap` works (6.7+).
     pub pagemap_scan: bool,
+    /// Why `/proc/self/pagemap` could not be opened, if it could not (then `pagemap_scan` is
+    /// unknown, not absent).
+    pub pagemap_error: Option<String>,
     /// `MADV_POPULATE_READ` works (5.14+).
     pub madv_populate_read: bool,
     /// Start-up self-test (async-capable kernels only): does `PAGEMAP_SCAN` itself report an
@@ -110,6 +113,7 @@ impl Capabilities {
             ),
         };
 
+        let pagemap = probe_pagemap_scan();
         let api = full
             .as_ref()
             .or(umo.as_ref())
@@ -123,7 +127,15 @@ impl Capabilities {
             user_mode_only_fd_error,
             features: api.map_or(0, |a| a.features),
             ioctls: api.map_or(0, |a| a.ioctls),
-            pagemap_scan: probe_pagemap_scan(),
+            pagemap_scan: pagemap.as_ref().is_ok_and(|b| *b),
+            pagemap_error: pagemap.err().map(|e| {
+                let fix = match e.raw_os_error() {
+                    Some(libc::EACCES) | Some(libc::EPERM) => "the process is not dumpable (it changed its uid or gid, or called prctl(PR_SET_DUMPABLE, 0)), so /proc/self/pagemap belongs to root: call prctl(PR_SET_DUMPABLE, 1) before creating the tracker",
+                    Some(libc::ENOENT) => "/proc is not mounted: mount it",
+                    _ => "make /proc/self/pagemap readable",
+                };
+                format!("cannot open /proc/self/pagemap ({e}): {fix}")
+            }),
             madv_populate_read: probe_populate_read(),
             scan_reports_discards: None,
             open_errno,
@@ -206,6 +218,11 @@ impl Capabilities {
                 "6.7",
                 "use Mode::Sync (a monitor thread resolves write faults) or Mode::Auto, or run Linux 6.7 or newer",
             ));
+        }
+        if let Some(why) = &self.pagemap_error {
+            return Err(Error::Permission(format!(
+                "async mode harvests through /proc/self/pagemap, but {why}; Mode::Sync does not need it"
+            )));
         }
         if !self.pagemap_scan {
             return Err(missing(
@@ -293,7 +310,11 @@ impl fmt::Display for Capabilities {
         writeln!(
             f,
             "  PAGEMAP_SCAN: {}   MADV_POPULATE_READ: {}",
-            if self.pagemap_scan { "yes" } else { "no" },
+            match (&self.pagemap_error, self.pagemap_scan) {
+                (Some(_), _) => "unknown (/proc/self/pagemap cannot be opened)",
+                (None, true) => "yes",
+                (None, false) => "no",
+            },
             if self.madv_populate_read { "yes" } else { "no" }
         )?;
         match self.scan_reports_discards {
@@ -371,10 +392,10 @@ fn probe_discard_reporting(wp: bool) -> Option<bool> {
     Some(reported)
 }
 
-fn probe_pagemap_scan() -> bool {
-    let Ok(pm) = File::open("/proc/self/pagemap") else {
-        return false;
-    };
+/// `Ok(true)` if `PAGEMAP_SCAN` works, `Ok(false)` if the kernel lacks it (`ENOTTY`), `Err` if
+/// `/proc/self/pagemap` cannot be opened (so the answer is unknown).
+fn probe_pagemap_scan() -> io::Result<bool> {
+    let pm = File::open("/proc/self/pagemap")?;
     // An empty scan: 0 on 6.7+, ENOTTY before.
     let req = pagemap::ScanRequest {
         category_mask: pagemap::PAGE_IS_WRITTEN,
@@ -382,10 +403,10 @@ fn probe_pagemap_scan() -> bool {
         ..Default::default()
     };
     let mut out = [pagemap::PageRegion::default(); 1];
-    match pagemap::scan(&pm, &req, &mut out).result {
+    Ok(match pagemap::scan(&pm, &req, &mut out).result {
         Ok(()) => true,
         Err(e) => e.raw_os_error() != Some(libc::ENOTTY),
-    }
+    })
 }
 
 fn probe_populate_read() -> bool {

@@ -96,6 +96,37 @@ impl Region {
         )
     }
 
+    /// `pages` pages of private anonymous memory, never touched, at `hint` if that is free (else
+    /// wherever the kernel puts it). Tests that unmap and map again pages of a region use a hint
+    /// far below the other mappings, so that no other thread's `mmap` (e.g. a starting thread's
+    /// signal stack) can land in the hole in between: the kernel looks for room top-down.
+    pub fn anon_near(pages: usize, hint: usize) -> Region {
+        let len = pages * page();
+        // SAFETY: a fresh mapping; the address is only a hint (no MAP_FIXED).
+        let p = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Region {
+            addr: p as usize,
+            len,
+            shadow: vec![0; len],
+            owned: true,
+        }
+    }
+
     pub fn mmap(pages: usize, flags: i32, fd: i32) -> Region {
         let len = pages * page();
         // SAFETY: a fresh mapping at an address the kernel picks.
