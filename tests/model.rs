@@ -54,17 +54,11 @@ const AREAS_AT: usize = 0x2000_0000_0000;
 const MAY_STALE_FAULT: u8 = 2;
 
 /// How many collects may report a discarded page (README, tracking contract): the next one
-/// must, the one after may too (the zap can land after the first), except in async mode on
-/// kernels whose scan reports zapped private anonymous pages itself (then exactly one).
-fn discard_resets(sync: bool) -> u8 {
-    static SCAN_SEES_ZAPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let sees = *SCAN_SEES_ZAPS
-        .get_or_init(|| dirtytrack::Capabilities::probe().scan_reports_discards == Some(true));
-    if !sync && sees {
-        1
-    } else {
-        2
-    }
+/// must, the one after may too (the zap can land after the first). Kernels differ in whether
+/// their scan reports a zapped page again, so the model allows the second report in both modes
+/// (see `common::exact_after_discard`).
+fn discard_resets(_sync: bool) -> u8 {
+    2
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,15 +63,13 @@ pub fn tracker_with(b: TrackerBuilder) -> Option<Tracker> {
     }
 }
 
-/// Whether the collect right after the one that reported a discard is exact for range `id`:
-/// only in async mode, for private anonymous memory, on kernels whose scan reports zapped pages
-/// itself. Elsewhere the discarded pages are reported by two collects (the zap may land after
-/// the first), which the README documents as a discard over-report.
-pub fn exact_after_discard(t: &Tracker, id: dirtytrack::RangeId) -> bool {
-    let backing = t.range(id).map(|i| i.backing).ok();
-    t.mode() == Mode::Async
-        && t.capabilities().scan_reports_discards == Some(true)
-        && backing == Some(dirtytrack::Backing::PrivateAnonymous)
+/// Whether the collect right after the one that reported a discard must be exact. Never: the
+/// contract lets discarded pages be reported by the next two collects (the zap may land after the
+/// first), and kernels differ here (Debian's 6.18.15 scan reports a freed page table's entries
+/// again one collect later). Tests check instead that nothing outside the discarded pages is
+/// reported, and that the collect after that is exact.
+pub fn exact_after_discard(_t: &Tracker, _id: dirtytrack::RangeId) -> bool {
+    false
 }
 
 /// An anonymous (or other) mapping with a shadow copy of its bytes.
