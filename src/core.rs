@@ -91,6 +91,14 @@ impl Core {
         res
     }
 
+    /// [`Core::release`] for a range, unless its memory is gone (see `RangeState::gone`).
+    pub(crate) fn release_range(&self, r: &RangeState) -> io::Result<()> {
+        if r.gone.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        self.release(r.start(), r.len)
+    }
+
     /// Fails if this process is not the tracker's owner or the monitor died.
     pub(crate) fn check_usable(&self) -> Result<(), Error> {
         let current = crate::sys::getpid();
@@ -125,8 +133,8 @@ impl Core {
             }
         }
         for r in self.ranges.read_recursive().iter() {
+            let _ = self.release_range(r);
             r.mark_lost("the tracker was poisoned".into(), self.page_size);
-            let _ = self.release(r.start(), r.len);
         }
         // An event blocks the thread that caused it until it is read: read and drop whatever is
         // queued, so no thread stays blocked (no new event can come: nothing is registered).

@@ -118,6 +118,12 @@ pub(crate) struct RangeState {
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
     /// A lost range makes every call that touches it fail with `Error::RangeLost`.
     pub(crate) lost: Mutex<Option<String>>,
+    /// The range's addresses may no longer hold this tracker's registration (unmapped, replaced,
+    /// partly moved, or a scan said so). Then unregister and drop never touch them again: the
+    /// memory there may belong to someone else by now (kernels before the owner check in
+    /// `UFFDIO_UNREGISTER` would strip another tracker's registration). Whatever is still ours
+    /// is released when the userfaultfd is closed.
+    pub(crate) gone: std::sync::atomic::AtomicBool,
     /// The copy-on-write state while a live snapshot of this range runs (sync mode). Set and
     /// taken under the tracker's `batch` lock; read by the monitor under it.
     pub(crate) cow: Mutex<Option<Arc<Cow>>>,
@@ -144,6 +150,7 @@ impl RangeState {
             repopulate: AtomicBitmap::new(len / page_size),
             lost: Mutex::new(None),
             cow: Mutex::new(None),
+            gone: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -187,6 +194,12 @@ impl RangeState {
         } else {
             self.discards.move_into(&self.marks);
         }
+    }
+
+    /// Marks the range lost because its memory is gone (see `gone`).
+    pub(crate) fn mark_gone(&self, reason: String, page_size: usize) {
+        self.gone.store(true, Ordering::Release);
+        self.mark_lost(reason, page_size);
     }
 
     /// Marks the range lost (first reason wins) and every page dirty.

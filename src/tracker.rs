@@ -468,10 +468,9 @@ impl Tracker {
             ranges.remove(i)
         };
         core.retire(&r, "unregister");
-        match core.release(r.start(), r.len) {
+        match core.release_range(&r) {
             Ok(()) => Ok(()),
             // Already gone from the kernel's side: unmapped or replaced.
-            Err(_) if r.lost.lock().is_some() => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
             Err(e) => Err(Error::from_kernel("UFFDIO_UNREGISTER", e)),
         }
@@ -760,7 +759,7 @@ impl Drop for Tracker {
         let ranges: Vec<_> = self.core.ranges.write().drain(..).collect();
         for r in ranges {
             self.core.retire(&r, "dropping the tracker");
-            let _ = self.core.release(r.start(), r.len);
+            let _ = self.core.release_range(&r);
         }
         if let Some(mut m) = self.monitor.take() {
             m.stop();

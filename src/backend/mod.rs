@@ -34,7 +34,7 @@ pub(crate) const EVENT_FEATURES: u64 =
 pub(crate) fn range_error(core: &Core, r: &RangeState, op: &'static str, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::ENOENT) | Some(libc::EINVAL) => {
-            r.mark_lost(
+            r.mark_gone(
                 format!(
                     "{op} answered {e}: the memory is no longer registered with this tracker (unmapped, replaced by mmap(MAP_FIXED), or unregistered behind its back)"
                 ),

@@ -232,7 +232,7 @@ fn read_batch(
                 let (a, b) = (a as usize, b as usize);
                 for r in ranges.iter().filter(|r| r.start() < b && a < r.end()) {
                     disturb_cow(r, a, b, ps, "an unmap");
-                    r.mark_lost(
+                    r.mark_gone(
                         format!("{a:#x}..{b:#x} was unmapped (munmap, mmap(MAP_FIXED) over it, or mremap)"),
                         ps,
                     );
