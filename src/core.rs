@@ -26,7 +26,7 @@ use crate::sys::uffd;
 use crate::{Error, Mode};
 use parking_lot::{Mutex, RwLock};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 pub(crate) struct Core {
@@ -71,11 +71,37 @@ impl Core {
         ranges.iter().find(|r| addr >= r.start() && addr < r.end())
     }
 
+    /// `UFFDIO_WRITEPROTECT` of a range that may span several VMAs. Linux before 6.5 accepts
+    /// only a range inside one VMA (`ENOENT` otherwise); on `ENOENT` the range is retried VMA by
+    /// VMA from `/proc/self/maps`. On newer kernels an `ENOENT` is real and fails again.
+    pub(crate) fn writeprotect_vmas(
+        fd: BorrowedFd<'_>,
+        start: usize,
+        len: usize,
+        mode: u64,
+    ) -> io::Result<()> {
+        match uffd::writeprotect(fd, start, len, mode) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let end = start + len;
+                let vmas = crate::sys::maps::vmas_in(start, end)?;
+                if vmas.len() < 2 {
+                    return Err(e);
+                }
+                for v in vmas {
+                    let (a, b) = (v.start.max(start), v.end.min(end));
+                    uffd::writeprotect(fd, a, b - a, mode)?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// `UFFDIO_WRITEPROTECT` that retries `EAGAIN` (an event is waiting to be read by the monitor;
     /// the caller must not hold `batch`, or the monitor could never read it).
     pub(crate) fn writeprotect(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
         loop {
-            match uffd::writeprotect(self.uffd.as_fd(), start, len, mode) {
+            match Core::writeprotect_vmas(self.uffd.as_fd(), start, len, mode) {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
                 other => return other,
             }

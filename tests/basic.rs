@@ -57,3 +57,15 @@ per_mode! {
         assert_eq!(r.check(&d, true), (1, 1), "the clear forgot page 1, page 2 is new");
     }
 }
+
+#[test]
+fn auto_mode_picks_what_the_capabilities_say() {
+    let t = match dirtytrack::Tracker::new() {
+        Ok(t) => t,
+        Err(e) => return common::skip(&format!("no mode available: {e}")),
+    };
+    // The kernel matrix reads this line for its "mode chosen" column.
+    eprintln!("DIRTYTRACK-MODE: auto -> {:?}", t.mode());
+    assert_eq!(t.capabilities().auto_mode().unwrap(), t.mode());
+    assert_ne!(t.mode(), dirtytrack::Mode::Auto);
+}

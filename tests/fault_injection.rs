@@ -89,7 +89,7 @@ fn in_child(timeout: Duration, body: impl FnOnce() -> Result<String, String>) ->
         let _ = reader.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     let mut status = 0;
     let hung = loop {
         // SAFETY: polling our own child.
@@ -226,8 +226,31 @@ fn drop_privileges(dumpable: bool) -> Result<(), String> {
     })
 }
 
+/// `false` (after reporting a skip) when this kernel cannot run async mode at all (e.g. 6.1).
+fn async_supported() -> bool {
+    match dirtytrack::Capabilities::probe().check_async() {
+        Ok(()) => true,
+        Err(e) => {
+            common::skip(&format!("async mode unavailable here: {e}"));
+            false
+        }
+    }
+}
+
+/// Child time limits scale with `DIRTYTRACK_TIMEOUT_SCALE` (the kernel matrix runs under TCG).
+fn scaled(d: Duration) -> Duration {
+    let k = std::env::var("DIRTYTRACK_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    d.mul_f64(k.max(1.0))
+}
+
 #[test]
 fn unprivileged_user_async_works_and_sync_refuses_with_the_three_fixes() {
+    if !async_supported() {
+        return;
+    }
     if unsafe { libc::geteuid() } != 0 {
         skip("needs root to drop to uid 65534");
         return;
@@ -288,6 +311,9 @@ fn unprivileged_user_async_works_and_sync_refuses_with_the_three_fixes() {
 
 #[test]
 fn unprivileged_and_not_dumpable_gets_a_clear_error() {
+    if !async_supported() {
+        return;
+    }
     // A process that dropped root itself without PR_SET_DUMPABLE cannot open its own
     // /proc/self/pagemap (the file stays root's, mode 0400), which async mode needs. The error
     // must say so: not claim that the kernel lacks PAGEMAP_SCAN.
@@ -384,6 +410,9 @@ fn deny_userfaultfd_syscall(errno: i32) -> Result<(), String> {
 
 #[cfg(target_arch = "x86_64")]
 fn seccomp_fallback(errno: i32) {
+    if !async_supported() {
+        return;
+    }
     if unsafe { libc::geteuid() } != 0 {
         skip("needs root (for /dev/userfaultfd)");
         return;

@@ -9,7 +9,9 @@
 #   done       1 if the guest printed its DONE marker
 #   mode       what Mode::Auto chose, from the DIRTYTRACK-MODE lines (see
 #              below); "?" if that cannot be told
-#   passed, failed, ignored   sums of libtest "test result:" lines
+#   passed, failed, ignored   sums of libtest "test result:" lines; for a
+#              binary that never printed one (killed, crashed), its
+#              "test ... ok" / "... ignored" lines are counted instead
 #   skipped    number of distinct <binary>::<test> with a DIRTYTRACK-SKIP line
 #   skip_reasons   distinct skip reasons, "; " separated
 #   failures   failing tests, and binaries that crashed, did not finish or
@@ -46,6 +48,17 @@ BEGIN {
 /DIRTYTRACK-MATRIX-BEGIN / {
     s = $0; sub(/.*DIRTYTRACK-MATRIX-BEGIN /, "", s)
     cur = trim(s); began[cur] = 1; order[++nbin] = cur; has_result[cur] = 0
+    in_stderr = 0
+    next
+}
+
+# The binary's stderr, shown after it ended. libtest's own lines are on
+# stdout: below, "test ..." lines are only read outside this section.
+/DIRTYTRACK-MATRIX-STDERR / { in_stderr = 1; next }
+
+# Rust runtime messages explaining a crash (abort).
+in_stderr && /^(memory allocation of [0-9]+ bytes failed|fatal runtime error: )/ {
+    if (cur != "" && crashmsg[cur] == "") crashmsg[cur] = trim($0)
     next
 }
 
@@ -57,6 +70,8 @@ BEGIN {
     ended[name] = 1
     if (has_result[name]) {
         passed += res_p[name]; failed += res_f[name]; ignored += res_i[name]
+    } else {
+        passed += ok_count[name]; ignored += ign_count[name]
     }
     if (rc == 101 && has_result[name]) {
         # libtest's normal "some tests failed" status: the failing tests
@@ -71,23 +86,35 @@ BEGIN {
         # A binary that crashed before its "test result:" line has no failed
         # count of its own: count it as one failure.
         if (!has_result[name]) failed++
+        if (!has_result[name] && slow[name] != "") why = why " (running for over 60 s: " slow[name] ")"
+        if (crashmsg[name] != "") why = why " (" crashmsg[name] ")"
+        if (kmsg[name] != "") why = why " (kernel: " kmsg[name] ")"
         failures = add_list(failures, name ": " why)
     } else if (!has_result[name]) {
         failures = add_list(failures, name ": exit 0 but no libtest summary")
         failed++
     }
-    cur = ""
+    cur = ""; in_stderr = 0
     next
 }
 
 /DIRTYTRACK-MATRIX-DONE/ { done = 1; next }
+
+# Kernel messages logged while a binary ran. A fatal signal's "segfault at"
+# / "traps:" line explains a crash: keep the first one per binary.
+/DIRTYTRACK-MATRIX-DMESG / {
+    s = $0; sub(/.*DIRTYTRACK-MATRIX-DMESG /, "", s); sub(/^<[0-9]+>(\[[ 0-9.]+\] )?/, "", s)
+    if (cur != "" && kmsg[cur] == "" && s ~ /(segfault at|traps:|general protection|invalid opcode)/) kmsg[cur] = trim(s)
+    if (s ~ /(BUG: |Oops: |WARNING: CPU|WARNING: .* at |general protection fault|Call Trace:)/) oops++
+    next
+}
 
 # libtest: "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; ..."
 # Only the last such line of a binary counts (added at its END marker): a
 # test that re-runs its own binary in a child process may let the child's
 # summary through, and the parent's own summary always comes last.
 /test result: (ok|FAILED)\. [0-9]+ passed; [0-9]+ failed; [0-9]+ ignored/ {
-    if (cur == "") next
+    if (cur == "" || in_stderr) next
     s = $0; sub(/.*test result: (ok|FAILED)\. /, "", s)
     split(s, f, /; /)
     p = f[1]; sub(/ passed.*/, "", p)
@@ -98,8 +125,21 @@ BEGIN {
     next
 }
 
+# libtest: "test some::name has been running for over 60 seconds" names the
+# likely culprit when a binary is killed or the guest dies.
+# libtest per-test lines, counted only for binaries without a summary.
+/^test .* \.\.\. ok$/ { if (cur != "" && !in_stderr) ok_count[cur]++; next }
+/^test .* \.\.\. ignored/ { if (cur != "" && !in_stderr) ign_count[cur]++; next }
+
+/^test .* has been running for over 60 seconds/ {
+    s = $0; sub(/^test /, "", s); sub(/ has been running for over 60 seconds.*/, "", s)
+    if (cur != "") slow[cur] = (slow[cur] == "" ? "" : slow[cur] ", ") s
+    next
+}
+
 # libtest: "test some::name ... FAILED"
 /^test .* \.\.\. FAILED$/ {
+    if (in_stderr) next
     s = $0; sub(/^test /, "", s); sub(/ \.\.\. FAILED$/, "", s)
     failures = add_list(failures, (cur == "" ? "" : cur "::") s)
     next
@@ -149,7 +189,10 @@ END {
         b = order[i]
         if (!(b in ended)) {
             failed++
-            failures = add_list(failures, b ": did not finish")
+            passed += ok_count[b]; ignored += ign_count[b]
+            why = "did not finish"
+            if (slow[b] != "") why = why " (running for over 60 s: " slow[b] ")"
+            failures = add_list(failures, b ": " why)
         }
     }
     nexp = split(expected, exp_list, " ")

@@ -290,7 +290,7 @@ fn unprotect(
     end: usize,
 ) -> io::Result<()> {
     loop {
-        match uffd::writeprotect(core.uffd.as_fd(), start, end - start, 0) {
+        match Core::writeprotect_vmas(core.uffd.as_fd(), start, end - start, 0) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // Faults read here are recorded by read_batch and un-protected on a later pass.

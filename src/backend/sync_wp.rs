@@ -101,7 +101,7 @@ pub(crate) fn reprotect_then(
         if r.start() != start {
             continue; // moved (mremap) while we populated: start again at the new address
         }
-        match uffd::writeprotect(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
+        match Core::writeprotect_vmas(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
             Ok(()) => {
                 let mut seg = r.segment(core.page_size);
                 let result = at_instant(&mut seg);
