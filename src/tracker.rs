@@ -712,6 +712,16 @@ fn register_error(
 ) -> Error {
     match e.raw_os_error() {
         Some(libc::EBUSY) => Error::OwnedByAnotherUserfaultfd { start, end },
+        // Write-protect registration needs a writable mapping (VM_MAYWRITE): a shared mapping of
+        // a file opened read-only, or of a write-sealed memfd, is refused with EPERM.
+        Some(libc::EPERM) => Error::MappingNotSupported {
+            start,
+            end,
+            mapping: describe(vmas),
+            mode: core.mode,
+            source: e,
+            hint: "a shared mapping that can never be written (file opened O_RDONLY, write-sealed memfd) cannot be write-protected; it cannot change through this mapping, so there is nothing to track there",
+        },
         Some(libc::ENOMEM) | Some(libc::EMFILE) | Some(libc::ENFILE) => {
             Error::from_kernel("UFFDIO_REGISTER", e)
         }

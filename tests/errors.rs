@@ -249,3 +249,30 @@ fn fd_exhaustion_is_reported_as_a_resource_error() {
         "Tracker::new under RLIMIT_NOFILE=3 must give ResourceExhausted"
     );
 }
+
+per_mode! {
+    fn read_only_shared_mapping_is_refused_with_a_hint(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        // A write-sealed memfd (shmem: both modes support it) can only be mapped read-only.
+        // SAFETY: creating, filling and sealing our own memfd.
+        let fd = unsafe {
+            let fd = libc::memfd_create(c"dirtytrack-sealed".as_ptr(), libc::MFD_ALLOW_SEALING);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, (4 * page()) as libc::off_t), 0);
+            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_WRITE), 0);
+            fd
+        };
+        // SAFETY: a fresh read-only shared mapping of our own memfd.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), 4 * page(), libc::PROT_READ, libc::MAP_SHARED, fd, 0)
+        };
+        // SAFETY: the mapping keeps the memfd alive.
+        unsafe { libc::close(fd) };
+        assert_ne!(p, libc::MAP_FAILED);
+        let e = t.register(p.cast(), 4 * page()).unwrap_err();
+        assert!(matches!(e, Error::MappingNotSupported { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot be write-protected"), "{e}");
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p, 4 * page()) };
+    }
+}
