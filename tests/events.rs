@@ -95,6 +95,9 @@ per_mode! {
         let d = t.collect().unwrap();
         assert!(d.contains(keep.page_addr(1)), "{d:?}");
         t.unregister(other).unwrap();
+        // Pages 4..8 are a hole that a parallel test may have mapped by now: unmap only ours.
+        let (addr, _) = r.disown();
+        common::unmap_pieces(addr, &[0..4, 8..16]);
     }
 }
 
@@ -173,6 +176,9 @@ per_mode! {
         assert_eq!(moved as usize, dest.addr);
         assert!(matches!(t.collect(), Err(Error::RangeLost { id: x, .. }) if x == id));
         t.unregister(id).unwrap();
+        // Pages 2..4 moved to `dest`; the hole may hold another test's memory: unmap only ours.
+        let (addr, _) = r.disown();
+        common::unmap_pieces(addr, &[0..2, 4..8]);
     }
 }
 

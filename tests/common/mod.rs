@@ -278,6 +278,29 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Gives the mapping back to the caller (not unmapped on drop; the shadow is freed), for
+    /// tests that punched holes into it: the holes may hold another test's memory by then, so
+    /// the test unmaps only the pieces it still owns (see [`unmap_pieces`]).
+    pub fn disown(mut self) -> (usize, usize) {
+        self.owned = false;
+        (self.addr, self.len)
+    }
+}
+
+/// Unmaps the page ranges `pieces` (page offsets from `addr`) of a disowned mapping.
+pub fn unmap_pieces(addr: usize, pieces: &[std::ops::Range<usize>]) {
+    for p in pieces {
+        // SAFETY: the caller owns these pages (pieces of its own disowned mapping).
+        unsafe {
+            libc::munmap(
+                (addr + p.start * page()) as *mut libc::c_void,
+                p.len() * page(),
+            )
+        };
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         if self.owned {
