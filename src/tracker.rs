@@ -373,6 +373,14 @@ impl Tracker {
             return Err(Error::NotMapped { start, end, hole });
         }
         let backing = backing_of(&vmas, start);
+        let not_supported = |hint: &'static str| Error::MappingNotSupported {
+            start,
+            end,
+            mapping: describe(&vmas),
+            mode: core.mode,
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            hint,
+        };
         let granule = match backing {
             Backing::Hugetlb { page_size } => {
                 for (what, value) in [("hugetlbfs address", start), ("hugetlbfs length", len)] {
@@ -385,26 +393,13 @@ impl Tracker {
                     }
                 }
                 if !core.caps.has(uffd::FEATURE_EVENT_REMOVE) {
-                    return Err(Error::MappingNotSupported {
-                        start,
-                        end,
-                        mapping: describe(&vmas),
-                        mode: core.mode,
-                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                        hint: "tracking hugetlbfs needs UFFD_FEATURE_EVENT_REMOVE (4.11+): without it discards are lost",
-                    });
+                    return Err(not_supported("tracking hugetlbfs needs UFFD_FEATURE_EVENT_REMOVE (4.11+): without it discards are lost"));
                 }
                 page_size
             }
-            _ if vmas.iter().any(maps::looks_hugetlb) => return Err(Error::MappingNotSupported {
-                start,
-                end,
-                mapping: describe(&vmas),
-                mode: core.mode,
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                hint:
-                    "register hugetlbfs memory as a range of its own, aligned to its huge page size",
-            }),
+            _ if vmas.iter().any(maps::looks_hugetlb) => return Err(not_supported(
+                "register hugetlbfs memory as a range of its own, aligned to its huge page size",
+            )),
             _ => ps,
         };
         if core.no_thp {
@@ -424,14 +419,7 @@ impl Tracker {
         };
         if ioctls & (1 << uffd::NR_WRITEPROTECT) == 0 {
             unregister();
-            return Err(Error::MappingNotSupported {
-                start,
-                end,
-                mapping: describe(&vmas),
-                mode: core.mode,
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                hint: "the kernel does not offer UFFDIO_WRITEPROTECT on this mapping; shmem and hugetlbfs need UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19+)",
-            });
+            return Err(not_supported("the kernel does not offer UFFDIO_WRITEPROTECT on this mapping; shmem and hugetlbfs need UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19+)"));
         }
         *next_id += 1;
         let id = RangeId(*next_id);

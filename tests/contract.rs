@@ -6,7 +6,7 @@
 //! Tests that change system-wide state (swap, ksmd) serialise on a lock and restore it on drop.
 
 mod common;
-use common::{huge_page_size, page, tracker, HugetlbPool, Region};
+use common::{bounded, huge_page_size, page, tracker, HugetlbPool, Region};
 #[allow(unused_imports)]
 use dirtytrack::Mode;
 use dirtytrack::{Backing, DirtySet, RangeId, Tracker};
@@ -38,26 +38,6 @@ fn pages_of(d: &DirtySet, r: &Region) -> Vec<usize> {
         .filter(|&a| a >= r.addr && a < r.addr + r.len)
         .map(|a| (a - r.addr) / page())
         .collect()
-}
-
-/// Runs `f` (which writes tracked memory) on another thread; if it has not finished after a few
-/// seconds, unregisters `id` (which un-protects the range and wakes a stuck writer) and fails.
-fn bounded<T: Send>(t: &Tracker, id: RangeId, what: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        let h = s.spawn(f);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !h.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if !h.is_finished() {
-            let _ = t.unregister(id);
-            let _ = h.join();
-            panic!(
-                "HANG: {what} did not complete within 5 s (the writer was released by unregister)"
-            );
-        }
-        h.join().unwrap()
-    })
 }
 
 /// Sums a kB field (`Swap`, `KSM`, `AnonHugePages`, ...) of `/proc/self/smaps` over the VMAs

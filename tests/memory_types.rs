@@ -4,12 +4,11 @@
 //! tracking: writes to shared memory that do not go through the tracked mapping.
 
 mod common;
-use common::{huge_page_size, page, tracker, tracker_with, HugetlbPool, Region};
+use common::{bounded, huge_page_size, page, tracker, tracker_with, HugetlbPool, Region};
 #[allow(unused_imports)]
 use dirtytrack::Mode;
-use dirtytrack::{DirtySet, Error, RangeId, Thp, Tracker};
+use dirtytrack::{DirtySet, Error, Thp, Tracker};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 fn madvise(addr: usize, len: usize, advice: i32) {
     // SAFETY: advice on a mapping the test owns.
@@ -38,26 +37,6 @@ fn pages_of(d: &DirtySet, r: &Region) -> Vec<usize> {
         .filter(|&a| a >= r.addr && a < r.addr + r.len)
         .map(|a| (a - r.addr) / page())
         .collect()
-}
-
-/// Runs `f` (which writes tracked memory) on another thread; if it has not finished after a few
-/// seconds, unregisters `id` (which un-protects the range and wakes a stuck writer) and fails.
-fn bounded(t: &Tracker, id: RangeId, what: &str, f: impl FnOnce() + Send) {
-    std::thread::scope(|s| {
-        let h = s.spawn(f);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !h.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if !h.is_finished() {
-            let _ = t.unregister(id);
-            let _ = h.join();
-            panic!(
-                "HANG: {what} did not complete within 5 s (the writer was released by unregister)"
-            );
-        }
-        h.join().unwrap();
-    });
 }
 
 /// The contract on `n`-page region `r`: pages 0..n/4 populated by writes, n/4..n/2 populated

@@ -72,6 +72,31 @@ pub fn exact_after_discard(_t: &Tracker, _id: dirtytrack::RangeId) -> bool {
     false
 }
 
+/// Runs `f` (which writes tracked memory) on another thread; if it has not finished after a few
+/// seconds, unregisters `id` (which un-protects the range and wakes a stuck writer) and fails.
+pub fn bounded<T: Send>(
+    t: &Tracker,
+    id: dirtytrack::RangeId,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let h = s.spawn(f);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if !h.is_finished() {
+            let _ = t.unregister(id);
+            let _ = h.join();
+            panic!(
+                "HANG: {what} did not complete within 5 s (the writer was released by unregister)"
+            );
+        }
+        h.join().unwrap()
+    })
+}
+
 /// An anonymous (or other) mapping with a shadow copy of its bytes.
 pub struct Region {
     pub addr: usize,
