@@ -24,13 +24,20 @@ per_mode! {
         t.register(r.ptr(), r.len).unwrap();
         r.rebase();
         let r = Arc::new(r);
-        // `written[p]` is set by a writer after its store to page p completed.
+        // `started` counts collects started (incremented just before each collect). A writer
+        // reads it before its store (`e`): the write happened after collect `e` started, so it
+        // belongs in collect `e` (if it raced it) or a later one. After the store it publishes
+        // `stamp[p] = e`, then `written[p] = true`.
+        let started = Arc::new(AtomicU64::new(0));
+        let stamp: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
         let written: Arc<Vec<AtomicBool>> = Arc::new((0..PAGES).map(|_| AtomicBool::new(false)).collect());
         let stop = Arc::new(AtomicBool::new(false));
         let stores = Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (r, written, stop, stores) = (r.clone(), written.clone(), stop.clone(), stores.clone());
+                let (r, started, stamp, written, stop, stores) = (
+                    r.clone(), started.clone(), stamp.clone(), written.clone(), stop.clone(), stores.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut x = 0x9E3779B97F4A7C15u64 ^ (w as u64 + 1);
                     let mut n = 0u64;
@@ -39,7 +46,9 @@ per_mode! {
                         // Each writer owns the pages p with p % WRITERS == w.
                         let p = ((x as usize) % (PAGES / WRITERS)) * WRITERS + w;
                         let off = (x >> 32) as usize % page();
+                        let e = started.load(Ordering::Acquire);
                         r.write(p, off, r.read(p, off).wrapping_add(1) | 1);
+                        stamp[p].store(e, Ordering::Release);
                         written[p].store(true, Ordering::Release);
                         n += 1;
                     }
@@ -48,24 +57,29 @@ per_mode! {
             })
             .collect();
         let deadline = Instant::now() + stress_duration();
-        let mut prev = dirtytrack::DirtySet::new();
+        // history[j - 1] = the set collect j reported.
+        let mut history: Vec<dirtytrack::DirtySet> = Vec::new();
         let mut all = dirtytrack::DirtySet::new();
-        let mut collects = 0u64;
         while Instant::now() < deadline {
-            // Writes whose store completed before this collect started.
-            let before: Vec<usize> = (0..PAGES).filter(|&p| written[p].swap(false, Ordering::AcqRel)).collect();
+            // Writes completed before collect k starts: page and the stamp of a completed write.
+            let done: Vec<(usize, u64)> = (0..PAGES)
+                .filter(|&p| written[p].swap(false, Ordering::AcqRel))
+                .map(|p| (p, stamp[p].load(Ordering::Acquire)))
+                .collect();
+            let k = started.fetch_add(1, Ordering::AcqRel) + 1;
             let d = t.collect().unwrap();
-            collects += 1;
-            for p in before {
+            all.union(&d);
+            history.push(d);
+            for (p, e) in done {
                 let a = r.page_addr(p);
+                let from = e.max(1);
                 assert!(
-                    d.contains(a) || prev.contains(a),
-                    "LOST WRITE: page {p} was written before collect #{collects} started but is in neither it nor the one it raced"
+                    (from..=k).any(|j| history[(j - 1) as usize].contains(a)),
+                    "LOST WRITE: page {p}, written after collect #{e} started and before #{k} started, is in none of collects #{from}..=#{k}"
                 );
             }
-            all.union(&d);
-            prev = d;
         }
+        let collects = history.len();
         stop.store(true, Ordering::Relaxed);
         for w in writers { w.join().unwrap(); }
         all.union(&t.collect().unwrap());
