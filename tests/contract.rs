@@ -521,7 +521,7 @@ per_mode! {
 // so ksmd never drops the write protection of tracked pages.
 
 /// How long to wait for ksmd (nice 5): typically 0.2-2 s, much longer on a loaded machine.
-const KSMD_LIMIT: Duration = Duration::from_secs(10);
+const KSMD_LIMIT: Duration = Duration::from_secs(30);
 
 /// ksmd running fast for the duration of a test; the old settings come back on drop.
 struct Ksm {
