@@ -48,10 +48,12 @@ impl AtomicBitmap {
         }
     }
 
-    /// ORs a bit vector of the same length in.
-    pub(crate) fn or_bits(&self, bits: &BitSlice<u64, Lsb0>) {
-        for i in bits.iter_ones() {
-            self.set(i);
+    /// ORs a bit vector of the same length in, word by word (bits past the end are zero).
+    pub(crate) fn or_bits(&self, bits: &BitVec<u64, Lsb0>) {
+        for (w, &b) in self.words.iter().zip(bits.as_raw_slice()) {
+            if b != 0 {
+                w.fetch_or(b, Ordering::AcqRel);
+            }
         }
     }
 
@@ -71,11 +73,14 @@ impl AtomicBitmap {
         }
     }
 
-    /// Moves every set bit into `other` (ORed), leaving `self` clear.
-    pub(crate) fn move_into(&self, other: &AtomicBitmap) {
-        for (w, o) in self.words.iter().zip(other.words.iter()) {
+    /// Moves every set bit into each of `targets` (ORed), leaving `self` clear.
+    pub(crate) fn move_into(&self, targets: &[&AtomicBitmap]) {
+        for (i, w) in self.words.iter().enumerate() {
             if w.load(Ordering::Relaxed) != 0 {
-                o.fetch_or(w.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+                let v = w.swap(0, Ordering::AcqRel);
+                for t in targets {
+                    t.words[i].fetch_or(v, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -187,12 +192,9 @@ impl RangeState {
     /// harvest are marked again for the next one, and queued for re-population if `repopulate`.
     pub(crate) fn rearm_discards(&self, repopulate: bool) {
         if repopulate {
-            let mut d = bitvec![u64, Lsb0; 0; self.marks.bits];
-            self.discards.take_into(&mut d);
-            self.marks.or_bits(&d);
-            self.repopulate.or_bits(&d);
+            self.discards.move_into(&[&self.marks, &self.repopulate]);
         } else {
-            self.discards.move_into(&self.marks);
+            self.discards.move_into(&[&self.marks]);
         }
     }
 
@@ -238,5 +240,26 @@ mod tests {
             b.take_into(&mut again);
             assert!(again.not_any(), "take clears");
         }
+    }
+
+    #[test]
+    fn or_bits_and_move_into_work_word_by_word() {
+        let a = AtomicBitmap::new(130);
+        let mut v = bitvec![u64, Lsb0; 0; 130];
+        for i in [0, 63, 64, 129] {
+            v.set(i, true);
+        }
+        a.or_bits(&v);
+        let (b, c) = (AtomicBitmap::new(130), AtomicBitmap::new(130));
+        b.set(5);
+        a.move_into(&[&b, &c]);
+        let take = |x: &AtomicBitmap| {
+            let mut out = bitvec![u64, Lsb0; 0; 130];
+            x.take_into(&mut out);
+            out.iter_ones().collect::<Vec<_>>()
+        };
+        assert_eq!(take(&a), Vec::<usize>::new(), "moved out");
+        assert_eq!(take(&b), vec![0, 5, 63, 64, 129]);
+        assert_eq!(take(&c), vec![0, 63, 64, 129]);
     }
 }
