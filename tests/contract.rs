@@ -190,7 +190,7 @@ per_mode! {
             r.touch(3);
             r.touch(13);
         });
-        let exact = common::exact_after_discard(&t, id);
+        let exact = common::EXACT_AFTER_DISCARD;
         let (changed, reported) = r.check(&t.collect().unwrap(), exact);
         eprintln!("{mode:?}: next collect: changed {changed}, reported {reported}");
         assert_eq!(changed, 2);

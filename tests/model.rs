@@ -50,16 +50,13 @@ const MAX_PAGES: usize = 64;
 const AREAS_AT: usize = 0x2000_0000_0000;
 
 /// Resets a "may" survives: a stale sync fault message is recorded at the latest just after the
-/// re-protect that follows it. (Discards: see [`discard_resets`].)
+/// re-protect that follows it. (Discards: see [`DISCARD_RESETS`].)
 const MAY_STALE_FAULT: u8 = 2;
 
 /// How many collects may report a discarded page (README, tracking contract): the next one
-/// must, the one after may too (the zap can land after the first). Kernels differ in whether
-/// their scan reports a zapped page again, so the model allows the second report in both modes
-/// (see `common::exact_after_discard`).
-fn discard_resets(_sync: bool) -> u8 {
-    2
-}
+/// must, the one after may too (the zap can land after the first), on every kernel and in both
+/// modes (see `common::EXACT_AFTER_DISCARD`).
+const DISCARD_RESETS: u8 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Reference model
@@ -101,8 +98,6 @@ struct Model {
     /// In registration order (the tracker's order).
     ranges: Vec<MRange>,
     next_key: u32,
-    /// See [`discard_resets`].
-    discard_resets: u8,
 }
 
 impl std::fmt::Debug for Model {
@@ -290,7 +285,6 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                         .collect(),
                     ranges: Vec::new(),
                     next_key: 1,
-                    discard_resets: discard_resets(SYNC),
                 };
                 for a in 0..m.cells.len() {
                     m.split(a, 0, 0);
@@ -500,7 +494,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                     if s.owner(*area, p).is_some_and(|r| !r.lost) {
                         let c = &mut s.cells[*area][p];
                         c.must = true;
-                        c.may = c.may.max(s.discard_resets);
+                        c.may = c.may.max(DISCARD_RESETS);
                     }
                 }
             }

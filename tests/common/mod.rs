@@ -63,14 +63,12 @@ pub fn tracker_with(b: TrackerBuilder) -> Option<Tracker> {
     }
 }
 
-/// Whether the collect right after the one that reported a discard must be exact. Never: the
+/// Whether the collect right after the one that reported a discard must be exact: no. The
 /// contract lets discarded pages be reported by the next two collects (the zap may land after the
 /// first), and kernels differ here (Debian's 6.18.15 scan reports a freed page table's entries
 /// again one collect later). Tests check instead that nothing outside the discarded pages is
 /// reported, and that the collect after that is exact.
-pub fn exact_after_discard(_t: &Tracker, _id: dirtytrack::RangeId) -> bool {
-    false
-}
+pub const EXACT_AFTER_DISCARD: bool = false;
 
 /// Runs `f` (which writes tracked memory) on another thread; if it has not finished after a few
 /// seconds, unregisters `id` (which un-protects the range and wakes a stuck writer) and fails.
