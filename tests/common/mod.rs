@@ -95,6 +95,28 @@ pub fn bounded<T: Send>(
     })
 }
 
+/// `mmap(hint, len, PROT_READ | PROT_WRITE, flags, fd, 0)` (hint 0: anywhere); panics on failure.
+fn map_rw(hint: usize, len: usize, flags: i32, fd: i32) -> usize {
+    // SAFETY: a fresh mapping; the address is only a hint (callers pass no MAP_FIXED).
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p as usize
+}
+
 /// An anonymous (or other) mapping with a shadow copy of its bytes.
 pub struct Region {
     pub addr: usize,
@@ -122,53 +144,18 @@ impl Region {
     /// far below the other mappings, so that no other thread's `mmap` (e.g. a starting thread's
     /// signal stack) can land in the hole in between: the kernel looks for room top-down.
     pub fn anon_near(pages: usize, hint: usize) -> Region {
-        let len = pages * page();
-        // SAFETY: a fresh mapping; the address is only a hint (no MAP_FIXED).
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Region {
-            addr: p as usize,
-            len,
-            shadow: vec![0; len],
-            owned: true,
-        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        Region::owning(map_rw(hint, pages * page(), flags, -1), pages * page())
     }
 
     pub fn mmap(pages: usize, flags: i32, fd: i32) -> Region {
-        let len = pages * page();
-        // SAFETY: a fresh mapping at an address the kernel picks.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        Region::owning(map_rw(0, pages * page(), flags, fd), pages * page())
+    }
+
+    /// Takes ownership of the mapping `[addr, addr + len)` (unmapped on drop).
+    fn owning(addr: usize, len: usize) -> Region {
         Region {
-            addr: p as usize,
+            addr,
             len,
             shadow: vec![0; len],
             owned: true,
@@ -372,38 +359,20 @@ impl Region {
     /// touched.
     pub fn anon_aligned(pages: usize, align: usize) -> Region {
         let len = pages * page();
-        // SAFETY: a fresh mapping; the parts outside the aligned window are unmapped again.
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let base = map_rw(0, len + align, flags, -1);
+        let addr = base.next_multiple_of(align);
+        let tail = base + len + align - (addr + len);
+        // SAFETY: the parts of our fresh mapping outside the aligned window are unmapped again.
         unsafe {
-            let p = libc::mmap(
-                ptr::null_mut(),
-                len + align,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            );
-            assert_ne!(
-                p,
-                libc::MAP_FAILED,
-                "mmap: {}",
-                std::io::Error::last_os_error()
-            );
-            let base = p as usize;
-            let addr = base.next_multiple_of(align);
             if addr > base {
-                libc::munmap(p, addr - base);
+                libc::munmap(base as *mut libc::c_void, addr - base);
             }
-            let tail = base + len + align - (addr + len);
             if tail > 0 {
                 libc::munmap((addr + len) as *mut libc::c_void, tail);
             }
-            Region {
-                addr,
-                len,
-                shadow: vec![0; len],
-                owned: true,
-            }
         }
+        Region::owning(addr, len)
     }
 
     /// `huge_pages` huge pages of `MAP_HUGETLB` anonymous memory (`MAP_SHARED` or `MAP_PRIVATE`),
