@@ -30,15 +30,34 @@ impl Segment {
     /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect
     /// path once per reported region: shifts and whole-word ORs, no bit-by-bit fill.
     pub(crate) fn mark(&mut self, from: usize, to: usize, page_size: usize) {
-        let end = self.end(page_size);
-        let (from, to) = (from.max(self.start), to.min(end));
-        if from >= to {
-            return;
-        }
+        self.mark_each([(from, to)], page_size);
+    }
+
+    /// [`Segment::mark`] for each `[from, to)` of `ranges`, with the segment's bounds and
+    /// storage decoded once: the collect path marks a whole `PAGEMAP_SCAN` vector per call, and
+    /// at 10 % dirty of 1 GiB that is 26 215 one-page regions per collect.
+    pub(crate) fn mark_each(
+        &mut self,
+        ranges: impl IntoIterator<Item = (usize, usize)>,
+        page_size: usize,
+    ) {
+        let (start, end) = (self.start, self.end(page_size));
         let shift = page_size.trailing_zeros();
-        let first = (from - self.start) >> shift;
-        let last = (to - self.start + page_size - 1) >> shift;
-        set_bits(self.bits.as_raw_mut_slice(), first, last);
+        let words = self.bits.as_raw_mut_slice();
+        for (from, to) in ranges {
+            let (from, to) = (from.max(start), to.min(end));
+            if from >= to {
+                continue;
+            }
+            // `to <= end`, so `last <= bits.len()`: bits past the length stay zero.
+            let first = (from - start) >> shift;
+            let last = (to - start + page_size - 1) >> shift;
+            if last == first + 1 {
+                words[first / 64] |= 1 << (first % 64);
+            } else {
+                set_bits(words, first, last);
+            }
+        }
     }
 
     /// ORs `other` (same extent) into `self`, word by word.
@@ -350,6 +369,43 @@ mod tests {
             })
             .collect();
         DirtySet::from_segments(ps, segments)
+    }
+
+    #[test]
+    fn mark_each_matches_a_bit_by_bit_reference() {
+        let ps = 0x1000;
+        let start = 0x40_0000;
+        let pages = 200;
+        // Unaligned, overlapping, empty, inverted and out-of-segment ranges included.
+        let ranges = [
+            (start, start + ps),
+            (start + 3 * ps + 5, start + 4 * ps),
+            (start + 60 * ps, start + 70 * ps),
+            (start + 63 * ps, start + 129 * ps - 1),
+            (start - 5 * ps, start + 2 * ps),
+            (start + 190 * ps, start + 300 * ps),
+            (start + 10 * ps, start + 10 * ps),
+            (start + 20 * ps, start + 19 * ps),
+            (start + 500 * ps, start + 501 * ps),
+        ];
+        let mut seg = Segment::new(start, pages);
+        seg.mark_each(ranges, ps);
+        let mut want = vec![false; pages];
+        for (from, to) in ranges {
+            for (p, w) in want.iter_mut().enumerate() {
+                let (a, b) = (start + p * ps, start + (p + 1) * ps);
+                if from < b && a < to && from < to {
+                    *w = true;
+                }
+            }
+        }
+        let got: Vec<bool> = seg.bits.iter().map(|b| *b).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            seg.bits.as_raw_slice()[3] >> (pages - 192),
+            0,
+            "bits past the length"
+        );
     }
 
     #[test]

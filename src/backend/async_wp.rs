@@ -162,11 +162,12 @@ pub(crate) fn scan_loop(
             Err(_) => buf.len(),
         };
         *used = (*used).max(filled);
-        for r in &buf[..filled] {
-            if r.end > r.start {
-                seg.mark(r.start as usize, r.end as usize, page_size);
-            }
-        }
+        seg.mark_each(
+            buf[..filled]
+                .iter()
+                .map(|r| (r.start as usize, r.end as usize)),
+            page_size,
+        );
         if let Err(e) = out.result {
             seg.mark(at, end, page_size);
             return Err(ScanError::Kernel(e));
