@@ -281,7 +281,8 @@ pub fn interleaved(
     (median(&mut ta), median(&mut tb))
 }
 
-pub fn median(v: &mut [Duration]) -> Duration {
+/// The median (upper middle) of `v`, which it sorts.
+pub fn median<T: Ord + Copy>(v: &mut [T]) -> T {
     v.sort_unstable();
     v[v.len() / 2]
 }

@@ -482,11 +482,6 @@ fn measure(probe: &mut Probe, cp: &mut Checkpoint, cfg: Config) -> Vec<i64> {
     ]
 }
 
-fn median(mut v: Vec<i64>) -> i64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 /// KiB per GiB tracked.
 fn kib_per_gib(bytes: i64) -> String {
     let v = bytes as f64 / KIB as f64 * (GIB as f64 / REGION as f64);
@@ -517,7 +512,7 @@ fn main() {
     let ps = page_size();
     let mut probe = Probe::new();
     let mut cp = Checkpoint::new(common::dirty_count(REGION / ps, EVERY), ps);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = dirtytrack_peers::soft_dirty::kernel_release();
     eprintln!(
         "memory: {} MiB regions, every {EVERY}th page dirtied, 1 cold + {RUNS} runs, kernel {}",
         REGION / MIB,
@@ -537,7 +532,7 @@ fn main() {
         .iter()
         .map(|r| {
             (0..KEYS.len())
-                .map(|k| median(r[1..].iter().map(|v| v[k]).collect()))
+                .map(|k| common::median(&mut r[1..].iter().map(|v| v[k]).collect::<Vec<_>>()))
                 .collect()
         })
         .collect();

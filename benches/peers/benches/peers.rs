@@ -28,15 +28,14 @@
 //! changes from run to run.
 //! Needs libclang for the `userfaultfd` crate's build (Debian: `libclang-dev`).
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use dirtytrack::Mode;
-use dirtytrack_peers::common::{
-    dirty_count, dirty_every, median, page_size, pin_from_env, ratio, MIB,
-};
+use dirtytrack_peers::common::{median, page_size, pin_from_env, ratio, MIB};
 use dirtytrack_peers::{
-    Checkpoint, Dirtytrack, Memcmp, MprotectSegv, Oracle, Peer, RawScan, UffdCrate, Xxh3,
+    run_cycle, Checkpoint, CycleTimes, Dirtytrack, Memcmp, MprotectSegv, Oracle, Peer, RawScan,
+    UffdCrate, Xxh3,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const REGION: usize = 256 * MIB;
 /// Dirty fractions: (label, write every n-th page; 0 = none).
@@ -58,54 +57,9 @@ struct Entry {
     value: u8,
 }
 
-/// Timings of one cycle.
-#[derive(Clone, Copy)]
-struct Cycle {
-    writes: Duration,
-    harvest: Duration,
-}
-
-/// One cycle on `e`: dirty every `every`-th page, harvest into `cp`; checks the page count.
-fn cycle(e: &mut Entry, cp: &mut Checkpoint, every: usize) -> Cycle {
-    let pages = REGION / page_size();
-    e.value = e.value.wrapping_add(1);
-    if e.value == 0 {
-        e.value = 1; // never write the populated pages' original 0 (the compare peers would miss it)
-    }
-    let t = Instant::now();
-    dirty_every(e.peer.mem().addr(), pages, every, e.value);
-    let writes = t.elapsed();
-    e.peer.wrote(every);
-    cp.reset();
-    let t = Instant::now();
-    e.peer.harvest(cp);
-    let harvest = t.elapsed();
-    assert_eq!(
-        cp.addrs.len(),
-        dirty_count(pages, every),
-        "{}: dirty pages at 1/{every}",
-        e.peer.name()
-    );
-    black_box(&cp.data);
-    Cycle { writes, harvest }
-}
-
-/// One untimed cycle; asserts the checkpoint holds exactly the dirtied pages, in address order,
-/// with the bytes just written.
-fn verify(e: &mut Entry, cp: &mut Checkpoint, every: usize) {
-    let ps = page_size();
-    let pages = REGION / ps;
-    let base = e.peer.mem().addr();
-    cycle(e, cp, every);
-    let want: Vec<usize> = if every == 0 {
-        Vec::new()
-    } else {
-        (0..pages).step_by(every).map(|i| base + i * ps).collect()
-    };
-    assert_eq!(cp.addrs, want, "{}: dirty pages", e.peer.name());
-    for k in 0..want.len() {
-        assert_eq!(cp.data[k * ps], e.value, "{}: copied data", e.peer.name());
-    }
+/// One cycle on `e` (see [`run_cycle`]: it also checks the checkpoint, outside the timing).
+fn cycle(e: &mut Entry, cp: &mut Checkpoint, every: usize) -> CycleTimes {
+    run_cycle(&mut *e.peer, cp, every, &mut e.value)
 }
 
 fn entries() -> Vec<Entry> {
@@ -137,7 +91,7 @@ fn peers(c: &mut Criterion) {
         cp.reset();
         e.peer.harvest(&mut cp);
         for &(_, every) in &FRACTIONS {
-            verify(e, &mut cp, every);
+            cycle(e, &mut cp, every);
         }
         eprintln!("peers/{}: verified at every fraction", e.peer.name());
     }
@@ -164,14 +118,7 @@ fn peers(c: &mut Criterion) {
     for &(label, every) in &CYCLE_FRACTIONS {
         for e in &mut entries {
             g.bench_function(BenchmarkId::new(e.peer.name(), label), |b| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let c = cycle(e, &mut cp, every);
-                            c.writes + c.harvest
-                        })
-                        .sum()
-                })
+                b.iter_custom(|iters| (0..iters).map(|_| cycle(e, &mut cp, every).total()).sum())
             });
         }
     }
@@ -183,19 +130,17 @@ fn peers(c: &mut Criterion) {
 /// The full cycle at 1 %, every mechanism once per round.
 fn interleaved(entries: &mut [Entry], cp: &mut Checkpoint) {
     let n = entries.len();
-    let mut times: Vec<Vec<Cycle>> = vec![Vec::with_capacity(ROUNDS); n];
+    let mut times: Vec<Vec<CycleTimes>> = vec![Vec::with_capacity(ROUNDS); n];
     for round in 0..ROUNDS {
         for k in 0..n {
             let i = (round + k) % n;
             times[i].push(cycle(&mut entries[i], cp, 100));
         }
     }
-    let med =
-        |v: &[Cycle], f: fn(&Cycle) -> Duration| median(&mut v.iter().map(f).collect::<Vec<_>>());
-    let cycles: Vec<Duration> = times
-        .iter()
-        .map(|t| med(t, |c| c.writes + c.harvest))
-        .collect();
+    let med = |v: &[CycleTimes], f: fn(&CycleTimes) -> Duration| {
+        median(&mut v.iter().map(f).collect::<Vec<_>>())
+    };
+    let cycles: Vec<Duration> = times.iter().map(|t| med(t, |c| c.total())).collect();
     let by_name = |name: &str| {
         entries
             .iter()

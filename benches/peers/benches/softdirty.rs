@@ -42,10 +42,9 @@
 //! table, then `SOFTDIRTY-DONE`. Arguments are ignored (the guest's init passes libtest's).
 
 use dirtytrack::{Mode, Tracker};
-use dirtytrack_peers::common::{dirty_count, dirty_every, median, page_size, ratio, MIB};
+use dirtytrack_peers::common::{dirty_count, median, page_size, ratio, MIB};
 use dirtytrack_peers::soft_dirty::{self, SoftDirty};
-use dirtytrack_peers::{Checkpoint, Dirtytrack, MprotectSegv, Oracle, Peer};
-use std::hint::black_box;
+use dirtytrack_peers::{run_cycle, Checkpoint, CycleTimes, Dirtytrack, MprotectSegv, Oracle, Peer};
 use std::time::{Duration, Instant};
 
 /// Dirty fractions: (label, write every n-th page).
@@ -81,19 +80,6 @@ impl Mech {
     }
 }
 
-/// Timings of one cycle.
-#[derive(Clone, Copy)]
-struct Cycle {
-    writes: Duration,
-    harvest: Duration,
-}
-
-impl Cycle {
-    fn total(self) -> Duration {
-        self.writes + self.harvest
-    }
-}
-
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(s) => match s.trim().parse::<usize>() {
@@ -102,48 +88,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         },
         Err(_) => default,
     }
-}
-
-/// The next byte value to write: never 0 (the populated pages' original contents).
-fn next_value(v: &mut u8) -> u8 {
-    *v = v.wrapping_add(1);
-    if *v == 0 {
-        *v = 1;
-    }
-    *v
-}
-
-/// One cycle: dirty every `every`-th page with a new value, harvest into `cp`; then (untimed)
-/// asserts that `cp` holds exactly those pages, in address order, with that value.
-fn cycle(peer: &mut dyn Peer, cp: &mut Checkpoint, every: usize, value: &mut u8) -> Cycle {
-    let ps = page_size();
-    let (base, pages) = (peer.mem().addr(), peer.mem().len() / ps);
-    let v = next_value(value);
-    let t = Instant::now();
-    dirty_every(base, pages, every, v);
-    let writes = t.elapsed();
-    peer.wrote(every);
-    cp.reset();
-    let t = Instant::now();
-    peer.harvest(cp);
-    let harvest = t.elapsed();
-    black_box(&cp.data);
-
-    let name = peer.name();
-    assert_eq!(
-        cp.addrs.len(),
-        dirty_count(pages, every),
-        "{name}: number of pages harvested after writing every {every}-th page"
-    );
-    for (k, &a) in cp.addrs.iter().enumerate() {
-        assert_eq!(
-            a,
-            base + k * every * ps,
-            "{name}: harvested page {k} is not the {k}-th written page"
-        );
-        assert_eq!(cp.data[k * ps], v, "{name}: copied data of page {k}");
-    }
-    Cycle { writes, harvest }
 }
 
 fn us(d: Duration) -> f64 {
@@ -155,12 +99,12 @@ struct Summary {
     writes: Duration,
     harvest: Duration,
     cycle: Duration,
-    /// Cycle median of each round.
+    /// CycleTimes median of each round.
     rounds: Vec<Duration>,
     n: usize,
 }
 
-fn summarize(samples: &[Cycle], per_round: usize) -> Summary {
+fn summarize(samples: &[CycleTimes], per_round: usize) -> Summary {
     let mut w: Vec<Duration> = samples.iter().map(|c| c.writes).collect();
     let mut h: Vec<Duration> = samples.iter().map(|c| c.harvest).collect();
     let mut c: Vec<Duration> = samples.iter().map(|c| c.total()).collect();
@@ -250,7 +194,7 @@ fn main() {
         .max()
         .unwrap_or(0);
     let mut cp = Checkpoint::new(max_dirty, ps);
-    let mut samples: Vec<Vec<Vec<Cycle>>> = FRACTIONS
+    let mut samples: Vec<Vec<Vec<CycleTimes>>> = FRACTIONS
         .iter()
         .map(|_| {
             mechs
@@ -267,9 +211,9 @@ fn main() {
             let mi = (round + j) % mechs.len();
             let mut peer = mechs[mi].create(len);
             for (fi, &(_, every)) in FRACTIONS.iter().enumerate() {
-                cycle(&mut *peer, &mut cp, every, &mut value); // warm-up, verified
+                run_cycle(&mut *peer, &mut cp, every, &mut value); // warm-up, verified
                 for _ in 0..cycles {
-                    let c = cycle(&mut *peer, &mut cp, every, &mut value);
+                    let c = run_cycle(&mut *peer, &mut cp, every, &mut value);
                     samples[fi][mi].push(c);
                 }
             }

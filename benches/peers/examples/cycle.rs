@@ -12,10 +12,10 @@
 //! into every `every`-th page, then harvests; prints the mean writes / harvest time per cycle.
 
 use dirtytrack::Mode;
-use dirtytrack_peers::common::{dirty_count, dirty_every, page_size, MIB};
+use dirtytrack_peers::common::{page_size, MIB};
 use dirtytrack_peers::*;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn peer(name: &str, len: usize) -> Option<Box<dyn Peer>> {
     Some(match name {
@@ -54,24 +54,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let ps = page_size();
-    let pages = len / ps;
-    let mut cp = Checkpoint::new(pages, ps);
+    let mut cp = Checkpoint::new(len / ps, ps);
     p.harvest(&mut cp);
-    let (mut writes, mut harvest) = (Duration::ZERO, Duration::ZERO);
-    for v in 0..cycles {
-        let t = Instant::now();
-        dirty_every(p.mem().addr(), pages, every, (v % 255) as u8 + 1);
-        writes += t.elapsed();
-        p.wrote(every);
-        cp.reset();
-        let t = Instant::now();
-        p.harvest(&mut cp);
-        harvest += t.elapsed();
-        assert_eq!(
-            cp.addrs.len(),
-            dirty_count(pages, every),
-            "{name}: dirty pages"
-        );
+    let (mut writes, mut harvest, mut value) = (Duration::ZERO, Duration::ZERO, 0u8);
+    for _ in 0..cycles {
+        let t = run_cycle(&mut *p, &mut cp, every, &mut value);
+        writes += t.writes;
+        harvest += t.harvest;
     }
     let n = cycles.max(1) as u32;
     println!(

@@ -32,19 +32,15 @@ impl Peer for Memcmp {
     }
     fn harvest(&mut self, cp: &mut Checkpoint) {
         let ps = page_size();
-        let (base, bytes) = (self.mem.addr(), mapped(&self.mem));
-        let mut runs = RunBuilder::default();
-        for (i, (now, old)) in bytes
-            .chunks_exact(ps)
-            .zip(self.saved.chunks_exact_mut(ps))
-            .enumerate()
-        {
-            if now != old {
-                runs.push(cp, bytes, base, i, i + 1);
+        let saved = &mut self.saved;
+        copy_changed(cp, &self.mem, |i, now| {
+            let old = &mut saved[i * ps..(i + 1) * ps];
+            let changed = now != old;
+            if changed {
                 old.copy_from_slice(now);
             }
-        }
-        runs.flush(cp, bytes, base);
+            changed
+        });
     }
 }
 
@@ -74,20 +70,29 @@ impl Peer for Xxh3 {
         &self.mem
     }
     fn harvest(&mut self, cp: &mut Checkpoint) {
-        let ps = page_size();
-        let (base, bytes) = (self.mem.addr(), mapped(&self.mem));
-        let mut runs = RunBuilder::default();
-        for (i, (page, old)) in bytes
-            .chunks_exact(ps)
-            .zip(self.hashes.iter_mut())
-            .enumerate()
-        {
+        let hashes = &mut self.hashes;
+        copy_changed(cp, &self.mem, |i, page| {
             let h = xxh3_64(page);
-            if h != *old {
-                runs.push(cp, bytes, base, i, i + 1);
-                *old = h;
-            }
-        }
-        runs.flush(cp, bytes, base);
+            let changed = h != hashes[i];
+            hashes[i] = h;
+            changed
+        });
     }
+}
+
+/// Visits every page of `mem` in order with `changed(index, bytes)` (which also updates the
+/// peer's saved state) and copies the pages it says changed, one copy per run.
+fn copy_changed(
+    cp: &mut Checkpoint,
+    mem: &AnonMapping,
+    mut changed: impl FnMut(usize, &[u8]) -> bool,
+) {
+    let (base, bytes) = (mem.addr(), mapped(mem));
+    let mut runs = RunBuilder::default();
+    for (i, page) in bytes.chunks_exact(page_size()).enumerate() {
+        if changed(i, page) {
+            runs.push(cp, bytes, base, i, i + 1);
+        }
+    }
+    runs.flush(cp, bytes, base);
 }

@@ -38,6 +38,7 @@ pub use uffd_crate::UffdCrate;
 
 use common::page_size;
 use dirtytrack::sys::mem::AnonMapping;
+use std::time::{Duration, Instant};
 
 /// A read-only view of a whole mapping.
 ///
@@ -145,6 +146,61 @@ impl RunBuilder {
             cp.copy(&bytes[a * ps..b * ps], base + a * ps, ps);
         }
     }
+}
+
+/// Timings of one checkpoint cycle.
+#[derive(Clone, Copy, Debug)]
+pub struct CycleTimes {
+    /// Dirtying the pages (first-write faults included).
+    pub writes: Duration,
+    /// [`Peer::harvest`]: find, copy, re-arm.
+    pub harvest: Duration,
+}
+
+impl CycleTimes {
+    pub fn total(self) -> Duration {
+        self.writes + self.harvest
+    }
+}
+
+/// One checkpoint cycle, the job every bench times: write a new byte value (never 0, the
+/// populated pages' contents) into every `every`-th page of `peer`'s region (0: none), then
+/// harvest into `cp`. Afterwards, untimed, asserts that `cp` holds exactly those pages, in
+/// address order, with that value.
+pub fn run_cycle(
+    peer: &mut dyn Peer,
+    cp: &mut Checkpoint,
+    every: usize,
+    value: &mut u8,
+) -> CycleTimes {
+    let ps = page_size();
+    let (base, pages) = (peer.mem().addr(), peer.mem().len() / ps);
+    *value = value.wrapping_add(1).max(1);
+    let t = Instant::now();
+    common::dirty_every(base, pages, every, *value);
+    let writes = t.elapsed();
+    peer.wrote(every);
+    cp.reset();
+    let t = Instant::now();
+    peer.harvest(cp);
+    let harvest = t.elapsed();
+    std::hint::black_box(&cp.data);
+
+    let name = peer.name();
+    assert_eq!(
+        cp.addrs.len(),
+        common::dirty_count(pages, every),
+        "{name}: number of pages harvested after writing every {every}-th page"
+    );
+    for (k, &a) in cp.addrs.iter().enumerate() {
+        assert_eq!(
+            a,
+            base + k * every * ps,
+            "{name}: harvested page {k} is not the {k}-th written page"
+        );
+        assert_eq!(cp.data[k * ps], *value, "{name}: copied data of page {k}");
+    }
+    CycleTimes { writes, harvest }
 }
 
 /// One dirty-tracking mechanism over its own region.
