@@ -17,8 +17,9 @@
 //! line gives the medians of writes, harvest and cycle, and the cycle's ratio to every other
 //! mechanism of interest.
 //!
-//! Before timing, every mechanism is checked once per fraction: the checkpoint must hold exactly
-//! the written pages, in address order, with the bytes just written.
+//! Every cycle, timed or not, is checked after its timing (`dirtytrack_peers::run_cycle`): the
+//! checkpoint must hold exactly the written pages, in address order, with the bytes just written.
+//! Before timing, each mechanism runs one such cycle at every fraction.
 //!
 //! Run (as root, Linux 6.7+ for async mode):
 //! `DIRTYTRACK_BENCH_PIN_CPU=0 cargo bench -p dirtytrack-peers --bench peers`. Pinning matters for
