@@ -87,6 +87,8 @@ pub enum status {
     DT_ERR_KERNEL = -18,
     /// `PAGEMAP_SCAN` stopped making progress (the unscanned rest was kept as dirty).
     DT_ERR_SCAN_NO_PROGRESS = -19,
+    /// `dt_mark_dirty` named memory that no registered range covers.
+    DT_ERR_NOT_TRACKED = -20,
     /// A required pointer argument (handle, out-parameter or buffer) is NULL.
     DT_ERR_NULL = -100,
     /// A handle is not a live handle of the expected type: never returned by this library,
@@ -208,6 +210,7 @@ fn code_of(e: &Error) -> status {
         Error::SnapshotInProgress(_) => DT_ERR_SNAPSHOT_IN_PROGRESS,
         Error::Kernel { .. } => DT_ERR_KERNEL,
         Error::ScanNoProgress { .. } => DT_ERR_SCAN_NO_PROGRESS,
+        Error::NotTracked { .. } => DT_ERR_NOT_TRACKED,
     }
 }
 
@@ -653,6 +656,7 @@ pub extern "C" fn dt_status_name(code: i32) -> *const c_char {
         -17 => c"DT_ERR_SNAPSHOT_IN_PROGRESS",
         -18 => c"DT_ERR_KERNEL",
         -19 => c"DT_ERR_SCAN_NO_PROGRESS",
+        -20 => c"DT_ERR_NOT_TRACKED",
         -100 => c"DT_ERR_NULL",
         -101 => c"DT_ERR_INVALID_HANDLE",
         -102 => c"DT_ERR_PANIC",

@@ -499,6 +499,68 @@ impl Tracker {
         self.harvest(Some(id), Kind::Clear).map(drop)
     }
 
+    /// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+    /// it overlaps, in addition to what the page tables show.
+    ///
+    /// For changes page tables cannot show (the README's tracking contract): a direct-I/O read
+    /// (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA, any path that pins the buffer
+    /// and writes it later) that was in flight across a collect, a write through another mapping
+    /// of shared memory or through its file descriptor. Call it when such a write has
+    /// *completed*: then the page is reported by a collect that starts after the call, whatever
+    /// the page tables say. (The role of `mark_dirty` in rust-vmm's `Bitmap`.)
+    ///
+    /// `addr` and `len` need not be page aligned (every page the span touches is marked); a
+    /// zero `len` does nothing. Every page must be inside registered ranges
+    /// ([`Error::NotTracked`] otherwise, and nothing is marked); a lost range answers
+    /// [`Error::RangeLost`] (all of its pages are already reported). Costs a lock and a few
+    /// atomic ORs: cheap enough for every I/O completion.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), dirtytrack::Error> {
+    /// # let tracker = dirtytrack::Tracker::new()?;
+    /// # let (buf, n): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+    /// // an O_DIRECT read into tracked memory has completed:
+    /// tracker.mark_dirty(buf, n)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn mark_dirty(&self, addr: *const u8, len: usize) -> Result<(), Error> {
+        self.core.check_usable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let core = &*self.core;
+        let ps = core.page_size;
+        let first = addr as usize;
+        let end = first
+            .checked_add(len)
+            .ok_or(Error::AddressOverflow { addr: first, len })?;
+        let (start, end) = (first & !(ps - 1), end.div_ceil(ps) * ps);
+        // Moves (`mremap`) the monitor has read are applied before the lookup.
+        core.barrier();
+        let ranges = core.ranges.read();
+        // Check first, then mark: an error marks nothing.
+        let mut covering = Vec::new();
+        let mut at = start;
+        while at < end {
+            let r = Core::range_at(&ranges, at).ok_or(Error::NotTracked {
+                start,
+                end,
+                addr: at,
+            })?;
+            if r.lost.lock().is_some() {
+                return Err(backend::lost_error(r));
+            }
+            covering.push(r);
+            at = r.end();
+        }
+        for r in covering {
+            let base = r.start();
+            let (a, b) = (start.max(base), end.min(r.end()));
+            r.marks.set_range((a - base) / ps, (b - base) / ps);
+        }
+        Ok(())
+    }
+
     /// Starts a consistent live snapshot of range `id` (sync mode): a copy of its contents as of
     /// one instant, made while the program keeps writing. Returns at the instant; the copy
     /// completes in the background ([`LiveSnapshot::wait`]).
