@@ -211,6 +211,7 @@ fn code_of(e: &Error) -> status {
         Error::Kernel { .. } => DT_ERR_KERNEL,
         Error::ScanNoProgress { .. } => DT_ERR_SCAN_NO_PROGRESS,
         Error::NotTracked { .. } => DT_ERR_NOT_TRACKED,
+        Error::InvalidPageSize { .. } => DT_ERR_INVALID_ARGUMENT,
     }
 }
 
@@ -1551,6 +1552,7 @@ pub extern "C" fn dt_live_copy_free(c: *mut live_copy) -> status {
 /// # Safety
 ///
 /// None: it takes no pointer.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 #[no_mangle]
 pub extern "C" fn dt__test_panic() -> status {
@@ -1563,6 +1565,7 @@ pub extern "C" fn dt__test_panic() -> status {
 /// # Safety
 ///
 /// None: handles are validated, never dereferenced.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 #[no_mangle]
 pub extern "C" fn dt__test_poison(t: *mut tracker) -> status {

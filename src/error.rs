@@ -185,6 +185,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// [`DirtySet::with_page_size`](crate::DirtySet::with_page_size) was given a page size that is
+    /// not a power of two.
+    #[error("page size {page_size} is not a power of two: pass the granularity of the addresses (4096, 16384, 65536, a huge page size)")]
+    InvalidPageSize {
+        /// The value given.
+        page_size: usize,
+    },
+
     /// [`Tracker::mark_dirty`](crate::Tracker::mark_dirty) named memory that no registered range
     /// covers.
     #[error("{start:#x}..{end:#x} is not tracked ({addr:#x} is in no registered range): mark_dirty records changes only for registered memory; register the buffer first, or mark only its registered part")]

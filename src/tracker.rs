@@ -1,6 +1,6 @@
 //! [`Tracker`], its builder, and range handles.
 
-use crate::backend::{self, async_wp, monitor, monitor::Monitor, sync_wp, Kind};
+use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
 use crate::core::{Core, Harvest};
 use crate::dirty_set::{DirtySet, Segment};
 use crate::live::{self, LiveSnapshot};
@@ -144,6 +144,9 @@ impl TrackerBuilder {
 
     /// Pretends the kernel lacks these `UFFD_FEATURE_*` bits (see [`crate::features`]); for
     /// testing fallbacks (e.g. hide `WP_UNPOPULATED` to exercise the sync prefault paths).
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
     pub fn hide_features(mut self, features: u64) -> Self {
         self.hidden_features |= features;
         self
@@ -157,6 +160,7 @@ impl TrackerBuilder {
 
     /// Test knob: `PAGEMAP_SCAN` output vector length and `max_pages` per call, to exercise the
     /// `walk_end` continuation with tiny limits. Never use `max_pages` with hugetlb ranges.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn scan_limits(mut self, vec_len: usize, max_pages: u64) -> Self {
         self.scan_limits = Some((vec_len.max(1), max_pages));
@@ -196,8 +200,11 @@ impl TrackerBuilder {
         })?;
         uffd::api(fd.as_fd(), features | events | shmem_hugetlb)
             .map_err(|e| Error::from_kernel("UFFDIO_API", e))?;
+        // Sync mode scans too where the kernel can show pages changed with no event (guard
+        // regions; see `backend::sync_wp`).
+        let zap_scan = caps.scan_reports_guard_zaps == Some(true);
         let scanner = match mode {
-            Mode::Sync => None,
+            Mode::Sync if !zap_scan => None,
             _ => Some(
                 async_wp::Scanner::open(self.scan_limits)
                     .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
@@ -372,7 +379,7 @@ impl Tracker {
         if let Some(hole) = maps::first_hole(&vmas, start, end) {
             return Err(Error::NotMapped { start, end, hole });
         }
-        let backing = backing_of(&vmas, start);
+        let backing = backing_of(&vmas, start)?;
         let not_supported = |hint: &'static str| Error::MappingNotSupported {
             start,
             end,
@@ -590,7 +597,7 @@ impl Tracker {
                 mode: core.mode,
             });
         }
-        let _h = core.harvest.lock();
+        let mut h = core.harvest.lock();
         let r = core
             .ranges
             .read()
@@ -603,30 +610,31 @@ impl Tracker {
         }
         let ps = core.page_size;
         let buffer = live::alloc_buffer(r.len)?; // outside every lock: no writer waits on it
-        let seg = sync_wp::reprotect_then(core, &r, |seg| {
+        let seg = sync_wp::reprotect_then(core, &r, h.scanner.as_mut(), |seg| {
             live::install(&r, buffer, r.pages(ps));
             r.marks.take_into(&mut seg.bits);
             Ok(())
         })?;
         let addr = seg.start;
-        let dirty = DirtySet::from_segments(ps, vec![seg]);
-        LiveSnapshot::start(self.core.clone(), r, dirty, addr)
+        LiveSnapshot::start(self.core.clone(), r, seg, addr)
     }
 
     /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __panic_monitor_for_test(&self) {
         if let Some(m) = &self.monitor {
-            m.send(monitor::Control::PanicForTest);
+            m.send(crate::backend::monitor::Control::PanicForTest);
         }
     }
 
     /// Test hook: the monitor thread serves nothing for `d`, so writers stay blocked in their
     /// faults. Not part of the API.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __pause_monitor_for_test(&self, d: std::time::Duration) {
         if let Some(m) = &self.monitor {
-            m.send(monitor::Control::PauseForTest(d));
+            m.send(crate::backend::monitor::Control::PauseForTest(d));
         }
     }
 
@@ -666,7 +674,7 @@ impl Tracker {
         let mut failure = None;
         for r in &ranges {
             let seg = match core.mode {
-                crate::Mode::Sync => sync_wp::harvest(core, r, kind),
+                crate::Mode::Sync => sync_wp::harvest(core, r, kind, h.scanner.as_mut()),
                 _ => match h.scanner.as_mut() {
                     Some(scanner) => async_wp::harvest(core, scanner, r, kind),
                     None => Err(Error::Poisoned("async mode without a scanner".into())),
@@ -713,13 +721,33 @@ fn info(r: &RangeState) -> RangeInfo {
     }
 }
 
-fn backing_of(vmas: &[maps::Vma], start: usize) -> Backing {
-    let kind = |v: &maps::Vma| {
-        if maps::looks_hugetlb(v) {
-            let page_size = maps::kernel_page_size(v.start.max(start))
-                .ok()
-                .flatten()
-                .unwrap_or(2 << 20);
+/// What backs `vmas`. A hugetlbfs mapping's huge page size is read from `/proc/self/smaps`
+/// (`KernelPageSize`): when it cannot be read, registering fails rather than guess a granule
+/// (a guess of 2 MiB for a 1 GiB-page mapping would lose writes).
+fn backing_of(vmas: &[maps::Vma], start: usize) -> Result<Backing, Error> {
+    let kind = |v: &maps::Vma| -> Result<Backing, Error> {
+        Ok(if maps::looks_hugetlb(v) {
+            let at = v.start.max(start);
+            let page_size = match maps::kernel_page_size(at) {
+                Ok(Some(ps)) if ps.is_power_of_two() => ps,
+                Ok(_) => {
+                    return Err(Error::Kernel {
+                        op: "reading the huge page size (KernelPageSize) from /proc/self/smaps",
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "no usable KernelPageSize for the hugetlbfs mapping at {at:#x}"
+                            ),
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::from_kernel(
+                        "reading the huge page size (KernelPageSize) from /proc/self/smaps",
+                        e,
+                    ))
+                }
+            };
             Backing::Hugetlb { page_size }
         } else if v.is_shared() {
             Backing::Shared
@@ -727,15 +755,19 @@ fn backing_of(vmas: &[maps::Vma], start: usize) -> Backing {
             Backing::PrivateFile
         } else {
             Backing::PrivateAnonymous
-        }
+        })
     };
     let mut kinds = vmas.iter().map(kind);
-    let first = kinds.next().unwrap_or(Backing::PrivateAnonymous);
-    if kinds.all(|k| k == first) {
-        first
-    } else {
-        Backing::Mixed
+    let first = kinds
+        .next()
+        .transpose()?
+        .unwrap_or(Backing::PrivateAnonymous);
+    for k in kinds {
+        if k? != first {
+            return Ok(Backing::Mixed);
+        }
     }
+    Ok(first)
 }
 
 fn describe(vmas: &[maps::Vma]) -> String {
