@@ -759,7 +759,7 @@ pub unsafe extern "C" fn dt_tracker_new(out: *mut *mut tracker) -> status {
 /// `DT_ERR_KERNEL`, `DT_ERR_NULL`.
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` and frees it with `dt_tracker_free`; on error
-/// `*out` is set to NULL. One tracker per process is the supported setup.
+/// `*out` is set to NULL. Several trackers may live in one process; each range belongs to one.
 ///
 /// Thread safety: any thread. The tracker may then be used from any thread, concurrently.
 ///

@@ -263,8 +263,9 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// (`MADV_DONTNEED`: the contents changed). The README's tracking contract lists every kind of
 /// memory and change, and what is and is not seen.
 ///
-/// One tracker per process is the supported setup: any userfaultfd of the process can change the
-/// write-protection of memory registered to another (the kernel has no owner check).
+/// Several trackers may live in one process: the kernel gives each range one owner (registering
+/// a range another tracker owns fails with [`Error::OwnedByAnotherUserfaultfd`]), and each
+/// tracker only changes the protection of its own ranges.
 ///
 /// ```no_run
 /// use dirtytrack::Tracker;
@@ -574,7 +575,10 @@ impl Tracker {
     ///
     /// The instant acts as a collect of this range: [`LiveCopy::dirty_at_instant`](crate::LiveCopy::dirty_at_instant) holds the
     /// pages written since the previous collect, and the next `collect` reports the pages written
-    /// since the instant. The first write to each page after the instant waits while the monitor
+    /// since the instant. Until [`LiveCopy::commit`](crate::LiveCopy::commit) is called, the copy
+    /// owes those pre-instant pages to the tracker: if the snapshot fails, is dropped before
+    /// `wait`, or its copy is dropped uncommitted (a dump that failed), they are handed back and
+    /// the next collect reports them. The first write to each page after the instant waits while the monitor
     /// copies the page (one page copy on top of the sync-mode round trip). Memory: one copy of
     /// the range.
     ///
@@ -584,8 +588,9 @@ impl Tracker {
     /// # let (addr, len) = (std::ptr::null_mut(), 0);
     /// let tracker = Tracker::builder().mode(Mode::Sync).build()?;
     /// let id = tracker.register(addr, len)?;
-    /// let copy = tracker.live_snapshot(id)?.wait()?;   // writers kept running
+    /// let mut copy = tracker.live_snapshot(id)?.wait()?;   // writers kept running
     /// // copy.data: the range at the instant; tracker.collect(): what changed since
+    /// copy.commit(); // once copy.data is stored
     /// # Ok(()) }
     /// ```
     pub fn live_snapshot(&self, id: RangeId) -> Result<LiveSnapshot, Error> {
