@@ -1001,7 +1001,7 @@ pub unsafe extern "C" fn dt_collect(t: *mut tracker, out: *mut *mut dirty_set) -
 #[no_mangle]
 pub unsafe extern "C" fn dt_snapshot(t: *const tracker, out: *mut *mut dirty_set) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, Tracker::snapshot) }
+    unsafe { harvest_into(t, out, Tracker::peek) }
 }
 
 /// Resets every range to clean without reporting.
@@ -1049,7 +1049,7 @@ pub unsafe extern "C" fn dt_snapshot_range(
     out: *mut *mut dirty_set,
 ) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, |t| t.snapshot_range(RangeId(range_id))) }
+    unsafe { harvest_into(t, out, |t| t.peek_range(RangeId(range_id))) }
 }
 
 /// `dt_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).

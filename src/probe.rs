@@ -5,45 +5,12 @@
 //! saying which modes are available and, for each one that is not, why.
 
 use crate::sys::{self, mem, pagemap, uffd};
+use crate::types::{FdSource, Prefault};
 use crate::{Error, Mode};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-
-/// Where a userfaultfd came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdSource {
-    /// The `userfaultfd(2)` system call.
-    Syscall,
-    /// `/dev/userfaultfd` with `USERFAULTFD_IOC_NEW` (6.1+).
-    DevUserfaultfd,
-}
-
-/// How sync mode makes sure the first write to a never-touched page faults.
-///
-/// Write-protecting a range only protects pages that have a page-table entry; without one of
-/// these, the first write to a page never touched before protection is not seen
-/// (KERNEL-FACTS.md: 22 of 22 lost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefault {
-    /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+): the kernel installs markers in empty entries.
-    Unpopulated,
-    /// `madvise(MADV_POPULATE_READ)` (5.14+) before protecting: maps the zero page, no RSS growth.
-    PopulateRead,
-    /// Read one byte of every page before protecting (5.7–5.13).
-    ReadTouch,
-}
-
-impl Prefault {
-    fn describe(self) -> &'static str {
-        match self {
-            Prefault::Unpopulated => "UFFD_FEATURE_WP_UNPOPULATED (6.4+) protects never-touched pages",
-            Prefault::PopulateRead => "MADV_POPULATE_READ (5.14+) maps never-touched pages before protecting (WP_UNPOPULATED missing)",
-            Prefault::ReadTouch => "one byte of each page is read before protecting (no WP_UNPOPULATED, no MADV_POPULATE_READ)",
-        }
-    }
-}
 
 /// What the running kernel and this process's privileges allow. Print it (`{}`) for a report.
 #[derive(Debug, Clone)]

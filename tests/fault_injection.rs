@@ -579,7 +579,7 @@ per_mode! {
             if let Err(e) = kernel_write(&a, 11) {
                 out += &format!("(no pipe for a kernel write: {e}) ");
             }
-            let s = t.snapshot().map_err(|e| format!("snapshot without fds: {e}"))?;
+            let s = t.peek().map_err(|e| format!("snapshot without fds: {e}"))?;
             let d = t.collect().map_err(|e| format!("collect without fds: {e}"))?;
             check(s.len() == d.len(), || format!("snapshot {s:?} vs collect {d:?}"))?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.check(&d, true))).map_err(|_| format!("oracle: {d:?}"))?;
@@ -838,9 +838,9 @@ per_mode! {
                             }),
                             2 => id.map_or(Ok(()), |id| t.unregister(id)),
                             3 => t.collect().map(|d| seen.lock().unwrap().union(&d)),
-                            4 => t.snapshot().map(drop),
+                            4 => t.peek().map(drop),
                             5 => id.map_or(Ok(()), |id| t.collect_range(id).map(drop)),
-                            6 => id.map_or(Ok(()), |id| t.snapshot_range(id).map(drop)),
+                            6 => id.map_or(Ok(()), |id| t.peek_range(id).map(drop)),
                             7 => id.map_or(Ok(()), |id| t.clear_range(id)),
                             _ => { let _ = t.ranges(); id.map_or(Ok(()), |id| t.range(id).map(drop)) }
                         };
