@@ -153,7 +153,10 @@ fn direct_io_file(len: usize) -> Option<(std::fs::File, std::path::PathBuf)> {
     let dirs = [std::env::temp_dir(), "/var/tmp".into(), ".".into()];
     let mut why = Vec::new();
     for d in dirs {
-        let path = d.join(format!("dirtytrack-odirect-{}", std::process::id()));
+        // Unique per call: the async and sync versions of a test run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = d.join(format!("dirtytrack-odirect-{}-{n}", std::process::id()));
         match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
