@@ -32,8 +32,6 @@
 #![warn(missing_docs)]
 
 mod backend;
-#[cfg(feature = "capi")]
-pub mod capi;
 mod core;
 mod dirty_set;
 mod error;

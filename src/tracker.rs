@@ -1,6 +1,6 @@
 //! [`Tracker`], its builder, and range handles.
 
-use crate::backend::{self, async_wp, monitor, monitor::Monitor, sync_wp, Kind};
+use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
 use crate::core::{Core, Harvest};
 use crate::dirty_set::{DirtySet, Segment};
 use crate::live::{self, LiveSnapshot};
@@ -87,6 +87,19 @@ impl Backing {
 /// A registered range. `Copy`, cheap, and only meaningful to the tracker that returned it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RangeId(pub(crate) u64);
+
+impl RangeId {
+    /// The id as a number (never 0), for bindings and logs: the C API's `uint64_t` range ids.
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+
+    /// The id numbered `raw`. Any number is accepted: one that this tracker did not return is
+    /// reported as [`Error::UnknownRange`] by the call that uses it.
+    pub fn from_raw(raw: u64) -> RangeId {
+        RangeId(raw)
+    }
+}
 
 impl fmt::Debug for RangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -552,19 +565,21 @@ impl Tracker {
     }
 
     /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __panic_monitor_for_test(&self) {
         if let Some(m) = &self.monitor {
-            m.send(monitor::Control::PanicForTest);
+            m.send(crate::backend::monitor::Control::PanicForTest);
         }
     }
 
     /// Test hook: the monitor thread serves nothing for `d`, so writers stay blocked in their
     /// faults. Not part of the API.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __pause_monitor_for_test(&self, d: std::time::Duration) {
         if let Some(m) = &self.monitor {
-            m.send(monitor::Control::PauseForTest(d));
+            m.send(crate::backend::monitor::Control::PauseForTest(d));
         }
     }
 

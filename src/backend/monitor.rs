@@ -60,8 +60,10 @@ pub(crate) enum Control {
     /// Leave the loop.
     Stop,
     /// Test hook: panic now, to exercise poisoning.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     PanicForTest,
     /// Test hook: serve nothing for this long (no lock held), so writers stay blocked.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     PauseForTest(std::time::Duration),
 }
 
