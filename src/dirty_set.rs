@@ -1,5 +1,6 @@
 //! [`DirtySet`]: the pages a collect or snapshot found written.
 
+use crate::Error;
 use bitvec::prelude::*;
 use std::fmt;
 use std::ops::Range;
@@ -179,13 +180,31 @@ impl Default for DirtySet {
 impl DirtySet {
     /// An empty set with the system page size.
     pub fn new() -> DirtySet {
-        DirtySet::with_page_size(crate::page_size())
+        DirtySet::empty(crate::page_size())
     }
 
-    /// An empty set with an explicit page granularity (a power of two).
-    pub fn with_page_size(page_size: usize) -> DirtySet {
+    /// An empty set with an explicit page granularity, which must be a power of two
+    /// ([`Error::InvalidPageSize`] otherwise: every address computation here relies on it).
+    ///
+    /// ```
+    /// use dirtytrack::DirtySet;
+    /// let mut set = DirtySet::with_page_size(16384).unwrap();
+    /// set.insert_range(0x4000..0x4001);
+    /// assert_eq!(set.pages().collect::<Vec<_>>(), [0x4000]);
+    /// assert!(DirtySet::with_page_size(3000).is_err());
+    /// ```
+    pub fn with_page_size(page_size: usize) -> Result<DirtySet, Error> {
+        if !page_size.is_power_of_two() {
+            return Err(Error::InvalidPageSize { page_size });
+        }
+        Ok(DirtySet::empty(page_size))
+    }
+
+    /// An empty set; `page_size` is a power of two (the process's or a checked one).
+    fn empty(page_size: usize) -> DirtySet {
+        debug_assert!(page_size.is_power_of_two());
         DirtySet {
-            page_size: page_size.max(1),
+            page_size,
             segments: Vec::new(),
             count: 0,
         }
@@ -478,7 +497,7 @@ mod tests {
 
     #[test]
     fn insert_range_rounds_to_pages() {
-        let mut s = DirtySet::with_page_size(0x1000);
+        let mut s = DirtySet::with_page_size(0x1000).unwrap();
         s.insert_range(0x1fff..0x2001);
         assert_eq!(s.runs().collect::<Vec<_>>(), vec![0x1000..0x3000]);
         s.insert_range(0x5000..0x6000);

@@ -185,6 +185,26 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// [`DirtySet::with_page_size`](crate::DirtySet::with_page_size) was given a page size that is
+    /// not a power of two.
+    #[error("page size {page_size} is not a power of two: pass the granularity of the addresses (4096, 16384, 65536, a huge page size)")]
+    InvalidPageSize {
+        /// The value given.
+        page_size: usize,
+    },
+
+    /// [`Tracker::mark_dirty`](crate::Tracker::mark_dirty) named memory that no registered range
+    /// covers.
+    #[error("{start:#x}..{end:#x} is not tracked ({addr:#x} is in no registered range): mark_dirty records changes only for registered memory; register the buffer first, or mark only its registered part")]
+    NotTracked {
+        /// Start of the span (rounded down to a page).
+        start: usize,
+        /// End of the span (rounded up to a page).
+        end: usize,
+        /// The first address that is in no registered range.
+        addr: usize,
+    },
+
     /// `PAGEMAP_SCAN` stopped making progress (`walk_end <= start` without an error).
     #[error("PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x}); the unscanned rest was kept as dirty")]
     ScanNoProgress {

@@ -24,7 +24,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, bottom up: [`sys`] (the kernel ABI: raw structs, constants, one wrapper per ioctl),
+//! Layers, bottom up: `sys` (the kernel ABI: raw structs, constants, one wrapper per ioctl;
+//! crate-private),
 //! [`probe`] (capabilities), the backends (async, sync, and the monitor thread), and on top
 //! [`Tracker`] and [`DirtySet`].
 
@@ -35,13 +36,22 @@ mod backend;
 mod core;
 mod dirty_set;
 mod error;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzz_api;
 mod live;
 pub mod probe;
 mod range;
+/// The kernel ABI. Crate-private: its wrappers' safety depends on their callers (see
+/// `sys/mod.rs`). The `testing` feature exposes it, hidden from the docs and with no stability
+/// promise, to this crate's tests, benchmarks and fuzz targets.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 #[allow(missing_docs)]
 pub mod sys;
+#[cfg(not(feature = "testing"))]
+#[allow(dead_code)]
+mod sys;
 mod tracker;
 
 pub use dirty_set::DirtySet;
@@ -50,7 +60,8 @@ pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::{Capabilities, FdSource, Prefault};
 pub use tracker::{Backing, Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
 
-/// `UFFD_FEATURE_*` bits, for [`TrackerBuilder::hide_features`] and [`Capabilities::has`].
+/// `UFFD_FEATURE_*` bits, for [`Capabilities::has`] (and the `testing` feature's
+/// `TrackerBuilder::hide_features`).
 pub mod features {
     pub use crate::sys::uffd::{
         FEATURE_EVENT_REMAP as EVENT_REMAP, FEATURE_EVENT_REMOVE as EVENT_REMOVE,

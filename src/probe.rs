@@ -74,6 +74,16 @@ pub struct Capabilities {
     /// 2026 "PAGEMAP_SCAN written state for unpopulated ptes" fixes. The library does not depend
     /// on it: it reports discards from `UFFD_EVENT_REMOVE` in both modes.
     pub scan_reports_discards: Option<bool>,
+    /// `MADV_GUARD_INSTALL` works (6.13+): guard regions can zap pages of a tracked range with no
+    /// userfaultfd event.
+    pub guard_pages: bool,
+    /// Start-up self-test (kernels with guard pages and `PAGEMAP_SCAN`): does a read-only
+    /// `PAGEMAP_SCAN` of a write-protected (sync-style) range report pages zapped by a guard
+    /// region, and again after the guard is removed? Sync-mode collects rely on it to report
+    /// guard-zapped pages (no event is sent for them). `None` where the kernel has no guard
+    /// pages; `Some(false)` means sync mode cannot see guard zaps on this kernel (async mode
+    /// can): the capabilities report says so.
+    pub scan_reports_guard_zaps: Option<bool>,
     /// errno of the failed attempt to create any userfaultfd (to tell `EMFILE` from `EPERM`).
     pub(crate) open_errno: Option<i32>,
 }
@@ -138,11 +148,16 @@ impl Capabilities {
             }),
             madv_populate_read: probe_populate_read(),
             scan_reports_discards: None,
+            guard_pages: probe_guard_pages(),
+            scan_reports_guard_zaps: None,
             open_errno,
         };
         if caps.wp_async() && caps.pagemap_scan {
             caps.scan_reports_discards =
                 probe_discard_reporting(caps.has(uffd::FEATURE_PAGEFAULT_FLAG_WP));
+        }
+        if caps.guard_pages && caps.pagemap_scan && caps.write_protect() {
+            caps.scan_reports_guard_zaps = Some(probe_guard_zap_reporting());
         }
         caps
     }
@@ -322,6 +337,11 @@ impl fmt::Display for Capabilities {
             Some(false) => writeln!(f, "  discards: PAGEMAP_SCAN misses discarded pages on this kernel (no 2026 fix); the library reports them from UFFD_EVENT_REMOVE")?,
             None => writeln!(f, "  discards: reported from UFFD_EVENT_REMOVE")?,
         }
+        match (self.guard_pages, self.scan_reports_guard_zaps) {
+            (false, _) => writeln!(f, "  guard pages (MADV_GUARD_INSTALL, 6.13+): no")?,
+            (true, Some(true)) => writeln!(f, "  guard pages: yes; their zaps are reported in both modes (sync mode finds them with a read-only PAGEMAP_SCAN at each collect)")?,
+            (true, _) => writeln!(f, "  guard pages: yes; sync mode CANNOT see pages zapped by a guard region on this kernel (no event is sent and PAGEMAP_SCAN does not show them): do not install guard regions in ranges tracked in sync mode")?,
+        }
         match self.check_async() {
             Ok(()) => writeln!(
                 f,
@@ -373,7 +393,8 @@ fn probe_discard_reporting(wp: bool) -> Option<bool> {
     mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
     uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
     uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
-    mem::madvise_discard(m.addr(), ps).ok()?;
+    // SAFETY: the probe's own fresh mapping, referenced by nothing else.
+    unsafe { mem::madvise_destructive(m.addr(), ps, libc::MADV_DONTNEED) }.ok()?;
     let pm = File::open("/proc/self/pagemap").ok()?;
     let req = pagemap::ScanRequest {
         flags: pagemap::PM_SCAN_CHECK_WPASYNC,
@@ -393,7 +414,8 @@ fn probe_discard_reporting(wp: bool) -> Option<bool> {
 }
 
 /// `Ok(true)` if `PAGEMAP_SCAN` works, `Ok(false)` if the kernel lacks it (`ENOTTY`), `Err` if
-/// `/proc/self/pagemap` cannot be opened (so the answer is unknown).
+/// `/proc/self/pagemap` cannot be opened or the probe scan failed in any other way (so the
+/// answer is unknown: never guessed to be "works").
 fn probe_pagemap_scan() -> io::Result<bool> {
     let pm = File::open("/proc/self/pagemap")?;
     // An empty scan: 0 on 6.7+, ENOTTY before.
@@ -403,10 +425,71 @@ fn probe_pagemap_scan() -> io::Result<bool> {
         ..Default::default()
     };
     let mut out = [pagemap::PageRegion::default(); 1];
-    Ok(match pagemap::scan(&pm, &req, &mut out).result {
-        Ok(()) => true,
-        Err(e) => e.raw_os_error() != Some(libc::ENOTTY),
-    })
+    match pagemap::scan(&pm, &req, &mut out).result {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(false),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("an empty PAGEMAP_SCAN probe failed unexpectedly: {e}"),
+        )),
+    }
+}
+
+/// Whether `MADV_GUARD_INSTALL` (6.13+) works, on a throwaway page.
+fn probe_guard_pages() -> bool {
+    let ps = sys::page_size();
+    match mem::AnonMapping::new(ps) {
+        // SAFETY: the probe's own fresh mapping, referenced by nothing else.
+        Ok(m) => unsafe { mem::madvise_destructive(m.addr(), ps, mem::MADV_GUARD_INSTALL) }.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Write-protects two written pages with a sync-style registration (no `WP_ASYNC`, no events)
+/// on a throwaway fd, installs a guard region over one, and asks a read-only `PAGEMAP_SCAN`
+/// whether it is written, then again after removing the guard. Nothing writes the protected
+/// pages, so nothing waits for a fault reader.
+fn probe_guard_zap_reporting() -> bool {
+    let run = || -> Option<bool> {
+        let ps = sys::page_size();
+        let (fd, _) =
+            open_fd(libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY).ok()?;
+        uffd::api(
+            fd.as_fd(),
+            uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_WP_UNPOPULATED,
+        )
+        .ok()?;
+        let m = mem::AnonMapping::new(2 * ps).ok()?;
+        mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
+        uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
+        uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
+        let pm = File::open("/proc/self/pagemap").ok()?;
+        let written = |pm: &File| -> Option<bool> {
+            let req = pagemap::ScanRequest {
+                start: m.addr() as u64,
+                end: (m.addr() + 2 * ps) as u64,
+                category_mask: pagemap::PAGE_IS_WRITTEN,
+                return_mask: pagemap::PAGE_IS_WRITTEN,
+                ..Default::default()
+            };
+            let mut out = [pagemap::PageRegion::default(); 2];
+            let res = pagemap::scan(pm, &req, &mut out);
+            res.result.ok()?;
+            Some(
+                out[..res.regions.min(2)]
+                    .iter()
+                    .any(|r| r.start <= m.addr() as u64 && (m.addr() as u64) < r.end),
+            )
+        };
+        // SAFETY: the probe's own fresh mapping, referenced by nothing else.
+        unsafe { mem::madvise_destructive(m.addr(), ps, mem::MADV_GUARD_INSTALL) }.ok()?;
+        let while_guarded = written(&pm)?;
+        // SAFETY: as above.
+        unsafe { mem::madvise_destructive(m.addr(), ps, mem::MADV_GUARD_REMOVE) }.ok()?;
+        let after_removal = written(&pm)?;
+        Some(while_guarded && after_removal)
+    };
+    run().unwrap_or(false)
 }
 
 fn probe_populate_read() -> bool {

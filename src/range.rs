@@ -23,8 +23,11 @@ impl AtomicBitmap {
         }
     }
 
-    /// Sets bit `i` (ignored if out of range).
+    /// Sets bit `i`. Callers compute `i` from an address inside the range: an index past the
+    /// end is a bug here, caught in debug builds (release builds ignore it rather than panic in
+    /// the monitor thread).
     pub(crate) fn set(&self, i: usize) {
+        debug_assert!(i < self.bits, "bit {i} past the end ({})", self.bits);
         if i < self.bits {
             self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
         }

@@ -157,6 +157,9 @@ impl TrackerBuilder {
 
     /// Pretends the kernel lacks these `UFFD_FEATURE_*` bits (see [`crate::features`]); for
     /// testing fallbacks (e.g. hide `WP_UNPOPULATED` to exercise the sync prefault paths).
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
     pub fn hide_features(mut self, features: u64) -> Self {
         self.hidden_features |= features;
         self
@@ -170,6 +173,7 @@ impl TrackerBuilder {
 
     /// Test knob: `PAGEMAP_SCAN` output vector length and `max_pages` per call, to exercise the
     /// `walk_end` continuation with tiny limits. Never use `max_pages` with hugetlb ranges.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn scan_limits(mut self, vec_len: usize, max_pages: u64) -> Self {
         self.scan_limits = Some((vec_len.max(1), max_pages));
@@ -209,8 +213,11 @@ impl TrackerBuilder {
         })?;
         uffd::api(fd.as_fd(), features | events | shmem_hugetlb)
             .map_err(|e| Error::from_kernel("UFFDIO_API", e))?;
+        // Sync mode scans too where the kernel can show pages changed with no event (guard
+        // regions; see `backend::sync_wp`).
+        let zap_scan = caps.scan_reports_guard_zaps == Some(true);
         let scanner = match mode {
-            Mode::Sync => None,
+            Mode::Sync if !zap_scan => None,
             _ => Some(
                 async_wp::Scanner::open(self.scan_limits)
                     .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
@@ -385,7 +392,7 @@ impl Tracker {
         if let Some(hole) = maps::first_hole(&vmas, start, end) {
             return Err(Error::NotMapped { start, end, hole });
         }
-        let backing = backing_of(&vmas, start);
+        let backing = backing_of(&vmas, start)?;
         let not_supported = |hint: &'static str| Error::MappingNotSupported {
             start,
             end,
@@ -512,6 +519,68 @@ impl Tracker {
         self.harvest(Some(id), Kind::Clear).map(drop)
     }
 
+    /// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+    /// it overlaps, in addition to what the page tables show.
+    ///
+    /// For changes page tables cannot show (the README's tracking contract): a direct-I/O read
+    /// (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA, any path that pins the buffer
+    /// and writes it later) that was in flight across a collect, a write through another mapping
+    /// of shared memory or through its file descriptor. Call it when such a write has
+    /// *completed*: then the page is reported by a collect that starts after the call, whatever
+    /// the page tables say. (The role of `mark_dirty` in rust-vmm's `Bitmap`.)
+    ///
+    /// `addr` and `len` need not be page aligned (every page the span touches is marked); a
+    /// zero `len` does nothing. Every page must be inside registered ranges
+    /// ([`Error::NotTracked`] otherwise, and nothing is marked); a lost range answers
+    /// [`Error::RangeLost`] (all of its pages are already reported). Costs a lock and a few
+    /// atomic ORs: cheap enough for every I/O completion.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), dirtytrack::Error> {
+    /// # let tracker = dirtytrack::Tracker::new()?;
+    /// # let (buf, n): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+    /// // an O_DIRECT read into tracked memory has completed:
+    /// tracker.mark_dirty(buf, n)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn mark_dirty(&self, addr: *const u8, len: usize) -> Result<(), Error> {
+        self.core.check_usable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let core = &*self.core;
+        let ps = core.page_size;
+        let first = addr as usize;
+        let end = first
+            .checked_add(len)
+            .ok_or(Error::AddressOverflow { addr: first, len })?;
+        let (start, end) = (first & !(ps - 1), end.div_ceil(ps) * ps);
+        // Moves (`mremap`) the monitor has read are applied before the lookup.
+        core.barrier();
+        let ranges = core.ranges.read();
+        // Check first, then mark: an error marks nothing.
+        let mut covering = Vec::new();
+        let mut at = start;
+        while at < end {
+            let r = Core::range_at(&ranges, at).ok_or(Error::NotTracked {
+                start,
+                end,
+                addr: at,
+            })?;
+            if r.lost.lock().is_some() {
+                return Err(backend::lost_error(r));
+            }
+            covering.push(r);
+            at = r.end();
+        }
+        for r in covering {
+            let base = r.start();
+            let (a, b) = (start.max(base), end.min(r.end()));
+            r.marks.set_range((a - base) / ps, (b - base) / ps);
+        }
+        Ok(())
+    }
+
     /// Starts a consistent live snapshot of range `id` (sync mode): a copy of its contents as of
     /// one instant, made while the program keeps writing. Returns at the instant; the copy
     /// completes in the background ([`LiveSnapshot::wait`]).
@@ -541,7 +610,7 @@ impl Tracker {
                 mode: core.mode,
             });
         }
-        let _h = core.harvest.lock();
+        let mut h = core.harvest.lock();
         let r = core
             .ranges
             .read()
@@ -554,14 +623,13 @@ impl Tracker {
         }
         let ps = core.page_size;
         let buffer = live::alloc_buffer(r.len)?; // outside every lock: no writer waits on it
-        let seg = sync_wp::reprotect_then(core, &r, |seg| {
+        let seg = sync_wp::reprotect_then(core, &r, h.scanner.as_mut(), |seg| {
             live::install(&r, buffer, r.pages(ps));
             r.marks.take_into(&mut seg.bits);
             Ok(())
         })?;
         let addr = seg.start;
-        let dirty = DirtySet::from_segments(ps, vec![seg]);
-        LiveSnapshot::start(self.core.clone(), r, dirty, addr)
+        LiveSnapshot::start(self.core.clone(), r, seg, addr)
     }
 
     /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
@@ -619,7 +687,7 @@ impl Tracker {
         let mut failure = None;
         for r in &ranges {
             let seg = match core.mode {
-                crate::Mode::Sync => sync_wp::harvest(core, r, kind),
+                crate::Mode::Sync => sync_wp::harvest(core, r, kind, h.scanner.as_mut()),
                 _ => match h.scanner.as_mut() {
                     Some(scanner) => async_wp::harvest(core, scanner, r, kind),
                     None => Err(Error::Poisoned("async mode without a scanner".into())),
@@ -666,13 +734,33 @@ fn info(r: &RangeState) -> RangeInfo {
     }
 }
 
-fn backing_of(vmas: &[maps::Vma], start: usize) -> Backing {
-    let kind = |v: &maps::Vma| {
-        if maps::looks_hugetlb(v) {
-            let page_size = maps::kernel_page_size(v.start.max(start))
-                .ok()
-                .flatten()
-                .unwrap_or(2 << 20);
+/// What backs `vmas`. A hugetlbfs mapping's huge page size is read from `/proc/self/smaps`
+/// (`KernelPageSize`): when it cannot be read, registering fails rather than guess a granule
+/// (a guess of 2 MiB for a 1 GiB-page mapping would lose writes).
+fn backing_of(vmas: &[maps::Vma], start: usize) -> Result<Backing, Error> {
+    let kind = |v: &maps::Vma| -> Result<Backing, Error> {
+        Ok(if maps::looks_hugetlb(v) {
+            let at = v.start.max(start);
+            let page_size = match maps::kernel_page_size(at) {
+                Ok(Some(ps)) if ps.is_power_of_two() => ps,
+                Ok(_) => {
+                    return Err(Error::Kernel {
+                        op: "reading the huge page size (KernelPageSize) from /proc/self/smaps",
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "no usable KernelPageSize for the hugetlbfs mapping at {at:#x}"
+                            ),
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::from_kernel(
+                        "reading the huge page size (KernelPageSize) from /proc/self/smaps",
+                        e,
+                    ))
+                }
+            };
             Backing::Hugetlb { page_size }
         } else if v.is_shared() {
             Backing::Shared
@@ -680,15 +768,19 @@ fn backing_of(vmas: &[maps::Vma], start: usize) -> Backing {
             Backing::PrivateFile
         } else {
             Backing::PrivateAnonymous
-        }
+        })
     };
     let mut kinds = vmas.iter().map(kind);
-    let first = kinds.next().unwrap_or(Backing::PrivateAnonymous);
-    if kinds.all(|k| k == first) {
-        first
-    } else {
-        Backing::Mixed
+    let first = kinds
+        .next()
+        .transpose()?
+        .unwrap_or(Backing::PrivateAnonymous);
+    for k in kinds {
+        if k? != first {
+            return Ok(Backing::Mixed);
+        }
     }
+    Ok(first)
 }
 
 fn describe(vmas: &[maps::Vma]) -> String {

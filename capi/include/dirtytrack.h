@@ -148,6 +148,10 @@ typedef enum dt_status {
      */
     DT_ERR_SCAN_NO_PROGRESS = -19,
     /*
+     `dt_mark_dirty` named memory that no registered range covers.
+     */
+    DT_ERR_NOT_TRACKED = -20,
+    /*
      An error of the library that this version of the C API has no dedicated code for; the
      message says what happened and what to do.
      */
@@ -656,8 +660,9 @@ enum dt_status dt_live_snapshot_progress(const struct dt_live_snapshot *s,
 
  Ownership: **consumes `s`**: after any return other than `DT_ERR_NULL` and
  `DT_ERR_INVALID_HANDLE` the snapshot handle is freed (success or not); with those two it is
- untouched. On `DT_OK` the caller owns `*out` (`dt_live_copy_free`); otherwise `*out` is
- NULL.
+ untouched. On `DT_OK` the caller owns `*out`: store the copy, `dt_live_copy_commit` it, then
+ `dt_live_copy_free` it (freed uncommitted, it hands the pre-instant pages back to the
+ tracker); otherwise `*out` is NULL.
 
  Thread safety: any thread. If two threads wait on the same snapshot, one gets the copy and
  the other `DT_ERR_INVALID_HANDLE`.
@@ -724,7 +729,26 @@ enum dt_status dt_live_copy_dirty_at_instant(const struct dt_live_copy *c,
                                              struct dt_dirty_set **out);
 
 /*
- Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`).
+ Says the copy is stored (the caller has written its data and `dirty_at_instant` where they
+ belong): freeing it then no longer hands the pages written before the instant back to the
+ tracker. Without it, `dt_live_copy_free` hands them back and the next collect reports them
+ again (an over-report at worst), so a dump that fails half way loses nothing. Committing
+ twice is harmless.
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: borrows the copy. Thread safety: any thread.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_live_copy_commit(struct dt_live_copy *c);
+
+/*
+ Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`). A copy not
+ committed (`dt_live_copy_commit`) first hands the pages written before the instant back to
+ the tracker: the next collect of the range reports them again.
 
  Errors: `DT_ERR_INVALID_HANDLE` (not a live copy, or already freed).
 
@@ -1049,6 +1073,30 @@ enum dt_status dt_snapshot_range(const struct dt_tracker *t,
  None: handles are validated, never dereferenced.
  */
 enum dt_status dt_clear_range(struct dt_tracker *t, uint64_t range_id);
+
+/*
+ Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+ it overlaps, in addition to what the page tables show. For changes page tables cannot show:
+ a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
+ pins the buffer and writes it later) that was in flight across a collect, or a write through
+ another mapping of shared memory or through its file descriptor. Call it once such a write
+ has completed. `addr` and `len` need not be page aligned (every page the span touches is
+ marked); `len` 0 does nothing. Cheap (a lock and a few atomic ORs): fine for every I/O
+ completion.
+
+ Errors: `DT_ERR_NOT_TRACKED` (part of the span is in no registered range; nothing was
+ marked), `DT_ERR_ADDRESS_OVERFLOW`, `DT_ERR_RANGE_LOST` (its pages are already reported),
+ `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: `addr` is not dereferenced; the memory stays the caller's. Thread safety: any
+ thread, concurrently with collects (a mark racing a collect is reported by it or the next).
+
+ # Safety
+
+ None: handles are validated, never dereferenced; `addr` is only compared with the
+ registered ranges.
+ */
+enum dt_status dt_mark_dirty(struct dt_tracker *t, const void *addr, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

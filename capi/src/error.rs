@@ -64,6 +64,7 @@ const C_NAMES: &[(&str, &str)] = &[
     ("Tracker::clear_range", "dt_clear_range"),
     ("Tracker::live_snapshot", "dt_live_snapshot_start"),
     ("Tracker::mark_dirty", "dt_mark_dirty"),
+    ("mark_dirty records", "dt_mark_dirty records"),
     ("Tracker::unregister", "dt_unregister"),
     ("Tracker::register", "dt_register"),
     ("Tracker::collect", "dt_collect"),
@@ -241,6 +242,11 @@ mod tests {
                 alternative: "use Mode::Sync (a monitor thread resolves write faults) or Mode::Auto, or run Linux 6.7 or newer",
             },
             Error::Permission("could not create the userfaultfd for Sync mode (x); see Tracker::capabilities() or Capabilities::probe() for what this process can do".into()),
+            Error::NotTracked {
+                start: 0x1000,
+                end: 0x3000,
+                addr: 0x2000,
+            },
             Error::MappingNotSupported {
                 start: 0,
                 end: 0x1000,
@@ -261,6 +267,7 @@ mod tests {
                 "Async mode",
                 "Sync mode",
                 " Tracker",
+                " mark_dirty",
             ] {
                 assert!(!text.contains(rust), "{rust:?} in {text:?}");
             }

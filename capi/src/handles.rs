@@ -10,10 +10,10 @@
 
 use crate::dirty_set::SetObj;
 use crate::error::{entry, fail, Failure, Res};
-use crate::live::LiveObj;
+use crate::live::{CopyObj, LiveObj};
 use crate::status::status;
 use crate::tracker::BuilderObj;
-use dirtytrack::{LiveCopy, Tracker};
+use dirtytrack::Tracker;
 use libc::size_t;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -69,7 +69,7 @@ object_types! {
     Builder(BuilderObj) = "dt_tracker_builder",
     Set(SetObj) = "dt_dirty_set",
     Live(LiveObj) = "dt_live_snapshot",
-    Copy(LiveCopy) = "dt_live_copy",
+    Copy(CopyObj) = "dt_live_copy",
 }
 
 struct Registry {

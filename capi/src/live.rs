@@ -3,13 +3,14 @@
 
 use crate::args::Out;
 use crate::dirty_set::{dirty_set, new_set};
-use crate::error::{entry, fail};
+use crate::error::{entry, fail, Res};
 use crate::handles::{free, insert, lookup, take};
 use crate::status::status;
 use crate::tracker::{get_tracker, tracker};
 use dirtytrack::{LiveCopy, LiveSnapshot, RangeId};
 use libc::size_t;
 use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// A live snapshot in progress (opaque handle). Created by `dt_live_snapshot_start`; consumed by
 /// `dt_live_snapshot_wait` or freed by `dt_live_snapshot_free`.
@@ -21,6 +22,15 @@ pub struct live_snapshot {
 /// `dt_live_copy_free`.
 pub struct live_copy {
     _opaque: [u8; 0],
+}
+
+/// A live copy handle's object. The copy is behind a lock because committing it mutates it.
+pub(crate) struct CopyObj {
+    copy: Mutex<LiveCopy>,
+}
+
+fn get_copy(c: *const live_copy) -> Res<Arc<CopyObj>> {
+    lookup(c)
 }
 
 /// A live snapshot handle's object: the snapshot until `dt_live_snapshot_wait` takes it.
@@ -105,8 +115,9 @@ pub unsafe extern "C" fn dt_live_snapshot_progress(
 ///
 /// Ownership: **consumes `s`**: after any return other than `DT_ERR_NULL` and
 /// `DT_ERR_INVALID_HANDLE` the snapshot handle is freed (success or not); with those two it is
-/// untouched. On `DT_OK` the caller owns `*out` (`dt_live_copy_free`); otherwise `*out` is
-/// NULL.
+/// untouched. On `DT_OK` the caller owns `*out`: store the copy, `dt_live_copy_commit` it, then
+/// `dt_live_copy_free` it (freed uncommitted, it hands the pre-instant pages back to the
+/// tracker); otherwise `*out` is NULL.
 ///
 /// Thread safety: any thread. If two threads wait on the same snapshot, one gets the copy and
 /// the other `DT_ERR_INVALID_HANDLE`.
@@ -132,7 +143,9 @@ pub unsafe extern "C" fn dt_live_snapshot_wait(
             )
         })?;
         let copy = snap.wait()?;
-        out.set(insert(copy));
+        out.set(insert(CopyObj {
+            copy: Mutex::new(copy),
+        }));
         Ok(())
     })
 }
@@ -166,7 +179,7 @@ pub unsafe extern "C" fn dt_live_copy_addr(c: *const live_copy, out: *mut usize)
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(0);
-        out.set(lookup::<LiveCopy, _>(c)?.addr);
+        out.set(get_copy(c)?.copy.lock().addr);
         Ok(())
     })
 }
@@ -197,8 +210,10 @@ pub unsafe extern "C" fn dt_live_copy_data(
         };
         data.set(std::ptr::null());
         len.set(0);
-        let copy = lookup::<LiveCopy, _>(c)?;
-        // The Vec lives in the registry's Arc until dt_live_copy_free, and is never mutated.
+        let obj = get_copy(c)?;
+        let copy = obj.copy.lock();
+        // The Vec lives in the registry's Arc until dt_live_copy_free, and is never mutated
+        // (dt_live_copy_commit changes only what the copy owes the tracker).
         data.set(copy.data.as_ptr());
         len.set(copy.data.len());
         Ok(())
@@ -223,13 +238,37 @@ pub unsafe extern "C" fn dt_live_copy_dirty_at_instant(
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(std::ptr::null_mut());
-        let copy = lookup::<LiveCopy, _>(c)?;
-        out.set(new_set(copy.dirty_at_instant.clone()));
+        let obj = get_copy(c)?;
+        let dirty = obj.copy.lock().dirty_at_instant.clone();
+        out.set(new_set(dirty));
         Ok(())
     })
 }
 
-/// Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`).
+/// Says the copy is stored (the caller has written its data and `dirty_at_instant` where they
+/// belong): freeing it then no longer hands the pages written before the instant back to the
+/// tracker. Without it, `dt_live_copy_free` hands them back and the next collect reports them
+/// again (an over-report at worst), so a dump that fails half way loses nothing. Committing
+/// twice is harmless.
+///
+/// Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+///
+/// Ownership: borrows the copy. Thread safety: any thread.
+///
+/// # Safety
+///
+/// None: handles are validated, never dereferenced.
+#[no_mangle]
+pub extern "C" fn dt_live_copy_commit(c: *mut live_copy) -> status {
+    entry(|| {
+        get_copy(c)?.copy.lock().commit();
+        Ok(())
+    })
+}
+
+/// Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`). A copy not
+/// committed (`dt_live_copy_commit`) first hands the pages written before the instant back to
+/// the tracker: the next collect of the range reports them again.
 ///
 /// Errors: `DT_ERR_INVALID_HANDLE` (not a live copy, or already freed).
 ///
@@ -241,5 +280,5 @@ pub unsafe extern "C" fn dt_live_copy_dirty_at_instant(
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_live_copy_free(c: *mut live_copy) -> status {
-    free::<LiveCopy, _>(c)
+    free::<CopyObj, _>(c)
 }

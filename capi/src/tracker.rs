@@ -613,3 +613,28 @@ pub unsafe extern "C" fn dt_snapshot_range(
 pub extern "C" fn dt_clear_range(t: *mut tracker, range_id: u64) -> status {
     entry(|| Ok(get_tracker(t)?.clear_range(RangeId::from_raw(range_id))?))
 }
+
+/// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+/// it overlaps, in addition to what the page tables show. For changes page tables cannot show:
+/// a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
+/// pins the buffer and writes it later) that was in flight across a collect, or a write through
+/// another mapping of shared memory or through its file descriptor. Call it once such a write
+/// has completed. `addr` and `len` need not be page aligned (every page the span touches is
+/// marked); `len` 0 does nothing. Cheap (a lock and a few atomic ORs): fine for every I/O
+/// completion.
+///
+/// Errors: `DT_ERR_NOT_TRACKED` (part of the span is in no registered range; nothing was
+/// marked), `DT_ERR_ADDRESS_OVERFLOW`, `DT_ERR_RANGE_LOST` (its pages are already reported),
+/// `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+///
+/// Ownership: `addr` is not dereferenced; the memory stays the caller's. Thread safety: any
+/// thread, concurrently with collects (a mark racing a collect is reported by it or the next).
+///
+/// # Safety
+///
+/// None: handles are validated, never dereferenced; `addr` is only compared with the
+/// registered ranges.
+#[no_mangle]
+pub extern "C" fn dt_mark_dirty(t: *mut tracker, addr: *const c_void, len: size_t) -> status {
+    entry(|| Ok(get_tracker(t)?.mark_dirty(addr.cast(), len)?))
+}

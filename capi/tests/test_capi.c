@@ -641,6 +641,38 @@ static void test_capabilities_struct(dt_tracker *t) {
     EXPECT(dt_tracker_capabilities(t, NULL), DT_ERR_NULL);
 }
 
+static void test_mark_dirty(dt_tracker *t) {
+    section("dt_mark_dirty: unaligned spans, zero length, untracked memory, overflow");
+    char *mem = map(8), *other = map(2);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 8 * PS, &id));
+    dt_dirty_set *s = NULL;
+    /* From inside page 3 to inside page 5: pages 3, 4 and 5. */
+    OK(dt_mark_dirty(t, mem + 3 * PS + 10, 2 * PS));
+    OK(dt_mark_dirty(t, mem + 7 * PS, 0)); /* nothing */
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == 3 && has(s, mem + 3 * PS) && has(s, mem + 4 * PS) && has(s, mem + 5 * PS));
+    OK(dt_dirty_set_free(s));
+    OK(dt_collect(t, &s)); /* the collect reset the marks */
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+
+    EXPECT(dt_mark_dirty(t, other, PS), DT_ERR_NOT_TRACKED);
+    MESSAGE_HAS("is not tracked");
+    MESSAGE_HAS("dt_mark_dirty records changes only for registered memory");
+    /* A span that runs past the range marks nothing. */
+    EXPECT(dt_mark_dirty(t, mem + 6 * PS, 4 * PS), DT_ERR_NOT_TRACKED);
+    OK(dt_snapshot(t, &s));
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+    EXPECT(dt_mark_dirty(t, (void *)(UINTPTR_MAX - 10), 100), DT_ERR_ADDRESS_OVERFLOW);
+    EXPECT(dt_mark_dirty(NULL, mem, PS), DT_ERR_NULL);
+    OK(dt_unregister(t, id));
+    EXPECT(dt_mark_dirty(t, mem, PS), DT_ERR_NOT_TRACKED);
+    munmap(mem, 8 * PS);
+    munmap(other, 2 * PS);
+}
+
 static void test_range_lost(dt_tracker *t) {
     section("an unmapped range is reported lost (DT_ERR_RANGE_LOST), then unregistered");
     char *mem = map(16), *keep = map(4);
@@ -752,6 +784,10 @@ static void test_sync_mode(int skip_writes) {
     dt_live_copy *again = (dt_live_copy *)0x1;
     EXPECT(dt_live_snapshot_wait(ls, &again), DT_ERR_INVALID_HANDLE); /* consumed */
     ASSERT(again == NULL);
+    OK(dt_live_copy_commit(copy)); /* stored: page 4 is the copy's now */
+    OK(dt_live_copy_commit(copy)); /* twice is harmless */
+    EXPECT(dt_live_copy_commit(NULL), DT_ERR_NULL);
+    EXPECT(dt_live_copy_commit((dt_live_copy *)t), DT_ERR_INVALID_HANDLE);
     OK(dt_live_copy_free(copy));
     EXPECT(dt_live_snapshot_free(ls), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_live_snapshot_wait(NULL, &copy), DT_ERR_NULL);
@@ -776,7 +812,13 @@ static void test_sync_mode(int skip_writes) {
     OK(dt_dirty_set_free(at));
     EXPECT(dt_live_copy_data(copy, NULL, &len), DT_ERR_NULL);
     EXPECT(dt_live_copy_addr((dt_live_copy *)t, &addr), DT_ERR_INVALID_HANDLE);
+    /* Freed without a commit: the pre-instant page (5) goes back to the tracker. */
     OK(dt_live_copy_free(copy));
+    if (!skip_writes) {
+        OK(dt_collect_range(t, id, &s));
+        ASSERT(has(s, mem + 5 * PS) && has(s, mem + 6 * PS));
+        OK(dt_dirty_set_free(s));
+    }
     EXPECT(dt_live_copy_free(copy), DT_ERR_INVALID_HANDLE);
     OK(dt_live_copy_free(NULL));
 
@@ -1020,6 +1062,7 @@ int main(void) {
     test_capabilities_struct(t);
     test_message_persistence(t);
     test_ranges(t);
+    test_mark_dirty(t);
     test_builder(t, valgrind);
     if (valgrind) {
         printf("  - SKIP under valgrind: range lost (munmap of registered memory)\n");

@@ -43,7 +43,7 @@ fuzz_target!(|input: Input| {
     check_set("dirty_set_from_regions", &set, &model, ps, &probes);
 
     // The same pages through the public API: insert each clamped region.
-    let mut again = DirtySet::with_page_size(ps);
+    let mut again = DirtySet::with_page_size(ps).expect("power-of-two page size");
     for r in &regions {
         let (from, to) = ((r.start as usize).max(start), (r.end as usize).min(end));
         if r.end > r.start && from < to {

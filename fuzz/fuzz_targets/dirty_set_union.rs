@@ -164,9 +164,9 @@ fuzz_target!(|input: Input| {
 
     // The empty set is the identity, on either side.
     for x in [&a, &b] {
-        let with_empty = union(&x.set, &DirtySet::with_page_size(x.ps));
+        let with_empty = union(&x.set, &DirtySet::with_page_size(x.ps).expect("power-of-two page size"));
         check_set("X ∪ ∅", &with_empty, &x.model, x.ps, &probes);
-        let empty_with = union(&DirtySet::with_page_size(x.ps), &x.set);
+        let empty_with = union(&DirtySet::with_page_size(x.ps).expect("power-of-two page size"), &x.set);
         check_set("∅ ∪ X", &empty_with, &x.model, x.ps, &probes);
     }
     // An empty set of the system page size, filled with A.

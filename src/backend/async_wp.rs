@@ -84,6 +84,23 @@ impl Scanner {
         self.scan_with(start, end, rearm, seg, page_size, self.max_pages)
     }
 
+    /// Sync mode: reports the pages of `[start, end)` that are not write-protected, without
+    /// re-protecting anything and without `PM_SCAN_CHECK_WPASYNC` (the range is registered
+    /// sync-style). Right before a sync-mode re-protect, under `batch`, every page is either
+    /// protected, un-protected by the monitor (and so already marked), or changed behind the
+    /// tracker's back with no event: zapped by a guard region (`MADV_GUARD_INSTALL`, 6.13+),
+    /// which leaves a guard marker and, once removed, an empty entry. The scan reports all but
+    /// the first kind; see `Capabilities::scan_reports_guard_zaps`.
+    pub(crate) fn scan_unprotected(
+        &mut self,
+        start: usize,
+        end: usize,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> Result<(), ScanError> {
+        self.scan_flags(start, end, 0, seg, page_size, self.max_pages)
+    }
+
     /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
     /// exercise the `walk_end` continuation. Never use a limit on hugetlb ranges.
     pub(crate) fn scan_with(
@@ -101,6 +118,20 @@ impl Scanner {
             } else {
                 0
             };
+        self.scan_flags(start, end, flags, seg, page_size, max_pages)
+    }
+
+    /// One `walk_end` loop over `[start, end)` with these `PAGEMAP_SCAN` flags and the exact
+    /// `PAGE_IS_WRITTEN` mask.
+    fn scan_flags(
+        &mut self,
+        start: usize,
+        end: usize,
+        flags: u64,
+        seg: &mut Segment,
+        page_size: usize,
+        max_pages: u64,
+    ) -> Result<(), ScanError> {
         let pagemap = &self.pagemap;
         let mut used = self.used;
         let result = scan_loop(

@@ -60,10 +60,10 @@ pub(crate) enum Control {
     /// Leave the loop.
     Stop,
     /// Test hook: panic now, to exercise poisoning.
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    #[cfg(feature = "testing")]
     PanicForTest,
     /// Test hook: serve nothing for this long (no lock held), so writers stay blocked.
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    #[cfg(feature = "testing")]
     PauseForTest(std::time::Duration),
 }
 
@@ -141,7 +141,9 @@ fn run(
             while let Ok(msg) = inbox.try_recv() {
                 match msg {
                     Control::Stop => return Ok(()),
+                    #[cfg(feature = "testing")]
                     Control::PanicForTest => panic!("test hook: monitor panic"),
+                    #[cfg(feature = "testing")]
                     Control::PauseForTest(d) => {
                         if let Ok(Control::Stop) = inbox.recv_timeout(d) {
                             return Ok(());

@@ -16,9 +16,18 @@
 //! protected (`MADV_POPULATE_READ`, 5.14+, or one byte per page through `process_vm_readv`), and
 //! pages discarded since the last re-protect are populated again before the next one.
 //!
+//! Changes with no event: a guard region (`MADV_GUARD_INSTALL`, 6.13+) zaps pages without any
+//! userfaultfd message, and once it is removed the empty entries let the next write through
+//! unseen. Where the kernel has guard pages and its `PAGEMAP_SCAN` shows such pages
+//! (`Capabilities::scan_reports_guard_zaps`), every collect, snapshot and live-snapshot instant
+//! first scans the range read-only for pages that are not write-protected, under `batch`, right
+//! before re-protecting it: such a page is either one the monitor un-protected (already marked)
+//! or one changed behind the tracker's back, which is reported with the rest.
+//!
 //! Sync mode never uses `UFFD_USER_MODE_ONLY`: with it, every kernel write into protected memory
 //! (`read(2)`, `recvmsg`, `pread`, io_uring) fails with `EFAULT` instead of faulting to the monitor.
 
+use super::async_wp::Scanner;
 use super::{lost_error, range_error, Kind};
 use crate::core::Core;
 use crate::dirty_set::Segment;
@@ -57,8 +66,14 @@ pub(crate) fn prefault(
     }
 }
 
-/// One harvest of range `r` (see the module docs for the locking rule).
-pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment, Error> {
+/// One harvest of range `r` (see the module docs for the locking rule). `zaps`: the scanner
+/// for pages changed with no event, where the kernel can show them.
+pub(crate) fn harvest(
+    core: &Core,
+    r: &RangeState,
+    kind: Kind,
+    zaps: Option<&mut Scanner>,
+) -> Result<Segment, Error> {
     let ps = core.page_size;
     if kind == Kind::Snapshot {
         core.barrier();
@@ -66,10 +81,15 @@ pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment
             return Err(lost_error(r));
         }
         let mut seg = r.segment(ps);
+        if let Some(scanner) = zaps {
+            let _batch = core.batch.lock();
+            scan_unprotected(scanner, r, &mut seg, ps);
+        }
         r.marks.copy_into(&mut seg.bits);
         return Ok(seg);
     }
-    reprotect_then(core, r, |seg| {
+    let zaps = if kind == Kind::Collect { zaps } else { None };
+    reprotect_then(core, r, zaps, |seg| {
         match kind {
             Kind::Collect => r.marks.take_into(&mut seg.bits),
             _ => r.marks.clear(),
@@ -78,11 +98,21 @@ pub(crate) fn harvest(core: &Core, r: &RangeState, kind: Kind) -> Result<Segment
     })
 }
 
+/// Marks in `seg` the pages of `r` that are not write-protected (caller holds `batch`, and the
+/// range is at `seg.start`). A failed scan has marked everything it did not scan: an
+/// over-report, never a loss.
+fn scan_unprotected(scanner: &mut Scanner, r: &RangeState, seg: &mut Segment, ps: usize) {
+    let start = seg.start;
+    let _ = scanner.scan_unprotected(start, start + r.len, seg, ps);
+}
+
 /// Re-protects all of `r`, then runs `at_instant` on a segment at the range's address, both under
-/// the `batch` lock: no fault is recorded or un-protected between the two.
+/// the `batch` lock: no fault is recorded or un-protected between the two. With `zaps`, the
+/// segment first gets the pages changed with no event (see the module docs).
 pub(crate) fn reprotect_then(
     core: &Core,
     r: &RangeState,
+    mut zaps: Option<&mut Scanner>,
     at_instant: impl FnOnce(&mut Segment) -> Result<(), Error>,
 ) -> Result<Segment, Error> {
     loop {
@@ -101,9 +131,12 @@ pub(crate) fn reprotect_then(
         if r.start() != start {
             continue; // moved (mremap) while we populated: start again at the new address
         }
+        let mut seg = r.segment(core.page_size);
+        if let Some(scanner) = zaps.as_deref_mut() {
+            scan_unprotected(scanner, r, &mut seg, core.page_size);
+        }
         match Core::writeprotect_vmas(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
             Ok(()) => {
-                let mut seg = r.segment(core.page_size);
                 let result = at_instant(&mut seg);
                 // Pages discarded since the last harvest: their zap may land after this
                 // re-protect (then their next write does not fault), so they stay dirty for the
@@ -119,6 +152,8 @@ pub(crate) fn reprotect_then(
             }
             Err(e) => {
                 drop(batch);
+                // What the zap scan found is owed to the next collect.
+                r.marks.or_bits(&seg.bits);
                 return Err(range_error(core, r, "UFFDIO_WRITEPROTECT", e));
             }
         }

@@ -13,26 +13,44 @@ pub const MADV_POPULATE_WRITE: i32 = 23;
 pub const MADV_NOHUGEPAGE: i32 = libc::MADV_NOHUGEPAGE;
 /// `MADV_UNMERGEABLE` (2.6.32): take the range out of KSM and un-merge its merged pages.
 pub const MADV_UNMERGEABLE: i32 = libc::MADV_UNMERGEABLE;
+/// `MADV_GUARD_INSTALL` (6.13): turn the pages into guard pages (their contents are zapped and
+/// any access raises `SIGSEGV`); no userfaultfd event is sent.
+pub const MADV_GUARD_INSTALL: i32 = 102;
+/// `MADV_GUARD_REMOVE` (6.13): remove guard pages (they read as zero, or as the file, afterwards).
+pub const MADV_GUARD_REMOVE: i32 = 103;
 
-/// `madvise(addr, len, advice)`.
-///
-/// Only advice values that do not change the contents of memory may be passed by the library
-/// (`MADV_POPULATE_READ`, `MADV_NOHUGEPAGE`, `MADV_UNMERGEABLE`); destructive advice is the
-/// caller's business.
+/// `madvise(addr, len, advice)` for advice that never changes what memory reads as: faulting
+/// pages in (`MADV_POPULATE_READ`/`_WRITE`), THP policy (`MADV_NOHUGEPAGE`), KSM
+/// (`MADV_UNMERGEABLE`). Any other value is refused with `EINVAL` before the system call:
+/// destructive advice goes through the `unsafe` [`madvise_destructive`] (the split of memmap2's
+/// `Advice` / `UncheckedAdvice`).
 pub fn madvise(addr: usize, len: usize, advice: i32) -> io::Result<()> {
-    // SAFETY: the advice values used by this crate only fault pages in or change THP policy;
-    // they neither unmap nor change the contents of memory, so no Rust reference is affected.
-    // The kernel validates the range.
+    if !matches!(
+        advice,
+        MADV_POPULATE_READ | MADV_POPULATE_WRITE | MADV_NOHUGEPAGE | MADV_UNMERGEABLE
+    ) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: the advice values allowed above only fault pages in or change THP/KSM policy; they
+    // neither unmap nor change the contents of memory, so no Rust reference is affected. The
+    // kernel validates the range (unmapped parts give ENOMEM).
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } as _)?;
     Ok(())
 }
 
-/// `madvise(MADV_DONTNEED)` on memory the caller owns exclusively (the probe's own throwaway
-/// mapping): its contents become zero.
-pub fn madvise_discard(addr: usize, len: usize) -> io::Result<()> {
-    // SAFETY: callers pass only mappings they created and reference through no Rust reference
-    // (the probe's `AnonMapping`), so zeroing them invalidates nothing.
-    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) } as _)?;
+/// `madvise(addr, len, advice)` with any advice, including those that change the contents of
+/// memory (`MADV_DONTNEED`, `MADV_REMOVE`, `MADV_FREE`, `MADV_GUARD_INSTALL`, ...).
+///
+/// # Safety
+///
+/// The caller must own `[addr, addr + len)` exclusively for this call: no Rust reference (shared
+/// or mutable) into it may be alive, and nothing may rely on its contents afterwards, because
+/// destructive advice zeroes or unmaps pages under any such reference (e.g. a `NonZeroU8` would
+/// then hold 0).
+pub unsafe fn madvise_destructive(addr: usize, len: usize, advice: i32) -> io::Result<()> {
+    // SAFETY: the caller guarantees exclusive ownership of the range (see `# Safety`); the
+    // kernel validates the range itself.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } as _)?;
     Ok(())
 }
 

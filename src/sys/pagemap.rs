@@ -1,12 +1,12 @@
 //! `PAGEMAP_SCAN` on `/proc/self/pagemap` (6.7; `<linux/fs.h>`).
 
-use super::{cvt, ioc, IOC_READ, IOC_WRITE};
+use super::{cvt, iowr};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
 /// `PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg)` = `0xc0606610` (6.7).
-pub const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f' as u64, 16, 96);
+pub const PAGEMAP_SCAN: u64 = iowr::<PmScanArg>(b'f' as u64, 16);
 const _: () = assert!(PAGEMAP_SCAN == 0xc060_6610);
 
 /// `PM_SCAN_WP_MATCHING` (6.7): write-protect the pages the scan reports, in the same walk.

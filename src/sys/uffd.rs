@@ -1,6 +1,6 @@
 //! `userfaultfd(2)`: the fd, its ioctls and its messages (`<linux/userfaultfd.h>`).
 
-use super::{cvt, ioc, IOC_NONE, IOC_READ, IOC_WRITE};
+use super::{cvt, io_none, ior, iowr};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -26,17 +26,26 @@ pub const NR_WRITEPROTECT: u64 = 0x06;
 pub const NR_API: u64 = 0x3F;
 
 /// `UFFDIO_API = _IOWR(UFFDIO, _UFFDIO_API, struct uffdio_api)` (4.3).
-pub const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, NR_API, 24);
+pub const UFFDIO_API: u64 = iowr::<UffdioApi>(UFFDIO, NR_API);
 /// `UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO_REGISTER, struct uffdio_register)` (4.3).
-pub const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, NR_REGISTER, 32);
+pub const UFFDIO_REGISTER: u64 = iowr::<UffdioRegister>(UFFDIO, NR_REGISTER);
 /// `UFFDIO_UNREGISTER = _IOR(UFFDIO, _UFFDIO_UNREGISTER, struct uffdio_range)` (4.3).
-pub const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, UFFDIO, NR_UNREGISTER, 16);
+pub const UFFDIO_UNREGISTER: u64 = ior::<UffdioRange>(UFFDIO, NR_UNREGISTER);
 /// `UFFDIO_WAKE = _IOR(UFFDIO, _UFFDIO_WAKE, struct uffdio_range)` (4.3).
-pub const UFFDIO_WAKE: u64 = ioc(IOC_READ, UFFDIO, NR_WAKE, 16);
+pub const UFFDIO_WAKE: u64 = ior::<UffdioRange>(UFFDIO, NR_WAKE);
 /// `UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, struct uffdio_writeprotect)` (5.7).
-pub const UFFDIO_WRITEPROTECT: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, NR_WRITEPROTECT, 24);
+pub const UFFDIO_WRITEPROTECT: u64 = iowr::<UffdioWriteprotect>(UFFDIO, NR_WRITEPROTECT);
 /// `USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00)` on `/dev/userfaultfd` (6.1).
-pub const USERFAULTFD_IOC_NEW: u64 = ioc(IOC_NONE, 0xAA, 0x00, 0);
+pub const USERFAULTFD_IOC_NEW: u64 = io_none(0xAA, 0x00);
+
+// The values of the kernel headers (asm-generic encoding), checked at compile time.
+const _: () = assert!(UFFDIO_API == 0xc018_aa3f);
+const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
+const _: () = assert!(UFFDIO_UNREGISTER == 0x8010_aa01);
+const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
+const _: () = assert!(UFFDIO_WRITEPROTECT == 0xc018_aa06);
+const _: () = assert!(USERFAULTFD_IOC_NEW == 0xaa00);
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
 
 // Flags of userfaultfd(2) itself.
 /// `UFFD_USER_MODE_ONLY` (5.11): only faults from user mode are handled; works unprivileged.

@@ -251,7 +251,37 @@ class DirtySet(_Handle):
         _check(lib.dt_dirty_set_union(self.handle, other.handle))
 
 
-LiveCopy = namedtuple("LiveCopy", "addr data dirty_at_instant")
+class LiveCopy(_Handle):
+    """The result of a live snapshot (dt_live_copy): the range's contents at one instant.
+
+    Store `data` (and `dirty_at_instant()`), then `commit()`; closed without a commit, the copy
+    hands the pages written before the instant back to the tracker (the next collect reports
+    them again), so a failed dump loses nothing.
+    """
+
+    _free = lib.dt_live_copy_free
+
+    @property
+    def addr(self):
+        """The range's start address at the instant."""
+        out = c_size_t(0)
+        _check(lib.dt_live_copy_addr(self.handle, byref(out)))
+        return out.value
+
+    @property
+    def data(self):
+        """The range's contents at the instant (a bytes copy)."""
+        ptr, n = ctypes.POINTER(ctypes.c_char)(), c_size_t(0)
+        _check(lib.dt_live_copy_data(self.handle, byref(ptr), byref(n)))
+        return ctypes.string_at(ptr, n.value)
+
+    def dirty_at_instant(self):
+        """The pages written between the previous collect of the range and the instant."""
+        return DirtySet(_new_handle(lib.dt_live_copy_dirty_at_instant, self.handle))
+
+    def commit(self):
+        """Says the copy is stored: closing it no longer hands pages back to the tracker."""
+        _check(lib.dt_live_copy_commit(self.handle))
 
 
 class Tracker(_Handle):
@@ -337,15 +367,7 @@ class Tracker(_Handle):
         _check(lib.dt_clear_range(self.handle, range_id))
 
     def live_snapshot(self, range_id):
-        """A consistent copy of a range (sync mode), made while the program keeps writing."""
+        """A consistent copy of a range (sync mode), made while the program keeps writing:
+        starts the snapshot and waits for its copy (a LiveCopy; commit it once stored)."""
         snap = _new_handle(lib.dt_live_snapshot_start, self.handle, range_id)
-        copy = _new_handle(lib.dt_live_snapshot_wait, snap)  # consumes snap
-        try:
-            addr, data, n = c_size_t(0), ctypes.POINTER(ctypes.c_char)(), c_size_t(0)
-            _check(lib.dt_live_copy_addr(copy, byref(addr)))
-            _check(lib.dt_live_copy_data(copy, byref(data), byref(n)))
-            contents = ctypes.string_at(data, n.value)
-            dirty = DirtySet(_new_handle(lib.dt_live_copy_dirty_at_instant, copy))
-            return LiveCopy(addr.value, contents, dirty)
-        finally:
-            lib.dt_live_copy_free(copy)
+        return LiveCopy(_new_handle(lib.dt_live_snapshot_wait, snap))  # consumes snap

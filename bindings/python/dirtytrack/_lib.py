@@ -102,6 +102,7 @@ _FUNCTIONS = {
     "dt_collect_range": (_status, [_handle, c_uint64, _out_handle]),
     "dt_snapshot_range": (_status, [_handle, c_uint64, _out_handle]),
     "dt_clear_range": (_status, [_handle, c_uint64]),
+    "dt_mark_dirty": (_status, [_handle, c_void_p, c_size_t]),
     # dirty sets
     "dt_dirty_set_new": (_status, [_out_handle]),
     "dt_dirty_set_free": (_status, [_handle]),
@@ -119,20 +120,13 @@ _FUNCTIONS = {
     "dt_live_copy_addr": (_status, [_handle, POINTER(c_size_t)]),
     "dt_live_copy_data": (_status, [_handle, POINTER(POINTER(c_char)), _size_p]),
     "dt_live_copy_dirty_at_instant": (_status, [_handle, _out_handle]),
+    "dt_live_copy_commit": (_status, [_handle]),
     "dt_live_copy_free": (_status, [_handle]),
 }
 
-# Functions this build of the library may lack (newer than the oldest supported library).
-OPTIONAL = {"dt_mark_dirty": (_status, [_handle, c_void_p, c_size_t])}
-
-for _name, (_restype, _argtypes) in list(_FUNCTIONS.items()) + list(OPTIONAL.items()):
-    try:
-        _fn = getattr(lib, _name)
-    except AttributeError:
-        if _name in OPTIONAL:
-            continue
-        raise
+for _name, (_restype, _argtypes) in _FUNCTIONS.items():
+    _fn = getattr(lib, _name)
     _fn.restype = _restype
     _fn.argtypes = _argtypes
 
-DECLARED = sorted(_FUNCTIONS) + sorted(n for n in OPTIONAL if hasattr(lib, n))
+DECLARED = sorted(_FUNCTIONS)

@@ -106,6 +106,26 @@ class TestTracking(ModeTest):
                     self.assertEqual(len(s), 0)
                 t.unregister(rid)
 
+    def test_mark_dirty_adds_to_what_the_page_tables_show(self):
+        for mode in (Mode.ASYNC, Mode.SYNC):
+            with self.subTest(mode=mode.name):
+                t = self.tracker_or_skip(mode)
+                mem = self.mapping(32)
+                base = dirtytrack.address_of(mem)
+                rid = t.register(base, len(mem))
+                shadow = bytes(mem)
+                mem[4 * PS] = mem[4 * PS] ^ 1
+                # e.g. an O_DIRECT read completed into pages 10-11 behind the page tables' back
+                t.mark_dirty(base + 10 * PS + 100, PS)
+                want = sorted(set(changed_pages(mem, shadow, base)) | {base + 10 * PS, base + 11 * PS})
+                with t.collect() as s:
+                    self.assertEqual(s.pages(), want)
+                other = self.mapping(1)
+                with self.assertRaises(Error) as e:
+                    t.mark_dirty(dirtytrack.address_of(other), 1)
+                self.assertEqual(e.exception.status, Status.ERR_NOT_TRACKED)
+                t.unregister(rid)
+
     def test_union_keeps_a_failed_dump(self):
         for mode in (Mode.ASYNC, Mode.SYNC):
             with self.subTest(mode=mode.name):
@@ -194,14 +214,22 @@ class TestApi(ModeTest):
         rid = t.register(base, len(mem))
         mem[2 * PS] = mem[2 * PS] ^ 1
         at_instant = bytes(mem)
-        copy = t.live_snapshot(rid)
-        mem[5 * PS] = mem[5 * PS] ^ 1  # after the instant: not in the copy
-        self.assertEqual(copy.addr, base)
-        self.assertEqual(copy.data, at_instant)
-        with copy.dirty_at_instant as d:
-            self.assertEqual(d.pages(), [base + 2 * PS])
+        with t.live_snapshot(rid) as copy:
+            mem[5 * PS] = mem[5 * PS] ^ 1  # after the instant: not in the copy
+            self.assertEqual(copy.addr, base)
+            self.assertEqual(copy.data, at_instant)
+            with copy.dirty_at_instant() as d:
+                self.assertEqual(d.pages(), [base + 2 * PS])
+            copy.commit()
         with t.collect() as s:
             self.assertEqual(s.pages(), [base + 5 * PS])
+        # Closed without a commit: the pre-instant page goes back to the tracker.
+        mem[7 * PS] = mem[7 * PS] ^ 1
+        with t.live_snapshot(rid) as copy:
+            with copy.dirty_at_instant() as d:
+                self.assertEqual(d.pages(), [base + 7 * PS])
+        with t.collect() as s:
+            self.assertEqual(s.pages(), [base + 7 * PS])
         t.unregister(rid)
 
     def test_every_function_is_declared(self):
