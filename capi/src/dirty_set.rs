@@ -181,6 +181,36 @@ pub unsafe extern "C" fn dt_dirty_set_contains(
     })
 }
 
+/// The shared body of `dt_dirty_set_pages` and `dt_dirty_set_runs`: checks the arguments,
+/// then `fill` writes the items from the requested index on into `buf` and returns how many.
+///
+/// # Safety
+///
+/// `buf` is valid for writes of `cap` `T`s (it may be NULL when `cap` is 0); `out_written` is
+/// NULL or valid for a write of a `size_t`.
+unsafe fn read_into<T>(
+    set: *const dirty_set,
+    buf: *mut T,
+    cap: size_t,
+    out_written: *mut size_t,
+    fill: impl FnOnce(&SetState, &OutBuf<T>) -> usize,
+) -> status {
+    entry(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (out, buf) = unsafe {
+            (
+                Out::new(out_written, "out_written")?,
+                OutBuf::new(buf, cap, "buf")?,
+            )
+        };
+        out.set(0);
+        let set = get_set(set)?;
+        let state = set.state.read();
+        out.set(fill(&state, &buf));
+        Ok(())
+    })
+}
+
 /// Copies the start addresses of dirty pages `start_index`, `start_index + 1`, ... (in
 /// ascending address order; index 0 is the lowest page) into `buf`, at most `cap` of them, and
 /// stores how many it wrote in `*out_written`: fewer than `cap` only at the end of the set, 0
@@ -207,20 +237,9 @@ pub unsafe extern "C" fn dt_dirty_set_pages(
     cap: size_t,
     out_written: *mut size_t,
 ) -> status {
-    entry(|| {
-        // SAFETY: the caller guarantees `buf` is valid for `cap` elements and `out_written` is
-        // NULL or valid (this function's contract).
-        let (out, buf) = unsafe {
-            (
-                Out::new(out_written, "out_written")?,
-                OutBuf::new(buf, cap, "buf")?,
-            )
-        };
-        out.set(0);
-        let set = get_set(set)?;
-        let state = set.state.read();
+    let fill = |state: &SetState, buf: &OutBuf<usize>| {
         if start_index >= state.set.len() || cap == 0 {
-            return Ok(());
+            return 0;
         }
         let ps = state.set.page_size();
         let index = state.index();
@@ -244,9 +263,10 @@ pub unsafe extern "C" fn dt_dirty_set_pages(
                 offset = 0;
             }
         }
-        out.set(n);
-        Ok(())
-    })
+        n
+    };
+    // SAFETY: same contract.
+    unsafe { read_into(set, buf, cap, out_written, fill) }
 }
 
 /// Copies runs `start_index`, `start_index + 1`, ... of maximal contiguous dirty pages (in
@@ -271,27 +291,17 @@ pub unsafe extern "C" fn dt_dirty_set_runs(
     cap: size_t,
     out_written: *mut size_t,
 ) -> status {
-    entry(|| {
-        // SAFETY: the caller guarantees `buf` is valid for `cap` elements and `out_written` is
-        // NULL or valid (this function's contract).
-        let (out, buf) = unsafe {
-            (
-                Out::new(out_written, "out_written")?,
-                OutBuf::new(buf, cap, "buf")?,
-            )
-        };
-        out.set(0);
-        let set = get_set(set)?;
-        let state = set.state.read();
+    let fill = |state: &SetState, buf: &OutBuf<run>| {
         let runs = &state.index().runs;
         let from = start_index.min(runs.len());
         let to = from + cap.min(runs.len() - from);
         for (i, r) in runs[from..to].iter().enumerate() {
             buf.put(i, *r);
         }
-        out.set(to - from);
-        Ok(())
-    })
+        to - from
+    };
+    // SAFETY: same contract.
+    unsafe { read_into(set, buf, cap, out_written, fill) }
 }
 
 /// Adds every page of `src` to `dst` (e.g. a dump of a collected set failed: merge it into the
