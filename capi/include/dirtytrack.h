@@ -3,8 +3,8 @@
  * "Which pages of my memory were written since I last asked?"
  *
  * Build and install: make -C capi && make -C capi install PREFIX=/usr/local, then compile with
- * `pkg-config --cflags --libs dirtytrack` (shared library libdirtytrack.so.0), or
- * `pkg-config --static --cflags --libs dirtytrack` with libdirtytrack.a.
+ * `pkg-config --cflags --libs dirtytrack` (shared: libdirtytrack.so.0), or statically with
+ * "$(pkg-config --variable=libdir dirtytrack)/libdirtytrack.a" -lpthread -ldl -lm.
  *
  * Conventions for every function:
  *
