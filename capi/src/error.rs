@@ -282,6 +282,20 @@ mod tests {
         .ends_with("dt_tracker_builder_set_mode(b, DT_MODE_SYNC)"));
     }
 
+    /// The capability report of this machine (the text of `dt_probe_report`) in C words.
+    #[test]
+    fn the_probe_report_speaks_c() {
+        let caps = dirtytrack::Capabilities::probe();
+        let mut texts = vec![c_words(&caps.to_string())];
+        texts.extend(caps.check_async().err().map(|e| Failure::from(e).message));
+        texts.extend(caps.check_sync().err().map(|e| Failure::from(e).message));
+        for text in texts {
+            for rust in ["Mode::", "Tracker::", "Capabilities::", "Prefault,"] {
+                assert!(!text.contains(rust), "{rust:?} in {text:?}");
+            }
+        }
+    }
+
     #[test]
     fn a_success_keeps_the_last_failure_message() {
         assert_eq!(
