@@ -339,21 +339,6 @@ typedef struct dt_capabilities {
 } dt_capabilities;
 
 /*
- A maximal run of contiguous dirty pages: `len` bytes (a multiple of the page size) at
- address `start`.
- */
-typedef struct dt_run {
-    /*
-     Start address (page aligned).
-     */
-    uintptr_t start;
-    /*
-     Length in bytes.
-     */
-    size_t len;
-} dt_run;
-
-/*
  Where a registered range lives now (`dt_tracker_range`, `dt_ranges`).
  */
 typedef struct dt_range_info {
@@ -379,9 +364,67 @@ typedef struct dt_range_info {
     bool lost;
 } dt_range_info;
 
+/*
+ A maximal run of contiguous dirty pages: `len` bytes (a multiple of the page size) at
+ address `start`.
+ */
+typedef struct dt_run {
+    /*
+     Start address (page aligned).
+     */
+    uintptr_t start;
+    /*
+     Length in bytes.
+     */
+    size_t len;
+} dt_run;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ The name of a status code as a string ("DT_OK", "DT_ERR_NOT_MAPPED", ...), or
+ "DT_ERR_UNKNOWN_CODE" for a value that is not a `dt_status`. Takes an `int32_t` so
+ any value is safe to pass.
+
+ Ownership: a static string; do not free it. Thread safety: any thread.
+
+ # Safety
+
+ None: it takes no pointer.
+ */
+const char *dt_status_name(int32_t code);
+
+/*
+ The explanation of the most recent *failed* call on this thread: what happened and what to
+ do about it, in C terms (the functions and constants of this header). Empty (never NULL)
+ before the first failure. Like `errno`, successful calls leave it alone: check the status
+ first, then read the message; cleanup calls after a failure do not erase it.
+
+ Ownership: the string belongs to the library; do not free it. It stays valid until the next
+ failing `dt_` call on this thread; copy it to keep it longer.
+
+ Thread safety: each thread has its own message; errors on one thread never change another's.
+
+ # Safety
+
+ None: it takes no arguments. The returned pointer must not be used after the next failing
+ `dt_` call on this thread.
+ */
+const char *dt_last_error_message(void);
+
+/*
+ How many handles of all types this process holds and has not freed yet (a leak check for
+ tests: it should be 0 once a program has freed everything).
+
+ Thread safety: any thread; the count is a snapshot.
+
+ # Safety
+
+ None: it takes no pointer.
+ */
+size_t dt_open_handles(void);
 
 /*
  Probes the running kernel without creating a tracker and stores what it allows in `*out`:
@@ -460,319 +503,6 @@ enum dt_status dt_capabilities_report(const struct dt_tracker *t,
  None: it takes no pointer.
  */
 size_t dt_page_size(void);
-
-/*
- Creates an empty dirty set (e.g. to accumulate sets with `dt_dirty_set_union`).
-
- Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
- Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
- */
-enum dt_status dt_dirty_set_new(struct dt_dirty_set **out);
-
-/*
- Frees a dirty set. NULL is accepted and ignored (`DT_OK`), like `free(NULL)`.
-
- Errors: `DT_ERR_INVALID_HANDLE` for a handle that is not a live dirty set (a double free is
- always detected: handles are never reused).
-
- Ownership: the handle is invalid afterwards. Thread safety: any thread; calls on the set
- running in other threads finish normally, later ones get `DT_ERR_INVALID_HANDLE`.
-
- # Safety
-
- None: handles are validated, never dereferenced.
- */
-enum dt_status dt_dirty_set_free(struct dt_dirty_set *set);
-
-/*
- Stores the number of dirty pages in `*out`. O(1).
-
- Ownership: borrows the set. Thread safety: any thread, concurrently with other readers; a
- concurrent `dt_dirty_set_union` into the set is serialized with it.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `size_t`.
- */
-enum dt_status dt_dirty_set_len(const struct dt_dirty_set *set, size_t *out);
-
-/*
- Stores the number of maximal runs of contiguous dirty pages in `*out` (the buffer size that
- takes all runs of `dt_dirty_set_runs` in one call). Builds the set's run table on first use.
-
- Ownership: borrows the set. Thread safety: as `dt_dirty_set_len`.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `size_t`.
- */
-enum dt_status dt_dirty_set_run_count(const struct dt_dirty_set *set, size_t *out);
-
-/*
- Stores in `*out` whether the page containing `addr` is dirty. O(log ranges).
-
- Ownership: borrows the set. Thread safety: as `dt_dirty_set_len`.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `bool`.
- */
-enum dt_status dt_dirty_set_contains(const struct dt_dirty_set *set, uintptr_t addr, bool *out);
-
-/*
- Copies the start addresses of dirty pages `start_index`, `start_index + 1`, ... (in
- ascending address order; index 0 is the lowest page) into `buf`, at most `cap` of them, and
- stores how many it wrote in `*out_written`: fewer than `cap` only at the end of the set, 0
- when `start_index >= dt_dirty_set_len`.
-
- Loop: `for (size_t i = 0, n; dt_dirty_set_pages(s, i, buf, CAP, &n) == DT_OK && n > 0;
- i += n) { ... }`. The first call builds the set's run table (one pass over its bitmap; 24
- bytes per run, kept until the set is freed or changed); each call then costs
- O(log runs + n), so a whole iteration is O(pages) with any buffer size.
-
- Ownership: `buf` stays the caller's. Thread safety: as `dt_dirty_set_len`; indices refer to
- the set's current contents, so a `dt_dirty_set_union` into the set between calls changes
- what they denote.
-
- # Safety
-
- `buf` must be valid for writes of `cap` `uintptr_t`s (it may be NULL when `cap` is 0);
- `out_written` must be NULL (an error) or valid for a write of a `size_t`.
- */
-enum dt_status dt_dirty_set_pages(const struct dt_dirty_set *set,
-                                  size_t start_index,
-                                  uintptr_t *buf,
-                                  size_t cap,
-                                  size_t *out_written);
-
-/*
- Copies runs `start_index`, `start_index + 1`, ... of maximal contiguous dirty pages (in
- ascending address order, coalesced across adjacent ranges) into `buf`, at most `cap` of
- them, and stores how many it wrote in `*out_written`: fewer than `cap` only at the end, 0
- when `start_index` is at or past the run count (`dt_dirty_set_run_count`).
-
- Loop: `for (size_t i = 0, n; dt_dirty_set_runs(s, i, buf, CAP, &n) == DT_OK && n > 0;
- i += n) { ... }`. The first call builds the set's run table; each call then costs O(n).
-
- Ownership: `buf` stays the caller's. Thread safety: as `dt_dirty_set_pages`.
-
- # Safety
-
- `buf` must be valid for writes of `cap` `dt_run`s (it may be NULL when `cap` is 0);
- `out_written` must be NULL (an error) or valid for a write of a `size_t`.
- */
-enum dt_status dt_dirty_set_runs(const struct dt_dirty_set *set,
-                                 size_t start_index,
-                                 struct dt_run *buf,
-                                 size_t cap,
-                                 size_t *out_written);
-
-/*
- Adds every page of `src` to `dst` (e.g. a dump of a collected set failed: merge it into the
- next set so nothing is lost). `src` is unchanged; `dst == src` is allowed (no change).
-
- Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
-
- Ownership: borrows both sets; `src` stays the caller's to free. Thread safety: any thread;
- serialized with other calls on `dst` (deadlock-free whatever the argument order).
-
- # Safety
-
- None: handles are validated, never dereferenced.
- */
-enum dt_status dt_dirty_set_union(struct dt_dirty_set *dst, const struct dt_dirty_set *src);
-
-/*
- The explanation of the most recent *failed* call on this thread: what happened and what to
- do about it, in C terms (the functions and constants of this header). Empty (never NULL)
- before the first failure. Like `errno`, successful calls leave it alone: check the status
- first, then read the message; cleanup calls after a failure do not erase it.
-
- Ownership: the string belongs to the library; do not free it. It stays valid until the next
- failing `dt_` call on this thread; copy it to keep it longer.
-
- Thread safety: each thread has its own message; errors on one thread never change another's.
-
- # Safety
-
- None: it takes no arguments. The returned pointer must not be used after the next failing
- `dt_` call on this thread.
- */
-const char *dt_last_error_message(void);
-
-/*
- How many handles of all types this process holds and has not freed yet (a leak check for
- tests: it should be 0 once a program has freed everything).
-
- Thread safety: any thread; the count is a snapshot.
-
- # Safety
-
- None: it takes no pointer.
- */
-size_t dt_open_handles(void);
-
-/*
- Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
- contents as of one instant, made while the program keeps writing. Returns at the instant;
- the copy completes in the background. The instant acts as a collect of this range.
-
- Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
- `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
- `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
- `DT_ERR_INVALID_HANDLE`.
-
- Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
- consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
-
- Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
- */
-enum dt_status dt_live_snapshot_start(struct dt_tracker *t,
-                                      uint64_t range_id,
-                                      struct dt_live_snapshot **out);
-
-/*
- Stores the number of pages copied so far and the total in `*out_copied` and `*out_total`
- (either may be NULL).
-
- Ownership: borrows the snapshot. Thread safety: any thread.
-
- # Safety
-
- `out_copied` and `out_total` must each be NULL or valid for a write of a `size_t`.
- */
-enum dt_status dt_live_snapshot_progress(const struct dt_live_snapshot *s,
-                                         size_t *out_copied,
-                                         size_t *out_total);
-
-/*
- Waits for the background copy and stores the result in `*out`, or fails with the reason it
- is not consistent (`DT_ERR_LIVE_SNAPSHOT_FAILED`: take it again; nothing was lost from
- dirty tracking).
-
- Ownership: **consumes `s`**: after any return other than `DT_ERR_NULL` and
- `DT_ERR_INVALID_HANDLE` the snapshot handle is freed (success or not); with those two it is
- untouched. On `DT_OK` the caller owns `*out`: store the copy, `dt_live_copy_commit` it, then
- `dt_live_copy_free` it (freed uncommitted, it hands the pre-instant pages back to the
- tracker); otherwise `*out` is NULL.
-
- Thread safety: any thread. If two threads wait on the same snapshot, one gets the copy and
- the other `DT_ERR_INVALID_HANDLE`.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_live_copy *`.
- */
-enum dt_status dt_live_snapshot_wait(struct dt_live_snapshot *s, struct dt_live_copy **out);
-
-/*
- Abandons a live snapshot: waits for the background copy and discards it. NULL is accepted
- and ignored (`DT_OK`).
-
- Errors: `DT_ERR_INVALID_HANDLE` (not a live snapshot, already waited on or freed).
-
- Ownership: the handle is invalid afterwards. Thread safety: any thread.
-
- # Safety
-
- None: handles are validated, never dereferenced.
- */
-enum dt_status dt_live_snapshot_free(struct dt_live_snapshot *s);
-
-/*
- Stores the range's start address at the snapshot instant in `*out`.
-
- Ownership: borrows the copy. Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `uintptr_t`.
- */
-enum dt_status dt_live_copy_addr(const struct dt_live_copy *c, uintptr_t *out);
-
-/*
- Stores a pointer to the range's contents at the snapshot instant in `*out_data` and its
- length in bytes in `*out_len`.
-
- Ownership: the bytes belong to the copy: read-only, valid until `dt_live_copy_free(c)`; do
- not free them. Thread safety: any thread; the bytes never change.
-
- # Safety
-
- `out_data` must be NULL (an error) or valid for a write of a `const uint8_t *`; `out_len`
- likewise for a `size_t`. The returned pointer must not be used after the copy is freed.
- */
-enum dt_status dt_live_copy_data(const struct dt_live_copy *c,
-                                 const uint8_t **out_data,
-                                 size_t *out_len);
-
-/*
- Stores in `*out` a new dirty set holding the pages written between the previous collect (or
- clear, or register) of the range and the snapshot instant.
-
- Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`), independent of the copy;
- on error `*out` is NULL. Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
- */
-enum dt_status dt_live_copy_dirty_at_instant(const struct dt_live_copy *c,
-                                             struct dt_dirty_set **out);
-
-/*
- Says the copy is stored (the caller has written its data and `dirty_at_instant` where they
- belong): freeing it then no longer hands the pages written before the instant back to the
- tracker. Without it, `dt_live_copy_free` hands them back and the next collect reports them
- again (an over-report at worst), so a dump that fails half way loses nothing. Committing
- twice is harmless.
-
- Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
-
- Ownership: borrows the copy. Thread safety: any thread.
-
- # Safety
-
- None: handles are validated, never dereferenced.
- */
-enum dt_status dt_live_copy_commit(struct dt_live_copy *c);
-
-/*
- Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`). A copy not
- committed (`dt_live_copy_commit`) first hands the pages written before the instant back to
- the tracker: the next collect of the range reports them again.
-
- Errors: `DT_ERR_INVALID_HANDLE` (not a live copy, or already freed).
-
- Ownership: the handle and every pointer from `dt_live_copy_data` are invalid afterwards.
- Thread safety: any thread.
-
- # Safety
-
- None: handles are validated, never dereferenced.
- */
-enum dt_status dt_live_copy_free(struct dt_live_copy *c);
-
-/*
- The name of a status code as a string ("DT_OK", "DT_ERR_NOT_MAPPED", ...), or
- "DT_ERR_UNKNOWN_CODE" for a value that is not a `dt_status`. Takes an `int32_t` so
- any value is safe to pass.
-
- Ownership: a static string; do not free it. Thread safety: any thread.
-
- # Safety
-
- None: it takes no pointer.
- */
-const char *dt_status_name(int32_t code);
 
 /*
  Creates a tracker builder with the defaults (`DT_MODE_AUTO`, `DT_THP_LEAVE`,
@@ -1097,6 +827,276 @@ enum dt_status dt_clear_range(struct dt_tracker *t, uint64_t range_id);
  registered ranges.
  */
 enum dt_status dt_mark_dirty(struct dt_tracker *t, const void *addr, size_t len);
+
+/*
+ Creates an empty dirty set (e.g. to accumulate sets with `dt_dirty_set_union`).
+
+ Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
+ Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
+ */
+enum dt_status dt_dirty_set_new(struct dt_dirty_set **out);
+
+/*
+ Frees a dirty set. NULL is accepted and ignored (`DT_OK`), like `free(NULL)`.
+
+ Errors: `DT_ERR_INVALID_HANDLE` for a handle that is not a live dirty set (a double free is
+ always detected: handles are never reused).
+
+ Ownership: the handle is invalid afterwards. Thread safety: any thread; calls on the set
+ running in other threads finish normally, later ones get `DT_ERR_INVALID_HANDLE`.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_dirty_set_free(struct dt_dirty_set *set);
+
+/*
+ Stores the number of dirty pages in `*out`. O(1).
+
+ Ownership: borrows the set. Thread safety: any thread, concurrently with other readers; a
+ concurrent `dt_dirty_set_union` into the set is serialized with it.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_dirty_set_len(const struct dt_dirty_set *set, size_t *out);
+
+/*
+ Stores the number of maximal runs of contiguous dirty pages in `*out` (the buffer size that
+ takes all runs of `dt_dirty_set_runs` in one call). Builds the set's run table on first use.
+
+ Ownership: borrows the set. Thread safety: as `dt_dirty_set_len`.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_dirty_set_run_count(const struct dt_dirty_set *set, size_t *out);
+
+/*
+ Stores in `*out` whether the page containing `addr` is dirty. O(log ranges).
+
+ Ownership: borrows the set. Thread safety: as `dt_dirty_set_len`.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `bool`.
+ */
+enum dt_status dt_dirty_set_contains(const struct dt_dirty_set *set, uintptr_t addr, bool *out);
+
+/*
+ Copies the start addresses of dirty pages `start_index`, `start_index + 1`, ... (in
+ ascending address order; index 0 is the lowest page) into `buf`, at most `cap` of them, and
+ stores how many it wrote in `*out_written`: fewer than `cap` only at the end of the set, 0
+ when `start_index >= dt_dirty_set_len`.
+
+ Loop: `for (size_t i = 0, n; dt_dirty_set_pages(s, i, buf, CAP, &n) == DT_OK && n > 0;
+ i += n) { ... }`. The first call builds the set's run table (one pass over its bitmap; 24
+ bytes per run, kept until the set is freed or changed); each call then costs
+ O(log runs + n), so a whole iteration is O(pages) with any buffer size.
+
+ Ownership: `buf` stays the caller's. Thread safety: as `dt_dirty_set_len`; indices refer to
+ the set's current contents, so a `dt_dirty_set_union` into the set between calls changes
+ what they denote.
+
+ # Safety
+
+ `buf` must be valid for writes of `cap` `uintptr_t`s (it may be NULL when `cap` is 0);
+ `out_written` must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_dirty_set_pages(const struct dt_dirty_set *set,
+                                  size_t start_index,
+                                  uintptr_t *buf,
+                                  size_t cap,
+                                  size_t *out_written);
+
+/*
+ Copies runs `start_index`, `start_index + 1`, ... of maximal contiguous dirty pages (in
+ ascending address order, coalesced across adjacent ranges) into `buf`, at most `cap` of
+ them, and stores how many it wrote in `*out_written`: fewer than `cap` only at the end, 0
+ when `start_index` is at or past the run count (`dt_dirty_set_run_count`).
+
+ Loop: `for (size_t i = 0, n; dt_dirty_set_runs(s, i, buf, CAP, &n) == DT_OK && n > 0;
+ i += n) { ... }`. The first call builds the set's run table; each call then costs O(n).
+
+ Ownership: `buf` stays the caller's. Thread safety: as `dt_dirty_set_pages`.
+
+ # Safety
+
+ `buf` must be valid for writes of `cap` `dt_run`s (it may be NULL when `cap` is 0);
+ `out_written` must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_dirty_set_runs(const struct dt_dirty_set *set,
+                                 size_t start_index,
+                                 struct dt_run *buf,
+                                 size_t cap,
+                                 size_t *out_written);
+
+/*
+ Adds every page of `src` to `dst` (e.g. a dump of a collected set failed: merge it into the
+ next set so nothing is lost). `src` is unchanged; `dst == src` is allowed (no change).
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: borrows both sets; `src` stays the caller's to free. Thread safety: any thread;
+ serialized with other calls on `dst` (deadlock-free whatever the argument order).
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_dirty_set_union(struct dt_dirty_set *dst, const struct dt_dirty_set *src);
+
+/*
+ Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
+ contents as of one instant, made while the program keeps writing. Returns at the instant;
+ the copy completes in the background. The instant acts as a collect of this range.
+
+ Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
+ `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
+ `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
+ `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
+ consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
+
+ Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
+ */
+enum dt_status dt_live_snapshot_start(struct dt_tracker *t,
+                                      uint64_t range_id,
+                                      struct dt_live_snapshot **out);
+
+/*
+ Stores the number of pages copied so far and the total in `*out_copied` and `*out_total`
+ (either may be NULL).
+
+ Ownership: borrows the snapshot. Thread safety: any thread.
+
+ # Safety
+
+ `out_copied` and `out_total` must each be NULL or valid for a write of a `size_t`.
+ */
+enum dt_status dt_live_snapshot_progress(const struct dt_live_snapshot *s,
+                                         size_t *out_copied,
+                                         size_t *out_total);
+
+/*
+ Waits for the background copy and stores the result in `*out`, or fails with the reason it
+ is not consistent (`DT_ERR_LIVE_SNAPSHOT_FAILED`: take it again; nothing was lost from
+ dirty tracking).
+
+ Ownership: **consumes `s`**: after any return other than `DT_ERR_NULL` and
+ `DT_ERR_INVALID_HANDLE` the snapshot handle is freed (success or not); with those two it is
+ untouched. On `DT_OK` the caller owns `*out`: store the copy, `dt_live_copy_commit` it, then
+ `dt_live_copy_free` it (freed uncommitted, it hands the pre-instant pages back to the
+ tracker); otherwise `*out` is NULL.
+
+ Thread safety: any thread. If two threads wait on the same snapshot, one gets the copy and
+ the other `DT_ERR_INVALID_HANDLE`.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_live_copy *`.
+ */
+enum dt_status dt_live_snapshot_wait(struct dt_live_snapshot *s, struct dt_live_copy **out);
+
+/*
+ Abandons a live snapshot: waits for the background copy and discards it. NULL is accepted
+ and ignored (`DT_OK`).
+
+ Errors: `DT_ERR_INVALID_HANDLE` (not a live snapshot, already waited on or freed).
+
+ Ownership: the handle is invalid afterwards. Thread safety: any thread.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_live_snapshot_free(struct dt_live_snapshot *s);
+
+/*
+ Stores the range's start address at the snapshot instant in `*out`.
+
+ Ownership: borrows the copy. Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `uintptr_t`.
+ */
+enum dt_status dt_live_copy_addr(const struct dt_live_copy *c, uintptr_t *out);
+
+/*
+ Stores a pointer to the range's contents at the snapshot instant in `*out_data` and its
+ length in bytes in `*out_len`.
+
+ Ownership: the bytes belong to the copy: read-only, valid until `dt_live_copy_free(c)`; do
+ not free them. Thread safety: any thread; the bytes never change.
+
+ # Safety
+
+ `out_data` must be NULL (an error) or valid for a write of a `const uint8_t *`; `out_len`
+ likewise for a `size_t`. The returned pointer must not be used after the copy is freed.
+ */
+enum dt_status dt_live_copy_data(const struct dt_live_copy *c,
+                                 const uint8_t **out_data,
+                                 size_t *out_len);
+
+/*
+ Stores in `*out` a new dirty set holding the pages written between the previous collect (or
+ clear, or register) of the range and the snapshot instant.
+
+ Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`), independent of the copy;
+ on error `*out` is NULL. Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
+ */
+enum dt_status dt_live_copy_dirty_at_instant(const struct dt_live_copy *c,
+                                             struct dt_dirty_set **out);
+
+/*
+ Says the copy is stored (the caller has written its data and `dirty_at_instant` where they
+ belong): freeing it then no longer hands the pages written before the instant back to the
+ tracker. Without it, `dt_live_copy_free` hands them back and the next collect reports them
+ again (an over-report at worst), so a dump that fails half way loses nothing. Committing
+ twice is harmless.
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: borrows the copy. Thread safety: any thread.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_live_copy_commit(struct dt_live_copy *c);
+
+/*
+ Frees a live copy and its data. NULL is accepted and ignored (`DT_OK`). A copy not
+ committed (`dt_live_copy_commit`) first hands the pages written before the instant back to
+ the tracker: the next collect of the range reports them again.
+
+ Errors: `DT_ERR_INVALID_HANDLE` (not a live copy, or already freed).
+
+ Ownership: the handle and every pointer from `dt_live_copy_data` are invalid afterwards.
+ Thread safety: any thread.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_live_copy_free(struct dt_live_copy *c);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -25,13 +25,23 @@
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
 
-pub mod args;
-pub mod capabilities;
-pub mod dirty_set;
-pub mod error;
-pub mod handles;
-pub mod live;
+// Declared in the order the header lists them (cbindgen follows it); one per group, so rustfmt
+// keeps the order.
 pub mod status;
+
+pub mod error;
+
+pub mod handles;
+
+pub mod capabilities;
+
+pub mod tracker;
+
+pub mod dirty_set;
+
+pub mod live;
+
+pub mod args;
+
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tracker;
