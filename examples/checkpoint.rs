@@ -378,7 +378,7 @@ impl Job<'_> {
         let snapshot = self.tracker.live_snapshot(self.id);
         let snapshot = snapshot.map_err(ctx("live_snapshot"))?;
         let instant = start.elapsed();
-        let copy = snapshot.wait().map_err(ctx("live snapshot"))?;
+        let mut copy = snapshot.wait().map_err(ctx("live snapshot"))?;
         let background = start.elapsed() - instant;
         if copy.addr != region.addr as usize || copy.data.len() != region.len {
             let (a, n) = (copy.addr, copy.data.len());
@@ -386,7 +386,10 @@ impl Job<'_> {
         }
         let data = &copy.data;
         let fill = &|at: usize, buf: &mut [u8]| buf.copy_from_slice(&data[at..][..buf.len()]);
+        // If this write fails, `copy` is dropped uncommitted and hands the pages written before
+        // the instant back to the tracker: the next incremental dump still has them.
         let dump_time = self.dumps.write(&whole, fill)?;
+        copy.commit();
         print_row("live", &all, region.len, instant, background + dump_time);
         let (b, n) = (dur(background), copy.dirty_at_instant.len());
         println!("        (background copy {b}; {n} pages were dirty at the instant)");

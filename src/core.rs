@@ -2,16 +2,29 @@
 //!
 //! # Locks and what they protect
 //!
-//! | lock | protects | held by |
-//! |---|---|---|
-//! | `harvest` | the pagemap scanner; makes collect / snapshot / clear / unregister one at a time | user threads |
-//! | `registry` | the overlap check and the register / unregister ioctls | user threads |
-//! | `ranges` (RwLock) | the list of registered ranges (written only briefly, never across an ioctl) | everyone; the monitor reads |
-//! | `batch` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) | monitor; sync harvest; others as a barrier |
+//! | lock | where | protects | held by |
+//! |---|---|---|---|
+//! | `harvest` | `Tracker` | the pagemap scanner; makes collect / snapshot / clear / unregister / live-snapshot instants one at a time | user threads |
+//! | `registry` | `Core` | the overlap check and the register / unregister ioctls; the next range id | user threads |
+//! | `ranges` (RwLock) | `Core` | the list of registered ranges (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
+//! | `batch` | `Core` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) and "install / remove a range's copy-on-write state"; also orders a live snapshot's hand-back of marks with sync collects | monitor; sync harvest; live snapshots; others as a barrier |
+//! | `RangeState::cow` | per range | which live snapshot (if any) copies the range: set and taken under `batch`; read under `batch` by the monitor and the background pass, and without it only to test for a snapshot in progress (under `harvest`) | under `batch`, or alone for a read |
+//! | `Cow::state` | per snapshot | the copy buffer, the copied bitmap, the failure reason: written only under `batch`; read alone by `LiveSnapshot::progress` and after the state was removed | under `batch`, or alone for a read |
+//! | `RangeState::lost` | per range | why the range is lost (first reason wins) | anyone, innermost, never across another lock or ioctl |
+//! | `Core::poisoned` | `Core` | why the monitor died | anyone, innermost |
 //!
-//! Lock order: `harvest` → `registry` → `ranges` → `batch`. The monitor thread takes only
-//! `ranges` (read) then `batch`. No lock is held by a user thread while it could fault on tracked
-//! memory, because the library never writes to tracked memory.
+//! Lock order: `harvest` → `registry` → `ranges` → `batch` → (`RangeState::cow` →
+//! `Cow::state`, `RangeState::lost`, `Core::poisoned`: leaves, never held while taking another).
+//! The monitor thread takes only `ranges` (read) then `batch` (then the leaves). No lock is held
+//! by a user thread while it could fault on tracked memory, because the library never writes to
+//! tracked memory.
+//!
+//! Atomics, and what each ordering pairs with: `RangeState::start` is stored (Release) only by
+//! the monitor under `ranges` (read) + `batch`, when it follows an `mremap` move, and loaded
+//! (Acquire) by everyone; readers that need the final value take the `batch` barrier first.
+//! `RangeState::gone` is stored (Release) by whoever marks the range gone and loaded (Acquire)
+//! before any ioctl on the range's addresses. The per-range bitmaps (`AtomicBitmap`) are marked
+//! with `fetch_or` and taken with `swap`, both `AcqRel`, so a mark is in exactly one harvest.
 //!
 //! `batch` as a barrier: the monitor holds it from the moment it reads messages until it has
 //! applied them (marks set, lost ranges flagged, moved ranges re-keyed). Taking and releasing it
@@ -19,10 +32,10 @@
 //! (`REMOVE`, `UNMAP`, `REMAP`) blocks the thread that caused it until the monitor reads it, so
 //! after a barrier every `madvise`/`munmap`/`mremap` that has returned is visible in the ranges.
 
-use crate::backend::async_wp::Scanner;
-use crate::probe::{Capabilities, Prefault};
+use crate::probe::Capabilities;
 use crate::range::RangeState;
 use crate::sys::uffd;
+use crate::types::Prefault;
 use crate::{Error, Mode};
 use parking_lot::{Mutex, RwLock};
 use std::io;
@@ -43,8 +56,6 @@ pub(crate) struct Core {
     /// The tracker's userfaultfd (non-blocking, close-on-exec).
     pub(crate) uffd: OwnedFd,
     /// See the module docs.
-    pub(crate) harvest: Mutex<Harvest>,
-    /// See the module docs.
     pub(crate) registry: Mutex<u64>,
     /// Registered ranges, in registration order. Lookups are linear: trackers hold few ranges.
     pub(crate) ranges: RwLock<Vec<Arc<RangeState>>>,
@@ -52,12 +63,6 @@ pub(crate) struct Core {
     pub(crate) batch: Mutex<()>,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
     pub(crate) poisoned: Mutex<Option<String>>,
-}
-
-/// What the harvest lock owns.
-pub(crate) struct Harvest {
-    /// Async mode's `/proc/self/pagemap` scanner (`None` in sync mode).
-    pub(crate) scanner: Option<Scanner>,
 }
 
 impl Core {

@@ -1,150 +1,9 @@
 //! [`DirtySet`]: the pages a collect or snapshot found written.
 
+use crate::bitmap::{bit_runs, ones, Segment};
 use crate::Error;
-use bitvec::prelude::*;
 use std::fmt;
 use std::ops::Range;
-
-/// One bit per page over `[start, start + bits.len() * page_size)`.
-///
-/// Invariant: bits past `bits.len()` in the last storage word are zero (bitvec keeps them so),
-/// which lets [`DirtySet::union`] OR whole words when two segments have the same extent.
-#[derive(Clone)]
-pub(crate) struct Segment {
-    pub(crate) start: usize,
-    pub(crate) bits: BitVec<u64, Lsb0>,
-}
-
-impl Segment {
-    /// An all-clean segment of `pages` pages at `start`.
-    pub(crate) fn new(start: usize, pages: usize) -> Segment {
-        Segment {
-            start,
-            bits: bitvec![u64, Lsb0; 0; pages],
-        }
-    }
-
-    fn end(&self, page_size: usize) -> usize {
-        self.start + self.bits.len() * page_size
-    }
-
-    /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect
-    /// path once per reported region: shifts and whole-word ORs, no bit-by-bit fill.
-    pub(crate) fn mark(&mut self, from: usize, to: usize, page_size: usize) {
-        self.mark_each([(from, to)], page_size);
-    }
-
-    /// [`Segment::mark`] for each `[from, to)` of `ranges`, with the segment's bounds and
-    /// storage decoded once: the collect path marks a whole `PAGEMAP_SCAN` vector per call, and
-    /// at 10 % dirty of 1 GiB that is 26 215 one-page regions per collect.
-    pub(crate) fn mark_each(
-        &mut self,
-        ranges: impl IntoIterator<Item = (usize, usize)>,
-        page_size: usize,
-    ) {
-        let (start, end) = (self.start, self.end(page_size));
-        let shift = page_size.trailing_zeros();
-        let words = self.bits.as_raw_mut_slice();
-        for (from, to) in ranges {
-            let (from, to) = (from.max(start), to.min(end));
-            if from >= to {
-                continue;
-            }
-            // `to <= end`, so `last <= bits.len()`: bits past the length stay zero.
-            let first = (from - start) >> shift;
-            let last = (to - start + page_size - 1) >> shift;
-            if last == first + 1 {
-                words[first / 64] |= 1 << (first % 64);
-            } else {
-                set_bits(words, first, last);
-            }
-        }
-    }
-
-    /// ORs `other` (same extent) into `self`, word by word.
-    fn or_same_extent(&mut self, other: &Segment) {
-        for (a, b) in self
-            .bits
-            .as_raw_mut_slice()
-            .iter_mut()
-            .zip(other.bits.as_raw_slice())
-        {
-            *a |= *b;
-        }
-    }
-}
-
-/// Sets bits `[first, last)` of `words` (LSB-first), a word at a time.
-fn set_bits(words: &mut [u64], first: usize, last: usize) {
-    let mut i = first;
-    while i < last {
-        let w = i / 64;
-        let lo = i % 64;
-        let hi = (last - w * 64).min(64);
-        words[w] |= if hi - lo == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << (hi - lo)) - 1) << lo
-        };
-        i = w * 64 + hi;
-    }
-}
-
-/// Indices of the set bits of `words`, ascending (`trailing_zeros` per set bit).
-fn ones(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
-    words.iter().enumerate().flat_map(|(w, &word)| {
-        let mut bits = word;
-        std::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let b = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            Some(w * 64 + b)
-        })
-    })
-}
-
-/// Maximal runs `[first, last)` of set bits of `words`, ascending (`trailing_zeros` /
-/// `trailing_ones` per run, so a dense bitmap costs a few operations per word).
-fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut w = 0;
-    let mut cur = words.first().copied().unwrap_or(0);
-    std::iter::from_fn(move || {
-        // Find the next set bit.
-        while cur == 0 {
-            w += 1;
-            cur = *words.get(w)?;
-        }
-        let b = cur.trailing_zeros() as usize;
-        let first = w * 64 + b;
-        // Extend across ones, possibly over whole words.
-        let ones = (cur >> b).trailing_ones() as usize;
-        if b + ones < 64 {
-            cur &= !(((1u64 << ones) - 1) << b);
-            return Some((first, first + ones));
-        }
-        loop {
-            w += 1;
-            match words.get(w) {
-                Some(&u64::MAX) => continue,
-                Some(&next) => {
-                    let n = next.trailing_ones() as usize;
-                    cur = if n == 64 {
-                        0
-                    } else {
-                        next & !((1u64 << n) - 1)
-                    };
-                    return Some((first, w * 64 + n));
-                }
-                None => {
-                    cur = 0;
-                    return Some((first, w * 64));
-                }
-            }
-        }
-    })
-}
 
 /// A set of dirty pages, one bitmap per tracked range.
 ///
@@ -391,43 +250,6 @@ mod tests {
     }
 
     #[test]
-    fn mark_each_matches_a_bit_by_bit_reference() {
-        let ps = 0x1000;
-        let start = 0x40_0000;
-        let pages = 200;
-        // Unaligned, overlapping, empty, inverted and out-of-segment ranges included.
-        let ranges = [
-            (start, start + ps),
-            (start + 3 * ps + 5, start + 4 * ps),
-            (start + 60 * ps, start + 70 * ps),
-            (start + 63 * ps, start + 129 * ps - 1),
-            (start - 5 * ps, start + 2 * ps),
-            (start + 190 * ps, start + 300 * ps),
-            (start + 10 * ps, start + 10 * ps),
-            (start + 20 * ps, start + 19 * ps),
-            (start + 500 * ps, start + 501 * ps),
-        ];
-        let mut seg = Segment::new(start, pages);
-        seg.mark_each(ranges, ps);
-        let mut want = vec![false; pages];
-        for (from, to) in ranges {
-            for (p, w) in want.iter_mut().enumerate() {
-                let (a, b) = (start + p * ps, start + (p + 1) * ps);
-                if from < b && a < to && from < to {
-                    *w = true;
-                }
-            }
-        }
-        let got: Vec<bool> = seg.bits.iter().map(|b| *b).collect();
-        assert_eq!(got, want);
-        assert_eq!(
-            seg.bits.as_raw_slice()[3] >> (pages - 192),
-            0,
-            "bits past the length"
-        );
-    }
-
-    #[test]
     fn runs_coalesce_within_and_across_segments() {
         let s = set(
             0x1000,
@@ -459,40 +281,6 @@ mod tests {
         assert_eq!(pages, vec![0x10000, 0x11000, 0x50000, 0x55000, 0x61000]);
         assert!(a.contains(0x11000) && a.contains(0x61000) && a.contains(0x10000));
         assert_eq!(a.len(), 5);
-    }
-
-    #[test]
-    fn word_iterators_match_a_bit_by_bit_reference() {
-        let mut x = 0x1234_5678_9abc_def1u64;
-        for round in 0..200 {
-            let nbits = 1 + round * 7 % 300;
-            let mut bits = bitvec![u64, Lsb0; 0; nbits];
-            for i in 0..nbits {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let density = round % 4; // sparse .. dense
-                if x % 4 < density as u64 + 1 || round % 10 == 0 {
-                    bits.set(i, true);
-                }
-            }
-            let words = bits.as_raw_slice();
-            let want: Vec<usize> = bits.iter_ones().collect();
-            assert_eq!(ones(words).collect::<Vec<_>>(), want);
-            let mut runs = Vec::new();
-            for i in want {
-                match runs.last_mut() {
-                    Some((_, e)) if *e == i => *e += 1,
-                    _ => runs.push((i, i + 1)),
-                }
-            }
-            assert_eq!(bit_runs(words).collect::<Vec<_>>(), runs, "round {round}");
-            let mut w = vec![0u64; words.len()];
-            let (a, b) = (round % nbits, (round * 3 % nbits).max(round % nbits));
-            set_bits(&mut w, a, b);
-            let got: Vec<usize> = ones(&w).collect();
-            assert_eq!(got, (a..b).collect::<Vec<_>>());
-        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The error type. Every message says what happened and what to do about it.
 
-use crate::tracker::RangeId;
+use crate::types::RangeId;
 use std::io;
 
 /// Everything that can go wrong, as an enum a caller can match on.

@@ -2,7 +2,8 @@
 //! no stability, hidden from the docs.
 
 use crate::backend::async_wp::{scan_loop as inner_scan_loop, ScanError};
-use crate::dirty_set::{DirtySet, Segment};
+use crate::bitmap::Segment;
+use crate::dirty_set::DirtySet;
 pub use crate::sys::pagemap::{PageRegion, ScanOutcome};
 
 /// Builds a `DirtySet` over `[start, start + pages * page_size)` from kernel-style regions, the

@@ -24,41 +24,59 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, bottom up: `sys` (the kernel ABI: raw structs, constants, one wrapper per ioctl;
-//! crate-private),
-//! [`probe`] (capabilities), the backends (async, sync, and the monitor thread), and on top
-//! [`Tracker`] and [`DirtySet`].
+//! # Layers
+//!
+//! Each module uses only the ones above it in this list (no import cycle):
+//!
+//! | module | what it is |
+//! |---|---|
+//! | `sys/` | the kernel ABI only: raw `#[repr(C)]` structs, constants (each with the kernel version that added it), one thin wrapper per system call or ioctl; the only code that calls `libc::syscall`/`libc::ioctl`; crate-private |
+//! | `types` | the plain shared types: [`Mode`], [`RangeId`], [`Backing`], [`Thp`], [`Prefault`], [`FdSource`] |
+//! | `error` | [`Error`], the one error enum |
+//! | [`probe`] | capability probing on throwaway fds: [`Capabilities`] |
+//! | `bitmap` | the one bitmap code: word masks, the atomic per-range bitmap, the per-range result segment |
+//! | `dirty_set` | [`DirtySet`], the result of a collect |
+//! | `cow` | a range's copy-on-write state during a live snapshot |
+//! | `range` | one registered range: its address, marks, lost state |
+//! | `core` | the state the tracker, the backends and the monitor share; the lock table |
+//! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there), `live` (live snapshots) |
+//! | `tracker` | [`Tracker`], [`TrackerBuilder`], [`RangeInfo`]: the API on top |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The dependency order is the table above (rustfmt sorts these declarations).
 mod backend;
+mod bitmap;
 mod core;
+mod cow;
 mod dirty_set;
 mod error;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod fuzz_api;
-mod live;
 pub mod probe;
 mod range;
+#[allow(missing_docs)]
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod sys;
 /// The kernel ABI. Crate-private: its wrappers' safety depends on their callers (see
 /// `sys/mod.rs`). The `testing` feature exposes it, hidden from the docs and with no stability
 /// promise, to this crate's tests, benchmarks and fuzz targets.
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-#[allow(missing_docs)]
-pub mod sys;
 #[cfg(not(feature = "testing"))]
 #[allow(dead_code)]
 mod sys;
 mod tracker;
+mod types;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzz_api;
+
+pub use backend::live::{LiveCopy, LiveSnapshot};
 pub use dirty_set::DirtySet;
 pub use error::Error;
-pub use live::{LiveCopy, LiveSnapshot};
-pub use probe::{Capabilities, FdSource, Prefault};
-pub use tracker::{Backing, Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
+pub use probe::Capabilities;
+pub use tracker::{RangeInfo, Tracker, TrackerBuilder};
+pub use types::{Backing, FdSource, Mode, Prefault, RangeId, Thp};
 
 /// `UFFD_FEATURE_*` bits, for [`Capabilities::has`] (and the `testing` feature's
 /// `TrackerBuilder::hide_features`).

@@ -5,45 +5,12 @@
 //! saying which modes are available and, for each one that is not, why.
 
 use crate::sys::{self, mem, pagemap, uffd};
+use crate::types::{FdSource, Prefault};
 use crate::{Error, Mode};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-
-/// Where a userfaultfd came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdSource {
-    /// The `userfaultfd(2)` system call.
-    Syscall,
-    /// `/dev/userfaultfd` with `USERFAULTFD_IOC_NEW` (6.1+).
-    DevUserfaultfd,
-}
-
-/// How sync mode makes sure the first write to a never-touched page faults.
-///
-/// Write-protecting a range only protects pages that have a page-table entry; without one of
-/// these, the first write to a page never touched before protection is not seen
-/// (KERNEL-FACTS.md: 22 of 22 lost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefault {
-    /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+): the kernel installs markers in empty entries.
-    Unpopulated,
-    /// `madvise(MADV_POPULATE_READ)` (5.14+) before protecting: maps the zero page, no RSS growth.
-    PopulateRead,
-    /// Read one byte of every page before protecting (5.7–5.13).
-    ReadTouch,
-}
-
-impl Prefault {
-    fn describe(self) -> &'static str {
-        match self {
-            Prefault::Unpopulated => "UFFD_FEATURE_WP_UNPOPULATED (6.4+) protects never-touched pages",
-            Prefault::PopulateRead => "MADV_POPULATE_READ (5.14+) maps never-touched pages before protecting (WP_UNPOPULATED missing)",
-            Prefault::ReadTouch => "one byte of each page is read before protecting (no WP_UNPOPULATED, no MADV_POPULATE_READ)",
-        }
-    }
-}
 
 /// What the running kernel and this process's privileges allow. Print it (`{}`) for a report.
 #[derive(Debug, Clone)]
@@ -376,41 +343,72 @@ pub(crate) fn open_fd(flags: i32) -> Result<(OwnedFd, FdSource), (io::Error, io:
     }
 }
 
-/// Registers two written pages in async mode on a throwaway fd (no events enabled, so nothing
-/// blocks), discards one, and asks `PAGEMAP_SCAN` whether it is written.
+/// Two written pages, write-protected through a throwaway user-mode-only userfaultfd set up
+/// with `features` (no events, so nothing ever blocks), for the start-up self-tests. Nothing
+/// writes the protected pages afterwards, so no fault ever waits for a reader. Dropped in field
+/// order: the fd (unregistering everything), then the mapping.
+struct ProtectedPages {
+    _fd: OwnedFd,
+    m: mem::AnonMapping,
+    pagemap: File,
+}
+
+impl ProtectedPages {
+    fn new(features: u64) -> Option<ProtectedPages> {
+        let ps = sys::page_size();
+        let (fd, _) =
+            open_fd(libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY).ok()?;
+        uffd::api(fd.as_fd(), features).ok()?;
+        let m = mem::AnonMapping::new(2 * ps).ok()?;
+        mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
+        uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
+        uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
+        let pagemap = File::open("/proc/self/pagemap").ok()?;
+        Some(ProtectedPages {
+            _fd: fd,
+            m,
+            pagemap,
+        })
+    }
+
+    /// Changes the first page with `advice`.
+    fn zap_first(&self, advice: i32) -> Option<()> {
+        // SAFETY: the probe's own fresh mapping, referenced by nothing else.
+        unsafe { mem::madvise_destructive(self.m.addr(), sys::page_size(), advice) }.ok()
+    }
+
+    /// Whether a read-only `PAGEMAP_SCAN` (exact `PAGE_IS_WRITTEN` masks, these `flags`) reports
+    /// the first page as written.
+    fn first_written(&self, flags: u64) -> Option<bool> {
+        let addr = self.m.addr() as u64;
+        let req = pagemap::ScanRequest {
+            flags,
+            start: addr,
+            end: addr + self.m.len() as u64,
+            category_mask: pagemap::PAGE_IS_WRITTEN,
+            return_mask: pagemap::PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        let mut out = [pagemap::PageRegion::default(); 2];
+        let res = pagemap::scan(&self.pagemap, &req, &mut out);
+        res.result.ok()?;
+        Some(
+            out[..res.regions.min(2)]
+                .iter()
+                .any(|r| r.start <= addr && addr < r.end),
+        )
+    }
+}
+
+/// Async-style protection of two written pages, one discarded: does `PAGEMAP_SCAN` call it
+/// written?
 fn probe_discard_reporting(wp: bool) -> Option<bool> {
     if !wp {
         return None;
     }
-    let ps = sys::page_size();
-    let (fd, _) = open_fd(libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY).ok()?;
-    uffd::api(
-        fd.as_fd(),
-        uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED,
-    )
-    .ok()?;
-    let m = mem::AnonMapping::new(2 * ps).ok()?;
-    mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
-    uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
-    uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
-    // SAFETY: the probe's own fresh mapping, referenced by nothing else.
-    unsafe { mem::madvise_destructive(m.addr(), ps, libc::MADV_DONTNEED) }.ok()?;
-    let pm = File::open("/proc/self/pagemap").ok()?;
-    let req = pagemap::ScanRequest {
-        flags: pagemap::PM_SCAN_CHECK_WPASYNC,
-        start: m.addr() as u64,
-        end: (m.addr() + 2 * ps) as u64,
-        category_mask: pagemap::PAGE_IS_WRITTEN,
-        return_mask: pagemap::PAGE_IS_WRITTEN,
-        ..Default::default()
-    };
-    let mut out = [pagemap::PageRegion::default(); 2];
-    let res = pagemap::scan(&pm, &req, &mut out);
-    res.result.ok()?;
-    let reported = out[..res.regions.min(2)]
-        .iter()
-        .any(|r| r.start <= m.addr() as u64 && (m.addr() as u64) < r.end);
-    Some(reported)
+    let p = ProtectedPages::new(uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED)?;
+    p.zap_first(libc::MADV_DONTNEED)?;
+    p.first_written(pagemap::PM_SCAN_CHECK_WPASYNC)
 }
 
 /// `Ok(true)` if `PAGEMAP_SCAN` works, `Ok(false)` if the kernel lacks it (`ENOTTY`), `Err` if
@@ -445,49 +443,17 @@ fn probe_guard_pages() -> bool {
     }
 }
 
-/// Write-protects two written pages with a sync-style registration (no `WP_ASYNC`, no events)
-/// on a throwaway fd, installs a guard region over one, and asks a read-only `PAGEMAP_SCAN`
-/// whether it is written, then again after removing the guard. Nothing writes the protected
-/// pages, so nothing waits for a fault reader.
+/// Sync-style protection (no `WP_ASYNC`) of two written pages; a guard region installed over
+/// one: does a read-only `PAGEMAP_SCAN` report it while guarded, and again once the guard is
+/// removed?
 fn probe_guard_zap_reporting() -> bool {
     let run = || -> Option<bool> {
-        let ps = sys::page_size();
-        let (fd, _) =
-            open_fd(libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY).ok()?;
-        uffd::api(
-            fd.as_fd(),
-            uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_WP_UNPOPULATED,
-        )
-        .ok()?;
-        let m = mem::AnonMapping::new(2 * ps).ok()?;
-        mem::madvise(m.addr(), 2 * ps, mem::MADV_POPULATE_WRITE).ok()?;
-        uffd::register(fd.as_fd(), m.addr(), 2 * ps, uffd::REGISTER_MODE_WP).ok()?;
-        uffd::writeprotect(fd.as_fd(), m.addr(), 2 * ps, uffd::WRITEPROTECT_MODE_WP).ok()?;
-        let pm = File::open("/proc/self/pagemap").ok()?;
-        let written = |pm: &File| -> Option<bool> {
-            let req = pagemap::ScanRequest {
-                start: m.addr() as u64,
-                end: (m.addr() + 2 * ps) as u64,
-                category_mask: pagemap::PAGE_IS_WRITTEN,
-                return_mask: pagemap::PAGE_IS_WRITTEN,
-                ..Default::default()
-            };
-            let mut out = [pagemap::PageRegion::default(); 2];
-            let res = pagemap::scan(pm, &req, &mut out);
-            res.result.ok()?;
-            Some(
-                out[..res.regions.min(2)]
-                    .iter()
-                    .any(|r| r.start <= m.addr() as u64 && (m.addr() as u64) < r.end),
-            )
-        };
-        // SAFETY: the probe's own fresh mapping, referenced by nothing else.
-        unsafe { mem::madvise_destructive(m.addr(), ps, mem::MADV_GUARD_INSTALL) }.ok()?;
-        let while_guarded = written(&pm)?;
-        // SAFETY: as above.
-        unsafe { mem::madvise_destructive(m.addr(), ps, mem::MADV_GUARD_REMOVE) }.ok()?;
-        let after_removal = written(&pm)?;
-        Some(while_guarded && after_removal)
+        let p =
+            ProtectedPages::new(uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_WP_UNPOPULATED)?;
+        p.zap_first(mem::MADV_GUARD_INSTALL)?;
+        let while_guarded = p.first_written(0)?;
+        p.zap_first(mem::MADV_GUARD_REMOVE)?;
+        Some(while_guarded && p.first_written(0)?)
     };
     run().unwrap_or(false)
 }

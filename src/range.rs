@@ -1,106 +1,19 @@
 //! Per-range state shared by the tracker, the backends and the monitor thread.
 
-use crate::dirty_set::Segment;
-use crate::live::Cow;
-use crate::tracker::RangeId;
-use bitvec::prelude::*;
+use crate::bitmap::{AtomicBitmap, Segment};
+use crate::cow::Cow;
+use crate::types::RangeId;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
-/// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
-pub(crate) struct AtomicBitmap {
-    words: Box<[AtomicU64]>,
-    bits: usize,
-}
-
-impl AtomicBitmap {
-    pub(crate) fn new(bits: usize) -> AtomicBitmap {
-        AtomicBitmap {
-            words: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            bits,
-        }
-    }
-
-    /// Sets bit `i`. Callers compute `i` from an address inside the range: an index past the
-    /// end is a bug here, caught in debug builds (release builds ignore it rather than panic in
-    /// the monitor thread).
-    pub(crate) fn set(&self, i: usize) {
-        debug_assert!(i < self.bits, "bit {i} past the end ({})", self.bits);
-        if i < self.bits {
-            self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
-        }
-    }
-
-    /// Sets bits `[from, to)`.
-    pub(crate) fn set_range(&self, from: usize, to: usize) {
-        let to = to.min(self.bits);
-        let mut i = from;
-        while i < to {
-            let w = i / 64;
-            let lo = i % 64;
-            let hi = (to - w * 64).min(64);
-            let mask = if hi - lo == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
-            self.words[w].fetch_or(mask, Ordering::AcqRel);
-            i = w * 64 + hi;
-        }
-    }
-
-    /// ORs a bit vector of the same length in, word by word (bits past the end are zero).
-    pub(crate) fn or_bits(&self, bits: &BitVec<u64, Lsb0>) {
-        for (w, &b) in self.words.iter().zip(bits.as_raw_slice()) {
-            if b != 0 {
-                w.fetch_or(b, Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Takes every set bit, leaving the bitmap clear, into `out` (ORed).
-    pub(crate) fn take_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            if w.load(Ordering::Relaxed) != 0 {
-                *o |= w.swap(0, Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Copies every set bit into `out` (ORed) without clearing.
-    pub(crate) fn copy_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            *o |= w.load(Ordering::Acquire);
-        }
-    }
-
-    /// Moves every set bit into each of `targets` (ORed), leaving `self` clear.
-    pub(crate) fn move_into(&self, targets: &[&AtomicBitmap]) {
-        for (i, w) in self.words.iter().enumerate() {
-            if w.load(Ordering::Relaxed) != 0 {
-                let v = w.swap(0, Ordering::AcqRel);
-                for t in targets {
-                    t.words[i].fetch_or(v, Ordering::AcqRel);
-                }
-            }
-        }
-    }
-
-    /// Clears every bit.
-    pub(crate) fn clear(&self) {
-        for w in self.words.iter() {
-            w.store(0, Ordering::Release);
-        }
-    }
-}
 
 /// One registered range.
 pub(crate) struct RangeState {
     pub(crate) id: RangeId,
-    /// Current start address. Changes only when the monitor follows an `mremap` move, under the
-    /// tracker's `ranges` write lock.
+    /// Current start address. Stored (Release) only by the monitor thread, under `ranges` (read,
+    /// `read_recursive`) and `batch`, when it follows an `mremap` move; loaded (Acquire) by
+    /// everyone. A reader that needs the address after a move that has returned takes the
+    /// `batch` barrier first (`Core::barrier`).
     pub(crate) start: AtomicUsize,
     /// Length in bytes (fixed).
     pub(crate) len: usize,
@@ -124,16 +37,20 @@ pub(crate) struct RangeState {
     /// re-protect (their next first write would not fault otherwise).
     pub(crate) repopulate: AtomicBitmap,
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
-    /// A lost range makes every call that touches it fail with `Error::RangeLost`.
+    /// A lost range makes every call that touches it fail with `Error::RangeLost`. A leaf lock:
+    /// taken briefly by anyone, never while taking another.
     pub(crate) lost: Mutex<Option<String>>,
     /// The range's addresses may no longer hold this tracker's registration (unmapped, replaced,
     /// partly moved, or a scan said so). Then unregister and drop never touch them again: the
     /// memory there may belong to someone else by now (kernels before the owner check in
     /// `UFFDIO_UNREGISTER` would strip another tracker's registration). Whatever is still ours
     /// is released when the userfaultfd is closed.
+    /// Stored (Release) by whoever marks the range gone, loaded (Acquire) before any ioctl on
+    /// the range's addresses.
     pub(crate) gone: std::sync::atomic::AtomicBool,
     /// The copy-on-write state while a live snapshot of this range runs (sync mode). Set and
-    /// taken under the tracker's `batch` lock; read by the monitor under it.
+    /// taken under the tracker's `batch` lock; read under it by the monitor and the background
+    /// pass, and without it only to test whether a snapshot is in progress.
     pub(crate) cow: Mutex<Option<Arc<Cow>>>,
 }
 
@@ -214,55 +131,5 @@ impl RangeState {
             *lost = Some(reason);
         }
         self.marks.set_range(0, self.pages(page_size));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn set_range_spans_words() {
-        for (from, to) in [
-            (0, 1),
-            (3, 64),
-            (0, 64),
-            (63, 65),
-            (5, 200),
-            (64, 128),
-            (0, 130),
-        ] {
-            let b = AtomicBitmap::new(130);
-            b.set_range(from, to);
-            let mut out = bitvec![u64, Lsb0; 0; 130];
-            b.take_into(&mut out);
-            let ones: Vec<usize> = out.iter_ones().collect();
-            let want: Vec<usize> = (from..to.min(130)).collect();
-            assert_eq!(ones, want, "{from}..{to}");
-            let mut again = bitvec![u64, Lsb0; 0; 130];
-            b.take_into(&mut again);
-            assert!(again.not_any(), "take clears");
-        }
-    }
-
-    #[test]
-    fn or_bits_and_move_into_work_word_by_word() {
-        let a = AtomicBitmap::new(130);
-        let mut v = bitvec![u64, Lsb0; 0; 130];
-        for i in [0, 63, 64, 129] {
-            v.set(i, true);
-        }
-        a.or_bits(&v);
-        let (b, c) = (AtomicBitmap::new(130), AtomicBitmap::new(130));
-        b.set(5);
-        a.move_into(&[&b, &c]);
-        let take = |x: &AtomicBitmap| {
-            let mut out = bitvec![u64, Lsb0; 0; 130];
-            x.take_into(&mut out);
-            out.iter_ones().collect::<Vec<_>>()
-        };
-        assert_eq!(take(&a), Vec::<usize>::new(), "moved out");
-        assert_eq!(take(&b), vec![0, 5, 63, 64, 129]);
-        assert_eq!(take(&c), vec![0, 63, 64, 129]);
     }
 }

@@ -1,114 +1,23 @@
 //! [`Tracker`], its builder, and range handles.
 
-use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Kind};
-use crate::core::{Core, Harvest};
-use crate::dirty_set::{DirtySet, Segment};
-use crate::live::{self, LiveSnapshot};
-use crate::probe::{self, Capabilities, Prefault};
+use crate::backend::live::{self, LiveSnapshot};
+use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Harvest, Kind};
+use crate::bitmap::Segment;
+use crate::core::Core;
+use crate::dirty_set::DirtySet;
+use crate::probe::{self, Capabilities};
 use crate::range::RangeState;
 use crate::sys::{self, maps, mem, uffd};
+use crate::types::{Backing, Mode, Prefault, RangeId, Thp};
 use crate::Error;
 use parking_lot::{Mutex, RwLock};
 use std::fmt;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-/// How write faults are resolved.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Mode {
-    /// Async when the kernel has it (6.7+), else sync.
-    #[default]
-    Auto,
-    /// `UFFD_FEATURE_WP_ASYNC` + `PAGEMAP_SCAN` (Linux 6.7+): the kernel resolves write faults
-    /// itself; a collect is one page-table walk. No thread, no blocked writer.
-    Async,
-    /// A monitor thread records each first write after a collect and lets it through
-    /// (Linux 5.7+). Costs a round trip per first write; needs a full (not user-mode-only)
-    /// userfaultfd.
-    Sync,
-}
-
-/// What to do about transparent huge pages in registered ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Thp {
-    /// Leave THP as the system and the mapping have it. A first write to a protected huge page
-    /// splits it; dirty pages are still reported at base-page granularity.
-    #[default]
-    Leave,
-    /// `madvise(MADV_NOHUGEPAGE)` each range on register, so it is never collapsed into huge
-    /// pages (no splits on first write; `MADV_COLLAPSE` fails on protected ranges anyway).
-    Disable,
-}
-
-/// What backs a registered range, and so which changes page-table tracking cannot see.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backing {
-    /// `MAP_PRIVATE | MAP_ANONYMOUS` (or the heap, stacks): tracked exactly.
-    PrivateAnonymous,
-    /// `MAP_SHARED` memory (shared anonymous, memfd, shmem, a shared file mapping): writes
-    /// through another mapping, another process, or the fd (`pwrite`, `fallocate`, `ftruncate`)
-    /// are NOT seen.
-    Shared,
-    /// A private mapping of a file or memfd: this process's writes are seen; changes to the
-    /// file's pages not yet copied privately (`pwrite` to the file) are NOT seen.
-    PrivateFile,
-    /// hugetlbfs: tracked per huge page (a one-byte write reports the whole huge page).
-    Hugetlb {
-        /// The huge page size in bytes.
-        page_size: usize,
-    },
-    /// Several kinds of mapping in one range.
-    Mixed,
-}
-
-impl Backing {
-    /// The changes to such memory that no page-table tracker sees (the README's tracking
-    /// contract); empty for private anonymous memory.
-    pub fn blind_spots(&self) -> &'static [&'static str] {
-        match self {
-            Backing::PrivateAnonymous => &[],
-            Backing::Shared | Backing::Mixed => &[
-                "writes through another mapping of the same memory or by another process",
-                "writes through the file descriptor (pwrite, write, copy_file_range)",
-                "fallocate(PUNCH_HOLE) and ftruncate of the backing object",
-            ],
-            Backing::PrivateFile => &[
-                "changes to the file (pwrite, another process) in pages not yet written privately",
-            ],
-            Backing::Hugetlb { .. } => &[
-                "writes through another mapping of the same hugetlbfs file, or by another process",
-            ],
-        }
-    }
-}
-
-/// A registered range. `Copy`, cheap, and only meaningful to the tracker that returned it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RangeId(pub(crate) u64);
-
-impl RangeId {
-    /// The id as a number (never 0), for bindings and logs: the C API's `uint64_t` range ids.
-    pub fn to_raw(self) -> u64 {
-        self.0
-    }
-
-    /// The id numbered `raw`. Any number is accepted: one that this tracker did not return is
-    /// reported as [`Error::UnknownRange`] by the call that uses it.
-    pub fn from_raw(raw: u64) -> RangeId {
-        RangeId(raw)
-    }
-}
-
-impl fmt::Debug for RangeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RangeId({})", self.0)
-    }
-}
-
 /// Where a registered range lives now.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RangeInfo {
     /// The range.
     pub id: RangeId,
@@ -231,7 +140,6 @@ impl TrackerBuilder {
             no_thp: self.thp == Thp::Disable,
             owner_pid: sys::getpid(),
             uffd: fd,
-            harvest: Mutex::new(Harvest { scanner }),
             registry: Mutex::new(0),
             ranges: RwLock::new(Vec::new()),
             batch: Mutex::new(()),
@@ -241,6 +149,7 @@ impl TrackerBuilder {
             .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
         Ok(Tracker {
             core,
+            harvest: Mutex::new(Harvest { scanner }),
             monitor: Some(monitor),
         })
     }
@@ -276,8 +185,9 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// (`MADV_DONTNEED`: the contents changed). The README's tracking contract lists every kind of
 /// memory and change, and what is and is not seen.
 ///
-/// One tracker per process is the supported setup: any userfaultfd of the process can change the
-/// write-protection of memory registered to another (the kernel has no owner check).
+/// Several trackers may live in one process: the kernel gives each range one owner (registering
+/// a range another tracker owns fails with [`Error::OwnedByAnotherUserfaultfd`]), and each
+/// tracker only changes the protection of its own ranges.
 ///
 /// ```no_run
 /// use dirtytrack::Tracker;
@@ -296,6 +206,10 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// ```
 pub struct Tracker {
     core: Arc<Core>,
+    /// Makes collect / snapshot / clear / unregister / live-snapshot instants one at a time and
+    /// owns the pagemap scanner; first in the lock order (`core`'s lock table). Only user
+    /// threads take it (the monitor never does).
+    harvest: Mutex<Harvest>,
     monitor: Option<Monitor>,
 }
 
@@ -465,7 +379,7 @@ impl Tracker {
     pub fn unregister(&self, id: RangeId) -> Result<(), Error> {
         self.core.check_usable()?;
         let core = &*self.core;
-        let _harvest = core.harvest.lock();
+        let _harvest = self.harvest.lock();
         let _registry = core.registry.lock();
         let r = {
             let mut ranges = core.ranges.write();
@@ -494,9 +408,20 @@ impl Tracker {
         self.harvest(None, Kind::Collect)
     }
 
-    /// The pages written since the last collect or clear, without resetting anything.
-    pub fn snapshot(&self) -> Result<DirtySet, Error> {
+    /// The pages written since the last collect or clear, without resetting anything: a look at
+    /// the dirty set (not a copy of memory: that is [`Tracker::live_snapshot`]).
+    pub fn peek(&self) -> Result<DirtySet, Error> {
         self.harvest(None, Kind::Snapshot)
+    }
+
+    /// Renamed [`Tracker::peek`] (a look at the dirty set, not to be confused with
+    /// [`Tracker::live_snapshot`], a copy of memory).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `peek` (not to be confused with live_snapshot)"
+    )]
+    pub fn snapshot(&self) -> Result<DirtySet, Error> {
+        self.peek()
     }
 
     /// Resets every range to clean without reporting.
@@ -509,9 +434,15 @@ impl Tracker {
         self.harvest(Some(id), Kind::Collect)
     }
 
-    /// [`Tracker::snapshot`] for one range.
-    pub fn snapshot_range(&self, id: RangeId) -> Result<DirtySet, Error> {
+    /// [`Tracker::peek`] for one range.
+    pub fn peek_range(&self, id: RangeId) -> Result<DirtySet, Error> {
         self.harvest(Some(id), Kind::Snapshot)
+    }
+
+    /// Renamed [`Tracker::peek_range`].
+    #[deprecated(since = "0.1.0", note = "renamed `peek_range`")]
+    pub fn snapshot_range(&self, id: RangeId) -> Result<DirtySet, Error> {
+        self.peek_range(id)
     }
 
     /// [`Tracker::clear`] for one range.
@@ -587,7 +518,10 @@ impl Tracker {
     ///
     /// The instant acts as a collect of this range: [`LiveCopy::dirty_at_instant`](crate::LiveCopy::dirty_at_instant) holds the
     /// pages written since the previous collect, and the next `collect` reports the pages written
-    /// since the instant. The first write to each page after the instant waits while the monitor
+    /// since the instant. Until [`LiveCopy::commit`](crate::LiveCopy::commit) is called, the copy
+    /// owes those pre-instant pages to the tracker: if the snapshot fails, is dropped before
+    /// `wait`, or its copy is dropped uncommitted (a dump that failed), they are handed back and
+    /// the next collect reports them. The first write to each page after the instant waits while the monitor
     /// copies the page (one page copy on top of the sync-mode round trip). Memory: one copy of
     /// the range.
     ///
@@ -597,8 +531,9 @@ impl Tracker {
     /// # let (addr, len) = (std::ptr::null_mut(), 0);
     /// let tracker = Tracker::builder().mode(Mode::Sync).build()?;
     /// let id = tracker.register(addr, len)?;
-    /// let copy = tracker.live_snapshot(id)?.wait()?;   // writers kept running
+    /// let mut copy = tracker.live_snapshot(id)?.wait()?;   // writers kept running
     /// // copy.data: the range at the instant; tracker.collect(): what changed since
+    /// copy.commit(); // once copy.data is stored
     /// # Ok(()) }
     /// ```
     pub fn live_snapshot(&self, id: RangeId) -> Result<LiveSnapshot, Error> {
@@ -610,7 +545,7 @@ impl Tracker {
                 mode: core.mode,
             });
         }
-        let mut h = core.harvest.lock();
+        let mut h = self.harvest.lock();
         let r = core
             .ranges
             .read()
@@ -672,7 +607,7 @@ impl Tracker {
     fn harvest(&self, only: Option<RangeId>, kind: Kind) -> Result<DirtySet, Error> {
         self.core.check_usable()?;
         let core = &*self.core;
-        let mut h = core.harvest.lock();
+        let mut h = self.harvest.lock();
         let ranges: Vec<Arc<RangeState>> = match only {
             None => core.ranges.read().clone(),
             Some(id) => vec![core

@@ -42,8 +42,8 @@ per_mode! {
         r.rebase();
         r.touch(3);
         r.touch(4);
-        let s1 = t.snapshot().unwrap();
-        let s2 = t.snapshot().unwrap();
+        let s1 = t.peek().unwrap();
+        let s2 = t.peek().unwrap();
         assert_eq!(s1, s2);
         assert_eq!(s1.len(), 2);
         r.touch(9);

@@ -87,7 +87,7 @@ per_mode! {
             assert!(matches!(res, Err(Error::UnknownRange(x)) if x == id));
         }
         assert!(matches!(t.collect_range(id), Err(Error::UnknownRange(_))));
-        assert!(matches!(t.snapshot_range(id), Err(Error::UnknownRange(_))));
+        assert!(matches!(t.peek_range(id), Err(Error::UnknownRange(_))));
         assert!(matches!(other.collect_range(id), Err(Error::UnknownRange(_))));
         // After unregister, the memory can be registered again (by this or another tracker).
         other.register(r.ptr(), r.len).unwrap();
@@ -209,7 +209,7 @@ per_mode! {
         assert!(e.to_string().contains("un-protected"), "{e}");
         // Writers are not blocked: every page can be written.
         for i in 0..r.pages() { r.touch(i); }
-        assert!(matches!(t.snapshot_range(id), Err(Error::Poisoned(_))));
+        assert!(matches!(t.peek_range(id), Err(Error::Poisoned(_))));
         assert!(matches!(t.register(r.ptr(), r.len), Err(Error::Poisoned(_))));
     }
 }

@@ -119,7 +119,7 @@ per_mode! {
         };
         assert_ne!(p, libc::MAP_FAILED);
         r.touch(2); // a write into the new, untracked memory
-        for res in [t.collect().map(drop), t.snapshot().map(drop), t.clear()] {
+        for res in [t.collect().map(drop), t.peek().map(drop), t.clear()] {
             assert!(matches!(res, Err(Error::RangeLost { .. })), "{res:?}");
         }
         t.unregister(id).unwrap();

@@ -579,7 +579,7 @@ per_mode! {
             if let Err(e) = kernel_write(&a, 11) {
                 out += &format!("(no pipe for a kernel write: {e}) ");
             }
-            let s = t.snapshot().map_err(|e| format!("snapshot without fds: {e}"))?;
+            let s = t.peek().map_err(|e| format!("snapshot without fds: {e}"))?;
             let d = t.collect().map_err(|e| format!("collect without fds: {e}"))?;
             check(s.len() == d.len(), || format!("snapshot {s:?} vs collect {d:?}"))?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.check(&d, true))).map_err(|_| format!("oracle: {d:?}"))?;
@@ -838,9 +838,9 @@ per_mode! {
                             }),
                             2 => id.map_or(Ok(()), |id| t.unregister(id)),
                             3 => t.collect().map(|d| seen.lock().unwrap().union(&d)),
-                            4 => t.snapshot().map(drop),
+                            4 => t.peek().map(drop),
                             5 => id.map_or(Ok(()), |id| t.collect_range(id).map(drop)),
-                            6 => id.map_or(Ok(()), |id| t.snapshot_range(id).map(drop)),
+                            6 => id.map_or(Ok(()), |id| t.peek_range(id).map(drop)),
                             7 => id.map_or(Ok(()), |id| t.clear_range(id)),
                             _ => { let _ = t.ranges(); id.map_or(Ok(()), |id| t.range(id).map(drop)) }
                         };
@@ -961,4 +961,90 @@ fn writers_faulting_while_another_thread_drops_the_tracker() {
             ))
         }),
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live snapshot whose copy thread cannot start
+// ---------------------------------------------------------------------------------------------
+
+/// A live snapshot whose background copy thread cannot be spawned (the process is at its
+/// `RLIMIT_NPROC`, a real kernel refusal: `clone` answers `EAGAIN`) fails with a clear
+/// resource error, hands the pages written before the instant back (the next collect reports
+/// them), and leaves no copy-on-write state behind (the next snapshot works).
+#[test]
+fn live_snapshot_whose_copy_thread_cannot_start_loses_nothing() {
+    if dirtytrack::Capabilities::probe().check_sync().is_err() {
+        skip("sync mode is unavailable here (live snapshots need it)");
+        return;
+    }
+    let o = in_child(Duration::from_secs(30), || {
+        let t = Tracker::builder()
+            .mode(Mode::Sync)
+            .build()
+            .map_err(|e| format!("build: {e}"))?;
+        let mut r = Region::anon(256);
+        let id = t
+            .register(r.ptr(), r.len)
+            .map_err(|e| format!("register: {e}"))?;
+        r.rebase();
+        let written = [0, 7, 100, 255];
+        for p in written {
+            r.touch(p);
+        }
+        // uid 65534 (no CAP_SYS_ADMIN or CAP_SYS_RESOURCE, which bypass the limit) with room for
+        // no more task than it has: the main thread and the monitor. The hard limit stays, so
+        // the soft one can be raised again.
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reading this child's own resource limit into a local.
+        unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut old) };
+        let lim = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: setting this child's own resource limit.
+        check(
+            unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) } == 0,
+            || format!("setrlimit: {}", std::io::Error::last_os_error()),
+        )?;
+        drop_privileges(true)?;
+        check(std::thread::Builder::new().spawn(|| ()).is_err(), || {
+            "a thread could still be spawned at RLIMIT_NPROC=1".into()
+        })?;
+        let e = match t.live_snapshot(id) {
+            Err(e) => e,
+            Ok(_) => return Err("the live snapshot started without a copy thread".into()),
+        };
+        check(matches!(e, Error::ResourceExhausted { .. }), || {
+            format!("expected ResourceExhausted, got: {e}")
+        })?;
+        let msg = e.to_string();
+        check(msg.contains("nothing was lost"), || {
+            format!("message: {msg}")
+        })?;
+        let d = t.collect().map_err(|e| format!("collect: {e}"))?;
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.check(&d, true)))
+            .map_err(|_| format!("the oracle failed: pre-instant writes lost? {d:?}"))?;
+        check(got == (4, 4), || format!("changed/reported {got:?}"))?;
+        // Threads again: the range takes a snapshot (no stale copy-on-write state).
+        // SAFETY: as above (back to the old limits).
+        unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &old) };
+        r.touch(9);
+        let mut copy = t
+            .live_snapshot(id)
+            .map_err(|e| format!("live_snapshot after the limit was raised: {e}"))?
+            .wait()
+            .map_err(|e| format!("wait: {e}"))?;
+        copy.commit();
+        let instant: Vec<usize> = copy
+            .dirty_at_instant
+            .pages()
+            .map(|a| (a - r.addr) / page())
+            .collect();
+        check(instant == [9], || format!("dirty_at_instant {instant:?}"))?;
+        Ok(format!("refused with: {msg}"))
+    });
+    expect_pass("live snapshot without a copy thread", o);
 }

@@ -988,7 +988,7 @@ impl Sut {
                 }
             }
             Op::Snapshot => {
-                let res = self.t.snapshot();
+                let res = self.t.peek();
                 if !self.expect_lost(&res, "snapshot") {
                     let keys = self.live_keys();
                     self.check(&res.expect("ok"), &keys, "snapshot");
@@ -1006,7 +1006,7 @@ impl Sut {
                 let lost = self.pre.range(*k).expect("range").lost;
                 let res = match op {
                     Op::CollectRange(_) => self.t.collect_range(id),
-                    Op::SnapshotRange(_) => self.t.snapshot_range(id),
+                    Op::SnapshotRange(_) => self.t.peek_range(id),
                     _ => self.t.clear_range(id).map(|()| DirtySet::new()),
                 };
                 let what = format!("{op:?}");

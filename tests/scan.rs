@@ -65,7 +65,7 @@ per_mode! {
         b.rebase();
         a.touch(1);
         b.touch(2);
-        assert_eq!(t.snapshot_range(ia).unwrap().len(), 1);
+        assert_eq!(t.peek_range(ia).unwrap().len(), 1);
         let da = t.collect_range(ia).unwrap();
         assert_eq!(a.check(&da, true), (1, 1));
         assert!(!da.contains(b.page_addr(2)), "a per-range collect reports only its range");

@@ -603,7 +603,7 @@ enum dt_status dt_tracker_new(struct dt_tracker **out);
  `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`.
 
  Ownership: on `DT_OK` the caller owns `*out` and frees it with `dt_tracker_free`; on error
- `*out` is set to NULL. One tracker per process is the supported setup.
+ `*out` is set to NULL. Several trackers may live in one process; each range belongs to one.
 
  Thread safety: any thread. The tracker may then be used from any thread, concurrently.
 

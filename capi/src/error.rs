@@ -68,6 +68,8 @@ const C_NAMES: &[(&str, &str)] = &[
     ("Tracker::unregister", "dt_unregister"),
     ("Tracker::register", "dt_register"),
     ("Tracker::collect", "dt_collect"),
+    ("Tracker::peek_range", "dt_snapshot_range"),
+    ("Tracker::peek", "dt_snapshot"),
     ("Tracker::snapshot", "dt_snapshot"),
     ("Tracker::clear", "dt_clear"),
     ("Tracker::ranges", "dt_ranges"),

@@ -310,7 +310,7 @@ pub unsafe extern "C" fn dt_tracker_new(out: *mut *mut tracker) -> status {
 /// `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`.
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` and frees it with `dt_tracker_free`; on error
-/// `*out` is set to NULL. One tracker per process is the supported setup.
+/// `*out` is set to NULL. Several trackers may live in one process; each range belongs to one.
 ///
 /// Thread safety: any thread. The tracker may then be used from any thread, concurrently.
 ///
@@ -551,7 +551,7 @@ pub unsafe extern "C" fn dt_collect(t: *mut tracker, out: *mut *mut dirty_set) -
 #[no_mangle]
 pub unsafe extern "C" fn dt_snapshot(t: *const tracker, out: *mut *mut dirty_set) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, Tracker::snapshot) }
+    unsafe { harvest_into(t, out, Tracker::peek) }
 }
 
 /// Resets every range to clean without reporting.
@@ -599,7 +599,7 @@ pub unsafe extern "C" fn dt_snapshot_range(
     out: *mut *mut dirty_set,
 ) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, |t| t.snapshot_range(RangeId::from_raw(range_id))) }
+    unsafe { harvest_into(t, out, |t| t.peek_range(RangeId::from_raw(range_id))) }
 }
 
 /// `dt_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).

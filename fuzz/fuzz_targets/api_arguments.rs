@@ -574,7 +574,7 @@ fn run_op(w: &World, m: &mut Model, op: Op) {
         }
         Op::Collect | Op::Snapshot => {
             let collect = matches!(op, Op::Collect);
-            let set = if collect { t.collect() } else { t.snapshot() };
+            let set = if collect { t.collect() } else { t.peek() };
             let set = set.unwrap_or_else(|e| panic!("{op:?}: {e}"));
             let ids: Vec<RangeId> = m.live.iter().map(|l| l.0).collect();
             check_dirty(&format!("{op:?}"), w, m, &ids, &set);
@@ -589,7 +589,7 @@ fn run_op(w: &World, m: &mut Model, op: Op) {
         Op::CollectRange(sel) | Op::SnapshotRange(sel) => {
             let Some(id) = pick_id(w, m, sel) else { return };
             let collect = matches!(op, Op::CollectRange(_));
-            let res = if collect { t.collect_range(id) } else { t.snapshot_range(id) };
+            let res = if collect { t.collect_range(id) } else { t.peek_range(id) };
             if m.find(id).is_none() {
                 return unknown("collect_range/snapshot_range", id, res);
             }

@@ -17,8 +17,8 @@
 //! - never pass an empty vector with `WP_MATCHING` (it re-protects and reports nothing).
 
 use super::{lost_error, range_error, Kind};
+use crate::bitmap::Segment;
 use crate::core::Core;
-use crate::dirty_set::Segment;
 use crate::range::RangeState;
 use crate::sys::pagemap::{self, PageRegion, ScanRequest};
 use crate::sys::uffd;

@@ -5,6 +5,7 @@
 //! - [`monitor`]: the thread that reads the userfaultfd (faults in sync mode, events in both).
 
 pub(crate) mod async_wp;
+pub(crate) mod live;
 pub(crate) mod monitor;
 pub(crate) mod sync_wp;
 
@@ -13,6 +14,14 @@ use crate::range::RangeState;
 use crate::sys::uffd;
 use crate::Error;
 use std::io;
+
+/// What the tracker's `harvest` lock owns (see `core`'s lock table): the `/proc/self/pagemap`
+/// scanner, so one scan runs at a time. Async mode always has one; sync mode only where the
+/// kernel can show pages changed with no event (guard regions, see `sync_wp`).
+pub(crate) struct Harvest {
+    /// The scanner, if this mode and kernel use one.
+    pub(crate) scanner: Option<async_wp::Scanner>,
+}
 
 /// What a harvest does with the written state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,11 +29,11 @@
 
 use super::async_wp::Scanner;
 use super::{lost_error, range_error, Kind};
+use crate::bitmap::Segment;
 use crate::core::Core;
-use crate::dirty_set::Segment;
-use crate::probe::Prefault;
 use crate::range::RangeState;
 use crate::sys::{mem, uffd};
+use crate::types::Prefault;
 use crate::Error;
 use bitvec::prelude::*;
 use std::os::fd::AsFd;

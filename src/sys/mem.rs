@@ -215,3 +215,34 @@ pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The safe `madvise` refuses advice that would change what memory reads as.
+    #[test]
+    fn safe_madvise_refuses_destructive_advice() {
+        let ps = crate::sys::page_size();
+        let m = AnonMapping::new(ps).unwrap();
+        let mut one = [7u8];
+        // SAFETY: writing one byte of our own fresh mapping.
+        unsafe { (m.addr() as *mut u8).write_volatile(7) };
+        for advice in [
+            libc::MADV_DONTNEED,
+            libc::MADV_REMOVE,
+            libc::MADV_FREE,
+            MADV_GUARD_INSTALL,
+        ] {
+            let e = madvise(m.addr(), ps, advice).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "advice {advice}");
+        }
+        read_own_memory(m.addr(), &mut one).unwrap();
+        assert_eq!(one, [7], "the memory kept its contents");
+        madvise(m.addr(), ps, MADV_POPULATE_READ).unwrap();
+        // SAFETY: our own mapping, no reference into it.
+        unsafe { madvise_destructive(m.addr(), ps, libc::MADV_DONTNEED) }.unwrap();
+        read_own_memory(m.addr(), &mut one).unwrap();
+        assert_eq!(one, [0]);
+    }
+}

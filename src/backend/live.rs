@@ -21,61 +21,18 @@
 //! lock that orders marks with sync-mode collects), so a later collect reports them. The
 //! copy-on-write state is removed on every one of these paths.
 
+use crate::bitmap::Segment;
 use crate::core::Core;
-use crate::dirty_set::{DirtySet, Segment};
+use crate::cow::Cow;
+use crate::dirty_set::DirtySet;
 use crate::range::RangeState;
 use crate::sys::mem;
 use crate::Error;
-use bitvec::prelude::*;
-use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 /// Pages the background pass copies per hold of the `batch` lock (writers wait at most this long).
 const CHUNK: usize = 64;
-
-/// The copy-on-write state of a range during a live snapshot.
-pub(crate) struct Cow {
-    /// Written (a page copied, `failed` set) only while the tracker's `batch` lock is held
-    /// (monitor, background pass); [`LiveSnapshot::progress`] and the final read in `finish`
-    /// lock it without `batch` to read (after `finish` removed the state from the range under
-    /// `batch`, nobody writes it any more). Lock order: `batch` → `Cow::state`.
-    state: Mutex<CowState>,
-}
-
-struct CowState {
-    data: Vec<u8>,
-    copied: BitVec<u64, Lsb0>,
-    failed: Option<String>,
-}
-
-impl Cow {
-    /// Copies page `i` (at `addr`) if it has not been copied yet. Caller holds `batch`.
-    pub(crate) fn copy_page(&self, i: usize, addr: usize, page_size: usize) {
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        if st.failed.is_some() || st.copied.get(i).map_or(true, |b| *b) {
-            return;
-        }
-        let dst = &mut st.data[i * page_size..(i + 1) * page_size];
-        match mem::read_own_memory(addr, dst) {
-            Ok(()) => st.copied.set(i, true),
-            Err(e) => st.failed = Some(format!("copying page {addr:#x} failed: {e}")),
-        }
-    }
-
-    /// A discard, unmap or move hit `[from, to)` pages (indices): fails the snapshot if any of
-    /// them was not copied yet. Caller holds `batch`.
-    pub(crate) fn disturbed(&self, from: usize, to: usize, what: &str) {
-        let mut st = self.state.lock();
-        let to = to.min(st.copied.len());
-        if from < to && !st.copied[from..to].all() && st.failed.is_none() {
-            st.failed = Some(format!(
-                "{what} changed pages of the range before they were copied, so their contents at the snapshot instant are gone"
-            ));
-        }
-    }
-}
 
 /// A live snapshot in progress; [`LiveSnapshot::wait`] gives the copy.
 ///
@@ -307,13 +264,7 @@ pub(crate) fn alloc_buffer(bytes: usize) -> Result<Vec<u8>, Error> {
 
 /// Installs the copy-on-write state on `range` (caller holds `batch`, right after re-protecting).
 pub(crate) fn install(range: &RangeState, data: Vec<u8>, pages: usize) {
-    *range.cow.lock() = Some(Arc::new(Cow {
-        state: Mutex::new(CowState {
-            data,
-            copied: bitvec![u64, Lsb0; 0; pages],
-            failed: None,
-        }),
-    }));
+    *range.cow.lock() = Some(Arc::new(Cow::new(data, pages)));
 }
 
 fn background_pass(core: &Core, range: &RangeState, cow: &Cow, addr: usize) {
