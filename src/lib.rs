@@ -67,8 +67,6 @@ mod sys;
 mod tracker;
 mod types;
 
-#[cfg(feature = "capi")]
-pub mod capi;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzz_api;

@@ -80,6 +80,19 @@ impl Backing {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RangeId(pub(crate) u64);
 
+impl RangeId {
+    /// The id as a number (never 0), for bindings and logs: the C API's `uint64_t` range ids.
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+
+    /// The id numbered `raw`. Any number is accepted: one that this tracker did not return is
+    /// reported as [`Error::UnknownRange`](crate::Error::UnknownRange) by the call that uses it.
+    pub fn from_raw(raw: u64) -> RangeId {
+        RangeId(raw)
+    }
+}
+
 impl fmt::Debug for RangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RangeId({})", self.0)

@@ -1,6 +1,7 @@
 /*
  * test_capi.c: tests of the dirtytrack C API, normal use and every error path a C program can
- * reach. Run by scripts/check-capi natively, under valgrind and under AddressSanitizer.
+ * reach. Run by scripts/check-capi natively, under valgrind and under AddressSanitizer, linked
+ * with the test library (feature `testing`: it has the dt__test_* hooks).
  *
  * Exit code: 0 if every check passed, 1 otherwise, 77 if this machine cannot create any tracker
  * (no userfaultfd: permissions or kernel), so there is nothing to test.
@@ -24,12 +25,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Test hooks exported by the library but not declared in the header. */
+/* Test hooks: only in the library built with the capi crate's `testing` feature, not in the
+ * header. */
 dt_status dt__test_panic(void);
 dt_status dt__test_poison(dt_tracker *t);
 
@@ -114,11 +117,16 @@ static void test_statics(void) {
     EXPECT(dt__test_panic(), DT_ERR_PANIC);
     MESSAGE_HAS("panic");
     MESSAGE_HAS("dt__test_panic was called");
-    /* The next successful call clears the message. */
+    /* Like errno: successful calls keep the last failure's message ... */
     dt_dirty_set *s = NULL;
     OK(dt_dirty_set_new(&s));
-    ASSERT(strcmp(dt_last_error_message(), "") == 0);
     OK(dt_dirty_set_free(s));
+    OK(dt_dirty_set_free(NULL));
+    MESSAGE_HAS("dt__test_panic was called");
+    /* ... and the next failing call replaces it. */
+    EXPECT(dt_dirty_set_free(s), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("already freed");
+    ASSERT(strstr(dt_last_error_message(), "dt__test_panic") == NULL);
 }
 
 static void test_probe_report(void) {
@@ -260,7 +268,8 @@ static void test_unknown_ranges(dt_tracker *t) {
     dt_dirty_set *s = (dt_dirty_set *)0x1;
     dt_range_info info;
     EXPECT(dt_unregister(t, 0), DT_ERR_UNKNOWN_RANGE);
-    MESSAGE_HAS("RangeId(0) is not registered with this tracker");
+    MESSAGE_HAS("range 0 is not registered with this tracker");
+    ASSERT(strstr(dt_last_error_message(), "RangeId") == NULL);
     EXPECT(dt_unregister(t, 987654), DT_ERR_UNKNOWN_RANGE);
     EXPECT(dt_collect_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
     ASSERT(s == NULL);
@@ -470,12 +479,198 @@ static void test_capabilities(dt_tracker *t) {
     size_t need2 = 0;
     OK(dt_capabilities_report(t, buf, need, &need2));
     ASSERT(need2 == need && strlen(buf) == need - 1);
-    ASSERT(strstr(buf, "Mode::Auto") != NULL);
+    ASSERT(strstr(buf, "DT_MODE_AUTO chooses DT_MODE_") != NULL);
+    ASSERT(strstr(buf, "Mode::") == NULL);
     char tiny[1] = {'x'};
     EXPECT(dt_capabilities_report(t, tiny, 1, NULL), DT_ERR_BUFFER_TOO_SMALL);
     ASSERT(tiny[0] == '\0');
     EXPECT(dt_capabilities_report(NULL, buf, need, NULL), DT_ERR_NULL);
     free(buf);
+}
+
+static void test_message_persistence(dt_tracker *t) {
+    section("the last failure's message survives the cleanup calls that follow it (errno rule)");
+    dt_dirty_set *s = (dt_dirty_set *)0x1;
+    EXPECT(dt_collect_range(t, 999999, &s), DT_ERR_UNKNOWN_RANGE);
+    char saved[512];
+    snprintf(saved, sizeof saved, "%s", dt_last_error_message());
+    ASSERT(strstr(saved, "range 999999 is not registered") != NULL);
+    /* A `goto fail` cleanup: every call succeeds, none erases the message. */
+    dt_mode mode;
+    OK(dt_dirty_set_free(s)); /* s was set to NULL */
+    OK(dt_tracker_mode(t, &mode));
+    dt_dirty_set *other = NULL;
+    OK(dt_dirty_set_new(&other));
+    OK(dt_dirty_set_free(other));
+    (void)dt_page_size();
+    (void)dt_open_handles();
+    ASSERT(strcmp(dt_last_error_message(), saved) == 0);
+}
+
+static void test_builder(dt_tracker *t, int skip_sync_writes) {
+    section("tracker builder: options, invalid values, build, free");
+    EXPECT(dt_tracker_builder_new(NULL), DT_ERR_NULL);
+    dt_tracker_builder *b = NULL;
+    OK(dt_tracker_builder_new(&b));
+    ASSERT(b != NULL);
+    EXPECT(dt_tracker_builder_set_mode(b, 7), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("7 is not a dt_mode");
+    EXPECT(dt_tracker_builder_set_thp(b, 2), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("is not a dt_thp");
+    EXPECT(dt_tracker_builder_set_prefault(b, -1), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("is not a dt_prefault");
+    EXPECT(dt_tracker_builder_set_mode(NULL, DT_MODE_SYNC), DT_ERR_NULL);
+    EXPECT(dt_tracker_builder_set_mode((dt_tracker_builder *)t, DT_MODE_SYNC),
+           DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("is a dt_tracker, not a dt_tracker_builder");
+    EXPECT(dt_tracker_builder_build(b, NULL), DT_ERR_NULL);
+    dt_tracker *t2 = (dt_tracker *)0x1;
+    EXPECT(dt_tracker_builder_build(NULL, &t2), DT_ERR_NULL);
+    ASSERT(t2 == NULL);
+
+    /* The same mode as `t`, THP disabled: tracks exactly like `t`. */
+    dt_mode mode, mode2;
+    OK(dt_tracker_mode(t, &mode));
+    OK(dt_tracker_builder_set_mode(b, mode));
+    OK(dt_tracker_builder_set_thp(b, DT_THP_DISABLE));
+    OK(dt_tracker_builder_build(b, &t2));
+    OK(dt_tracker_mode(t2, &mode2));
+    ASSERT(mode2 == mode);
+    char *mem = map(8);
+    uint64_t id = 0;
+    OK(dt_register(t2, mem, 8 * PS, &id));
+    if (mode == DT_MODE_ASYNC || !skip_sync_writes) {
+        mem[2 * PS] = 1;
+        mem[7 * PS + 9] = 1;
+        dt_dirty_set *s = NULL;
+        OK(dt_collect(t2, &s));
+        ASSERT(set_len(s) == 2 && has(s, mem + 2 * PS) && has(s, mem + 7 * PS));
+        OK(dt_dirty_set_free(s));
+    }
+    OK(dt_unregister(t2, id));
+    OK(dt_tracker_free(t2));
+    munmap(mem, 8 * PS);
+
+    /* Sync mode with an explicit prefault strategy, when this process can run sync mode. */
+    dt_capabilities caps;
+    OK(dt_probe_capabilities(&caps));
+    if (caps.sync_status == DT_OK && caps.madv_populate_read) {
+        OK(dt_tracker_builder_set_mode(b, DT_MODE_SYNC));
+        OK(dt_tracker_builder_set_prefault(b, DT_PREFAULT_POPULATE_READ));
+        OK(dt_tracker_builder_set_thp(b, DT_THP_LEAVE));
+        OK(dt_tracker_builder_build(b, &t2));
+        OK(dt_tracker_mode(t2, &mode2));
+        ASSERT(mode2 == DT_MODE_SYNC);
+        OK(dt_tracker_free(t2));
+    } else {
+        printf("  - SKIP builder in sync mode: %s\n", caps.sync_why_not);
+    }
+    /* The builder is not consumed by building; freed once, then invalid. */
+    OK(dt_tracker_builder_free(b));
+    EXPECT(dt_tracker_builder_free(b), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_builder_set_mode(b, DT_MODE_AUTO), DT_ERR_INVALID_HANDLE);
+    OK(dt_tracker_builder_free(NULL));
+}
+
+static void test_ranges(dt_tracker *t) {
+    section("dt_ranges: count query, short buffer, full list, registration order");
+    size_t n = 99;
+    OK(dt_ranges(t, NULL, 0, &n));
+    ASSERT(n == 0);
+    char *a = map(4), *b = map(2), *c = map(1);
+    uint64_t ia = 0, ib = 0, ic = 0;
+    OK(dt_register(t, a, 4 * PS, &ia));
+    OK(dt_register(t, b, 2 * PS, &ib));
+    OK(dt_register(t, c, 1 * PS, &ic));
+    EXPECT(dt_ranges(t, NULL, 0, &n), DT_ERR_BUFFER_TOO_SMALL);
+    ASSERT(n == 3);
+    MESSAGE_HAS("call again with at least 3");
+    dt_range_info buf[4];
+    memset(buf, 0, sizeof buf);
+    EXPECT(dt_ranges(t, buf, 2, &n), DT_ERR_BUFFER_TOO_SMALL);
+    ASSERT(n == 3 && buf[0].id == ia && buf[1].id == ib && buf[2].id == 0);
+    OK(dt_ranges(t, buf, 4, &n));
+    ASSERT(n == 3);
+    ASSERT(buf[0].id == ia && buf[0].addr == (uintptr_t)a && buf[0].len == 4 * PS && !buf[0].lost);
+    ASSERT(buf[1].id == ib && buf[1].addr == (uintptr_t)b && buf[1].len == 2 * PS);
+    ASSERT(buf[2].id == ic && buf[2].registered_addr == (uintptr_t)c && buf[2].len == PS);
+    EXPECT(dt_ranges(t, NULL, 1, &n), DT_ERR_NULL);
+    EXPECT(dt_ranges(t, buf, 4, NULL), DT_ERR_NULL);
+    EXPECT(dt_ranges(NULL, buf, 4, &n), DT_ERR_NULL);
+    OK(dt_unregister(t, ib));
+    OK(dt_ranges(t, buf, 4, &n));
+    ASSERT(n == 2 && buf[0].id == ia && buf[1].id == ic);
+    OK(dt_unregister(t, ia));
+    OK(dt_unregister(t, ic));
+    munmap(a, 4 * PS);
+    munmap(b, 2 * PS);
+    munmap(c, PS);
+}
+
+/* The string in a fixed char array is NUL-terminated within it. */
+static int terminated(const char *s, size_t size) { return memchr(s, 0, size) != NULL; }
+
+static void test_capabilities_struct(dt_tracker *t) {
+    section("dt_capabilities: probe and tracker, modes and why not, C words");
+    EXPECT(dt_probe_capabilities(NULL), DT_ERR_NULL);
+    dt_capabilities c, ct;
+    memset(&c, 0x7f, sizeof c);
+    OK(dt_probe_capabilities(&c));
+    ASSERT(terminated(c.kernel_release, DT_KERNEL_RELEASE_LEN));
+    ASSERT(terminated(c.async_why_not, DT_REASON_LEN) && terminated(c.sync_why_not, DT_REASON_LEN));
+    struct utsname u;
+    ASSERT(uname(&u) == 0 && strcmp(u.release, c.kernel_release) == 0);
+    ASSERT(c.features != 0 && (c.full_userfaultfd || c.user_mode_only_userfaultfd));
+    ASSERT(c.prefault != DT_PREFAULT_BEST);
+    /* Each mode: available, or a code and a reason in C words. */
+    ASSERT((c.async_status == DT_OK) == (c.async_why_not[0] == '\0'));
+    ASSERT((c.sync_status == DT_OK) == (c.sync_why_not[0] == '\0'));
+    ASSERT(strstr(c.async_why_not, "Mode::") == NULL && strstr(c.sync_why_not, "Mode::") == NULL);
+    /* Async needs UFFD_FEATURE_WP_ASYNC (1 << 15) and PAGEMAP_SCAN. */
+    ASSERT(c.async_status != DT_OK || ((c.features & (1u << 15)) && c.pagemap_scan));
+    dt_mode mode;
+    OK(dt_tracker_mode(t, &mode)); /* t was built with DT_MODE_AUTO */
+    ASSERT(c.auto_mode == mode);
+    ASSERT(mode != DT_MODE_ASYNC || c.async_status == DT_OK);
+
+    memset(&ct, 0, sizeof ct);
+    OK(dt_tracker_capabilities(t, &ct));
+    ASSERT(strcmp(ct.kernel_release, c.kernel_release) == 0 && ct.auto_mode == mode);
+    ASSERT(ct.features == c.features && ct.async_status == c.async_status);
+    EXPECT(dt_tracker_capabilities(NULL, &ct), DT_ERR_NULL);
+    EXPECT(dt_tracker_capabilities(t, NULL), DT_ERR_NULL);
+}
+
+static void test_mark_dirty(dt_tracker *t) {
+    section("dt_mark_dirty: unaligned spans, zero length, untracked memory, overflow");
+    char *mem = map(8), *other = map(2);
+    uint64_t id = 0;
+    OK(dt_register(t, mem, 8 * PS, &id));
+    dt_dirty_set *s = NULL;
+    /* From inside page 3 to inside page 5: pages 3, 4 and 5. */
+    OK(dt_mark_dirty(t, mem + 3 * PS + 10, 2 * PS));
+    OK(dt_mark_dirty(t, mem + 7 * PS, 0)); /* nothing */
+    OK(dt_collect(t, &s));
+    ASSERT(set_len(s) == 3 && has(s, mem + 3 * PS) && has(s, mem + 4 * PS) && has(s, mem + 5 * PS));
+    OK(dt_dirty_set_free(s));
+    OK(dt_collect(t, &s)); /* the collect reset the marks */
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+
+    EXPECT(dt_mark_dirty(t, other, PS), DT_ERR_NOT_TRACKED);
+    MESSAGE_HAS("is not tracked");
+    MESSAGE_HAS("dt_mark_dirty records changes only for registered memory");
+    /* A span that runs past the range marks nothing. */
+    EXPECT(dt_mark_dirty(t, mem + 6 * PS, 4 * PS), DT_ERR_NOT_TRACKED);
+    OK(dt_snapshot(t, &s));
+    ASSERT(set_len(s) == 0);
+    OK(dt_dirty_set_free(s));
+    EXPECT(dt_mark_dirty(t, (void *)(UINTPTR_MAX - 10), 100), DT_ERR_ADDRESS_OVERFLOW);
+    EXPECT(dt_mark_dirty(NULL, mem, PS), DT_ERR_NULL);
+    OK(dt_unregister(t, id));
+    EXPECT(dt_mark_dirty(t, mem, PS), DT_ERR_NOT_TRACKED);
+    munmap(mem, 8 * PS);
+    munmap(other, 2 * PS);
 }
 
 static void test_range_lost(dt_tracker *t) {
@@ -531,7 +726,9 @@ static void test_needs_sync(dt_tracker *t) {
     dt_live_snapshot *ls = (dt_live_snapshot *)0x1;
     EXPECT(dt_live_snapshot_start(t, id, &ls), DT_ERR_NEEDS_SYNC_MODE);
     ASSERT(ls == NULL);
-    MESSAGE_HAS("needs Mode::Sync");
+    MESSAGE_HAS("needs DT_MODE_SYNC");
+    MESSAGE_HAS("dt_tracker_builder_set_mode(b, DT_MODE_SYNC)");
+    ASSERT(strstr(dt_last_error_message(), "Tracker::") == NULL);
     OK(dt_unregister(t, id));
     munmap(mem, 2 * PS);
 }
@@ -587,6 +784,10 @@ static void test_sync_mode(int skip_writes) {
     dt_live_copy *again = (dt_live_copy *)0x1;
     EXPECT(dt_live_snapshot_wait(ls, &again), DT_ERR_INVALID_HANDLE); /* consumed */
     ASSERT(again == NULL);
+    OK(dt_live_copy_commit(copy)); /* stored: page 4 is the copy's now */
+    OK(dt_live_copy_commit(copy)); /* twice is harmless */
+    EXPECT(dt_live_copy_commit(NULL), DT_ERR_NULL);
+    EXPECT(dt_live_copy_commit((dt_live_copy *)t), DT_ERR_INVALID_HANDLE);
     OK(dt_live_copy_free(copy));
     EXPECT(dt_live_snapshot_free(ls), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_live_snapshot_wait(NULL, &copy), DT_ERR_NULL);
@@ -611,7 +812,13 @@ static void test_sync_mode(int skip_writes) {
     OK(dt_dirty_set_free(at));
     EXPECT(dt_live_copy_data(copy, NULL, &len), DT_ERR_NULL);
     EXPECT(dt_live_copy_addr((dt_live_copy *)t, &addr), DT_ERR_INVALID_HANDLE);
+    /* Freed without a commit: the pre-instant page (5) goes back to the tracker. */
     OK(dt_live_copy_free(copy));
+    if (!skip_writes) {
+        OK(dt_collect_range(t, id, &s));
+        ASSERT(has(s, mem + 5 * PS) && has(s, mem + 6 * PS));
+        OK(dt_dirty_set_free(s));
+    }
     EXPECT(dt_live_copy_free(copy), DT_ERR_INVALID_HANDLE);
     OK(dt_live_copy_free(NULL));
 
@@ -795,7 +1002,7 @@ static void test_threads(void) {
     EXPECT(dt_unregister(sh.t, 424242), DT_ERR_UNKNOWN_RANGE);
     pthread_barrier_wait(&sh.barrier);
     pthread_join(th, NULL);
-    MESSAGE_HAS("RangeId(424242)");
+    MESSAGE_HAS("range 424242");
     ASSERT(!sh.bad);
 
     char *mem = map(64);
@@ -852,6 +1059,11 @@ int main(void) {
     test_iteration(t);
     test_sets(t);
     test_capabilities(t);
+    test_capabilities_struct(t);
+    test_message_persistence(t);
+    test_ranges(t);
+    test_mark_dirty(t);
+    test_builder(t, valgrind);
     if (valgrind) {
         printf("  - SKIP under valgrind: range lost (munmap of registered memory)\n");
     } else {

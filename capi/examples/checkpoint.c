@@ -5,10 +5,11 @@
  * runs and checks that exactly the written pages were reported. Two rounds, so the second shows
  * that a collect resets the pages it reported. Exit code 0 on success, 1 on any failure.
  *
- * Build (scripts/check-capi does this):
- *   cargo build --release --features capi
- *   cc -Wall -Wextra -Werror -Iinclude examples/c/checkpoint.c \
- *      target/release/libdirtytrack.a -lpthread -ldl -lm -o checkpoint
+ * Build against the installed library (scripts/check-capi does this too):
+ *   make -C capi install PREFIX=$HOME/.local
+ *   export PKG_CONFIG_PATH=$HOME/.local/lib/pkgconfig LD_LIBRARY_PATH=$HOME/.local/lib
+ *   cc -Wall -Wextra -Werror capi/examples/checkpoint.c $(pkg-config --cflags --libs dirtytrack) \
+ *      -o checkpoint
  */
 #include "dirtytrack.h"
 
