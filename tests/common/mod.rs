@@ -938,22 +938,21 @@ pub const SHARED_ANONYMOUS: Memory = Memory {
 
 pub const MEMFD_SHARED: Memory = Memory {
     name: "memfd shared",
-    map: |pages| {
-        let (region, fd) = Region::memfd(pages, true);
-        Mapped {
-            region,
-            fd: Some(fd),
-        }
-    },
+    map: |pages| Mapped::memfd(pages, true),
 };
 
 pub const MEMFD_PRIVATE: Memory = Memory {
     name: "memfd private",
-    map: |pages| {
-        let (region, fd) = Region::memfd(pages, false);
+    map: |pages| Mapped::memfd(pages, false),
+};
+
+impl Mapped {
+    /// [`Region::memfd`], with its fd.
+    fn memfd(pages: usize, shared: bool) -> Mapped {
+        let (region, fd) = Region::memfd(pages, shared);
         Mapped {
             region,
             fd: Some(fd),
         }
-    },
-};
+    }
+}
