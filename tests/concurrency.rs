@@ -1,7 +1,8 @@
-//! Writers racing collects: every write appears in the collect it raced with or the next one.
+//! Writers racing collects: every write appears in the collect it raced with or the next one
+//! (the stamp-window check of the shared oracle, `common::CollectHistory`).
 
 mod common;
-use common::{page, tracker, Region};
+use common::{page, tracker, CollectHistory, Region, WriteStamps};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,20 +25,14 @@ per_mode! {
         t.register(r.ptr(), r.len).unwrap();
         r.rebase();
         let r = Arc::new(r);
-        // `started` counts collects started (incremented just before each collect). A writer
-        // reads it before its store (`e`): the write happened after collect `e` started, so it
-        // belongs in collect `e` (if it raced it) or a later one. After the store it publishes
-        // `stamp[p] = e`, then `written[p] = true`.
-        let started = Arc::new(AtomicU64::new(0));
-        let stamp: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
-        let written: Arc<Vec<AtomicBool>> = Arc::new((0..PAGES).map(|_| AtomicBool::new(false)).collect());
+        // Each write is stamped with the number of collects started before its store, and
+        // must be in the collect it raced with or a later one (`common::WriteStamps`).
+        let stamps = Arc::new(WriteStamps::new(PAGES));
         let stop = Arc::new(AtomicBool::new(false));
         let stores = Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (r, started, stamp, written, stop, stores) = (
-                    r.clone(), started.clone(), stamp.clone(), written.clone(), stop.clone(), stores.clone(),
-                );
+                let (r, stamps, stop, stores) = (r.clone(), stamps.clone(), stop.clone(), stores.clone());
                 std::thread::spawn(move || {
                     let mut x = 0x9E3779B97F4A7C15u64 ^ (w as u64 + 1);
                     let mut n = 0u64;
@@ -46,10 +41,9 @@ per_mode! {
                         // Each writer owns the pages p with p % WRITERS == w.
                         let p = ((x as usize) % (PAGES / WRITERS)) * WRITERS + w;
                         let off = (x >> 32) as usize % page();
-                        let e = started.load(Ordering::Acquire);
+                        let e = stamps.stamp();
                         r.write(p, off, r.read(p, off).wrapping_add(1) | 1);
-                        stamp[p].store(e, Ordering::Release);
-                        written[p].store(true, Ordering::Release);
+                        stamps.written(p, e);
                         n += 1;
                     }
                     stores.fetch_add(n, Ordering::Relaxed);
@@ -57,34 +51,20 @@ per_mode! {
             })
             .collect();
         let deadline = Instant::now() + stress_duration();
-        // history[j - 1] = the set collect j reported.
-        let mut history: Vec<dirtytrack::DirtySet> = Vec::new();
-        let mut all = dirtytrack::DirtySet::new();
+        let mut history = CollectHistory::new();
         while Instant::now() < deadline {
             // Writes completed before collect k starts: page and the stamp of a completed write.
-            let done: Vec<(usize, u64)> = (0..PAGES)
-                .filter(|&p| written[p].swap(false, Ordering::AcqRel))
-                .map(|p| (p, stamp[p].load(Ordering::Acquire)))
-                .collect();
-            let k = started.fetch_add(1, Ordering::AcqRel) + 1;
-            let d = t.collect().unwrap();
-            all.union(&d);
-            history.push(d);
-            for (p, e) in done {
-                let a = r.page_addr(p);
-                let from = e.max(1);
-                assert!(
-                    (from..=k).any(|j| history[(j - 1) as usize].contains(a)),
-                    "LOST WRITE: page {p}, written after collect #{e} started and before #{k} started, is in none of collects #{from}..=#{k}"
-                );
-            }
+            let done = stamps.completed();
+            let k = stamps.start_collect();
+            history.push(t.collect().unwrap());
+            history.compare_stamped(&r, &done, k).assert_ok();
         }
         let collects = history.len();
         stop.store(true, Ordering::Relaxed);
         for w in writers { w.join().unwrap(); }
-        all.union(&t.collect().unwrap());
+        history.push(t.collect().unwrap());
         let mut r = Arc::try_unwrap(r).ok().expect("writers joined");
-        r.check(&all, false); // every page that changed over the whole run was reported
+        r.check(history.all(), false); // every page that changed over the whole run was reported
         let n = stores.load(Ordering::Relaxed);
         eprintln!("{mode:?}: {n} writes, {collects} collects, 0 lost");
         assert!(n > 0 && collects > 1);

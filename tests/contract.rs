@@ -6,10 +6,13 @@
 //! Tests that change system-wide state (swap, ksmd) serialise on a lock and restore it on drop.
 
 mod common;
-use common::{bounded, huge_page_size, page, tracker, HugetlbPool, Region};
+use common::{
+    bounded, huge_page_size, page, smaps_kb, tracker, vma_bounds, Mapped, Memory, Region,
+    MEMFD_PRIVATE, MEMFD_SHARED, PRIVATE_ANONYMOUS, SHARED_ANONYMOUS,
+};
 #[allow(unused_imports)]
 use dirtytrack::Mode;
-use dirtytrack::{Backing, DirtySet, RangeId, Tracker};
+use dirtytrack::{Backing, RangeId, Tracker};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
@@ -33,38 +36,6 @@ fn madvise(addr: usize, len: usize, advice: i32) {
     }
 }
 
-fn pages_of(d: &DirtySet, r: &Region) -> Vec<usize> {
-    d.pages()
-        .filter(|&a| a >= r.addr && a < r.addr + r.len)
-        .map(|a| (a - r.addr) / page())
-        .collect()
-}
-
-/// Sums a kB field (`Swap`, `KSM`, `AnonHugePages`, ...) of `/proc/self/smaps` over the VMAs
-/// overlapping `[addr, addr + len)`.
-fn smaps_kb(addr: usize, len: usize, field: &str) -> usize {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    let mut kb = 0;
-    for line in smaps.lines() {
-        if let Some((a, b)) = vma_bounds(line) {
-            inside = a < addr + len && addr < b;
-            continue;
-        }
-        if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
-            if inside {
-                kb += v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<usize>()
-                    .unwrap_or(0);
-            }
-        }
-    }
-    kb
-}
-
 /// The `VmFlags` of the VMA containing `addr`.
 fn vm_flags(addr: usize) -> Vec<String> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
@@ -79,15 +50,6 @@ fn vm_flags(addr: usize) -> Vec<String> {
         }
     }
     panic!("no VMA at {addr:#x}");
-}
-
-fn vma_bounds(line: &str) -> Option<(usize, usize)> {
-    let first = line.split_whitespace().next()?;
-    let (a, b) = first.split_once('-')?;
-    Some((
-        usize::from_str_radix(a, 16).ok()?,
-        usize::from_str_radix(b, 16).ok()?,
-    ))
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
@@ -181,7 +143,7 @@ per_mode! {
         let (changed, reported) = r.check(&d, false);
         eprintln!(
             "{mode:?}: MADV_FREE + PAGEOUT: changed {changed}, reported {reported} {:?}",
-            pages_of(&d, &r)
+            r.reported_pages(&d)
         );
         assert_eq!(changed, 8, "pages 0..8: seven zeroed, page 2 rewritten");
         assert_eq!(reported, 16, "every freed page is reported, changed or not (over-report: 8)");
@@ -319,62 +281,46 @@ fn swap_round_trip(t: &Tracker, id: RangeId, r: &mut Region) -> Vec<usize> {
         swapped.push(kb);
         kb
     };
-    bounded(t, id, "writes", || {
-        r.touch(0);
-        r.touch(5);
-    });
-    assert_eq!(r.check(&t.collect().unwrap(), true), (2, 2));
+    // Writes two pages (bounded: a writer stuck in a fault fails the test).
+    let write_two = |r: &Region, [a, b]: [usize; 2], what: &str| {
+        bounded(t, id, what, || {
+            r.touch(a);
+            r.touch(b);
+        })
+    };
+    // The next collect reports exactly the changed pages, `want` (changed, reported).
+    let collect_exact = |r: &mut Region, want: (usize, usize), what: &str| {
+        assert_eq!(r.check(&t.collect().unwrap(), true), want, "{what}");
+    };
+    write_two(r, [0, 5], "writes");
+    collect_exact(r, (2, 2), "writes");
     // Written since the collect, then swapped out: still reported.
-    bounded(t, id, "writes", || {
-        r.touch(1);
-        r.touch(6);
-    });
+    write_two(r, [1, 6], "writes");
     let kb = pageout(r);
     assert!(
         kb >= r.len / 1024 / 2,
         "MADV_PAGEOUT swapped out only {kb} kB of {}",
         r.len / 1024
     );
-    assert_eq!(
-        r.check(&t.collect().unwrap(), true),
-        (2, 2),
-        "written, swapped out, collected"
-    );
+    collect_exact(r, (2, 2), "written, swapped out, collected");
     // Swapped out clean (protected), read back in: still protected.
     pageout(r);
     for i in 0..r.pages() {
         r.read(i, 0);
     }
-    assert_eq!(
-        r.check(&t.collect().unwrap(), true),
-        (0, 0),
-        "swap-in by reading"
-    );
-    bounded(t, id, "writes after swap-in", || {
-        r.touch(2);
-        r.touch(7);
-    });
-    assert_eq!(
-        r.check(&t.collect().unwrap(), true),
-        (2, 2),
-        "writes after swap-in"
-    );
+    collect_exact(r, (0, 0), "swap-in by reading");
+    write_two(r, [2, 7], "writes after swap-in");
+    collect_exact(r, (2, 2), "writes after swap-in");
     // Swapped out clean, swapped in by the write itself.
     pageout(r);
-    bounded(t, id, "writes to swapped-out pages", || {
-        r.touch(3);
-        r.touch(31);
-    });
-    assert_eq!(
-        r.check(&t.collect().unwrap(), true),
-        (2, 2),
-        "swap-in by writing"
-    );
+    write_two(r, [3, 31], "writes to swapped-out pages");
+    collect_exact(r, (2, 2), "swap-in by writing");
     assert!(t.collect().unwrap().is_empty());
     swapped
 }
 
-fn swap_test(mode: Mode, memfd: bool) {
+/// Swap-out / swap-in of 32 pages of `memory` (see [`swap_round_trip`]).
+fn swap_test(mode: Mode, memory: Memory) {
     let Some(t) = tracker(mode) else { return };
     let swap = match SwapFile::enable() {
         Ok(s) => s,
@@ -385,12 +331,10 @@ fn swap_test(mode: Mode, memfd: bool) {
     };
     // New pages wait in per-CPU LRU batches that MADV_PAGEOUT drains on its own CPU only.
     let _pinned = PinCpu::new();
-    let (mut r, _fd) = if memfd {
-        let (r, fd) = Region::memfd(32, true);
-        (r, Some(fd))
-    } else {
-        (Region::anon(32), None)
-    };
+    let Mapped {
+        region: mut r,
+        fd: _fd,
+    } = memory.map(32);
     for i in 0..r.pages() {
         r.write(i, 0, 1 + i as u8);
         r.write(i, 1000, 0x5a);
@@ -398,40 +342,27 @@ fn swap_test(mode: Mode, memfd: bool) {
     let id = t.register(r.ptr(), r.len).unwrap();
     r.rebase();
     let kb = swap_round_trip(&t, id, &mut r);
-    let kind = if memfd {
-        "memfd shared"
-    } else {
-        "private anon"
-    };
+    let kind = memory.name;
     eprintln!("{mode:?} {kind}: swapped kB after each pageout: {kb:?}; every collect exact");
     drop(r);
     drop(swap);
 }
 
-per_mode! {
-    fn swap_out_and_in_private_anonymous_is_exact(mode: Mode) {
-        swap_test(mode, false);
-    }
-}
-
-per_mode! {
-    fn swap_out_and_in_memfd_shared_is_exact(mode: Mode) {
-        swap_test(mode, true);
-    }
+per_case! { swap_test:
+    swap_out_and_in_private_anonymous_is_exact => PRIVATE_ANONYMOUS,
+    swap_out_and_in_memfd_shared_is_exact => MEMFD_SHARED,
 }
 
 /// `MADV_PAGEOUT` of written pages, whether or not swap exists (without swap, swap-backed pages
 /// cannot be evicted and the advice is harmless): nothing lost, nothing over-reported.
-fn pageout_exact(mode: Mode, memfd: bool) {
+fn pageout_exact(mode: Mode, memory: Memory) {
     let Some(t) = tracker(mode) else { return };
     let _lock = system_lock(); // not while another test has its swap file on
     let no_swap = std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() <= 1);
-    let (mut r, _fd) = if memfd {
-        let (r, fd) = Region::memfd(16, true);
-        (r, Some(fd))
-    } else {
-        (Region::anon(16), None)
-    };
+    let Mapped {
+        region: mut r,
+        fd: _fd,
+    } = memory.map(16);
     for i in 0..16 {
         r.write(i, 0, 1);
     }
@@ -443,7 +374,10 @@ fn pageout_exact(mode: Mode, memfd: bool) {
     });
     madvise(r.addr, r.len, libc::MADV_PAGEOUT);
     let kb = smaps_kb(r.addr, r.len, "Swap");
-    eprintln!("{mode:?} memfd={memfd}: no swap configured: {no_swap}; swapped {kb} kB");
+    eprintln!(
+        "{mode:?} {}: no swap configured: {no_swap}; swapped {kb} kB",
+        memory.name
+    );
     if no_swap {
         assert_eq!(kb, 0);
     }
@@ -454,16 +388,9 @@ fn pageout_exact(mode: Mode, memfd: bool) {
     assert!(t.collect().unwrap().is_empty());
 }
 
-per_mode! {
-    fn pageout_private_anonymous_is_exact(mode: Mode) {
-        pageout_exact(mode, false);
-    }
-}
-
-per_mode! {
-    fn pageout_memfd_shared_is_exact(mode: Mode) {
-        pageout_exact(mode, true);
-    }
+per_case! { pageout_exact:
+    pageout_private_anonymous_is_exact => PRIVATE_ANONYMOUS,
+    pageout_memfd_shared_is_exact => MEMFD_SHARED,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,7 +838,7 @@ per_mode! {
         assert_eq!(res, page() as i32, "READ_FIXED result (-errno on error)");
         assert_eq!(r.changed(), vec![1], "the kernel did write page 1");
         let d = t.collect().unwrap();
-        eprintln!("{mode:?}: READ_FIXED into a pinned buffer: reported {:?}", pages_of(&d, &r));
+        eprintln!("{mode:?}: READ_FIXED into a pinned buffer: reported {:?}", r.reported_pages(&d));
         assert!(!d.contains(r.page_addr(1)), "documented: a pinned-buffer write is not visible");
         assert!(d.is_empty());
         // Tracking of the program's own writes is intact, also on the pinned pages.
@@ -932,22 +859,23 @@ per_mode! {
 per_mode! {
     fn backing_and_blind_spots(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
-        let anon = Region::anon(4);
-        let shared = Region::mmap(4, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
-        let (memfd, _fd) = Region::memfd(4, true);
-        let (memfd_private, _fd2) = Region::memfd(4, false);
-        for (r, want, blind) in [
-            (&anon, Backing::PrivateAnonymous, false),
-            (&shared, Backing::Shared, true),
-            (&memfd, Backing::Shared, true),
-            (&memfd_private, Backing::PrivateFile, true),
+        let mut mapped = Vec::new(); // every range stays mapped (and registered) to the end
+        for (memory, want, blind) in [
+            (PRIVATE_ANONYMOUS, Backing::PrivateAnonymous, false),
+            (SHARED_ANONYMOUS, Backing::Shared, true),
+            (MEMFD_SHARED, Backing::Shared, true),
+            (MEMFD_PRIVATE, Backing::PrivateFile, true),
         ] {
+            let m = memory.map(4);
+            let r = &m.region;
+            let name = memory.name;
             let id = t.register(r.ptr(), r.len).unwrap();
             let info = t.range(id).unwrap();
-            assert_eq!(info.backing, want, "{info:?}");
+            assert_eq!(info.backing, want, "{name}: {info:?}");
             let spots = info.backing.blind_spots();
-            eprintln!("{mode:?}: {want:?}: {spots:?}");
-            assert_eq!(!spots.is_empty(), blind, "{want:?}: {spots:?}");
+            eprintln!("{mode:?}: {name}: {want:?}: {spots:?}");
+            assert_eq!(!spots.is_empty(), blind, "{name}: {want:?}: {spots:?}");
+            mapped.push(m);
         }
         let shared_spots = Backing::Shared.blind_spots().join("; ");
         for what in ["another mapping", "pwrite", "ftruncate"] {
@@ -959,12 +887,7 @@ per_mode! {
 
 per_mode! {
     fn backing_hugetlb(mode: Mode) {
-        let Some(_pool) = HugetlbPool::reserve(1) else { return };
-        let Some(t) = tracker(mode) else { return };
-        let Some(r) = Region::hugetlb(1, false) else {
-            common::skip("MAP_HUGETLB failed");
-            return;
-        };
+        let Some((_pool, t, r)) = common::hugetlb_setup(mode, 1) else { return };
         let id = t.register(r.ptr(), r.len).unwrap();
         let backing = t.range(id).unwrap().backing;
         assert_eq!(backing, Backing::Hugetlb { page_size: huge_page_size() });

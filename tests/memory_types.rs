@@ -4,10 +4,13 @@
 //! tracking: writes to shared memory that do not go through the tracked mapping.
 
 mod common;
-use common::{bounded, huge_page_size, page, tracker, tracker_with, HugetlbPool, Region};
+use common::{
+    bounded, huge_page_size, page, smaps_kb, tracker, tracker_with, Mapped, Memory, Region,
+    MEMFD_PRIVATE, MEMFD_SHARED, PRIVATE_ANONYMOUS, SHARED_ANONYMOUS,
+};
 #[allow(unused_imports)]
 use dirtytrack::Mode;
-use dirtytrack::{DirtySet, Error, Thp, Tracker};
+use dirtytrack::{Error, Thp, Tracker, TrackerBuilder};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 fn madvise(addr: usize, len: usize, advice: i32) {
@@ -32,17 +35,27 @@ fn pwrite(fd: &OwnedFd, off: usize, data: &[u8]) {
     );
 }
 
-fn pages_of(d: &DirtySet, r: &Region) -> Vec<usize> {
-    d.pages()
-        .filter(|&a| a >= r.addr && a < r.addr + r.len)
-        .map(|a| (a - r.addr) / page())
-        .collect()
-}
+/// Private memfd memory whose file has contents (0x5a in its first 16 pages), so that private
+/// copies, file pages and zero pages all differ.
+const MEMFD_PRIVATE_WITH_CONTENTS: Memory = Memory {
+    name: "memfd private",
+    map: |pages| {
+        let m = MEMFD_PRIVATE.map(pages);
+        pwrite(m.fd.as_ref().expect("a memfd"), 0, &vec![0x5a; 16 * page()]);
+        m
+    },
+};
 
-/// The contract on `n`-page region `r`: pages 0..n/4 populated by writes, n/4..n/2 populated
-/// by reads, n/2.. never touched; after register, reads are not reported and writes are
-/// reported exactly. Returns the (changed, reported) counts of the write round.
-fn contract(t: &Tracker, r: &mut Region) -> (usize, usize) {
+/// The contract on 32 pages of `memory`: pages 0..8 populated by writes, 8..16 populated by
+/// reads, 16.. never touched; after register, reads are not reported and writes are reported
+/// exactly: 6 changed, 6 reported.
+fn contract(mode: Mode, memory: Memory) {
+    let Some(t) = tracker(mode) else { return };
+    let Mapped {
+        region: mut r,
+        fd: _fd,
+    } = memory.map(32);
+    let name = memory.name;
     let n = r.pages();
     for i in 0..n / 4 {
         r.write(i, 0, 1);
@@ -54,7 +67,7 @@ fn contract(t: &Tracker, r: &mut Region) -> (usize, usize) {
     r.rebase();
     assert!(
         t.collect().unwrap().is_empty(),
-        "nothing written since register"
+        "{name}: nothing written since register"
     );
     for i in 0..n {
         r.read(i, 100);
@@ -62,51 +75,24 @@ fn contract(t: &Tracker, r: &mut Region) -> (usize, usize) {
     assert_eq!(
         r.check(&t.collect().unwrap(), true),
         (0, 0),
-        "reads are not reported"
+        "{name}: reads are not reported"
     );
     for i in [0, n / 4 - 1, n / 4, n / 2 - 1, n / 2, n - 1] {
         r.touch(i);
     }
     let counts = r.check(&t.collect().unwrap(), true);
-    assert!(t.collect().unwrap().is_empty(), "collect resets");
-    counts
+    assert!(t.collect().unwrap().is_empty(), "{name}: collect resets");
+    assert_eq!(counts, (6, 6), "{name}: written pages reported exactly");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Small pages: exact in both modes.
 
-per_mode! {
-    fn private_anonymous(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let mut r = Region::anon(32);
-        assert_eq!(contract(&t, &mut r), (6, 6));
-    }
-}
-
-per_mode! {
-    fn shared_anonymous(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let mut r = Region::mmap(32, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
-        assert_eq!(contract(&t, &mut r), (6, 6));
-    }
-}
-
-per_mode! {
-    fn memfd_shared(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let (mut r, _fd) = Region::memfd(32, true);
-        assert_eq!(contract(&t, &mut r), (6, 6));
-    }
-}
-
-per_mode! {
-    fn memfd_private(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let (mut r, fd) = Region::memfd(32, false);
-        // The file has contents, so private copies, file pages and zero pages all differ.
-        pwrite(&fd, 0, &vec![0x5a; 16 * page()]);
-        assert_eq!(contract(&t, &mut r), (6, 6));
-    }
+per_case! { contract:
+    private_anonymous => PRIVATE_ANONYMOUS,
+    shared_anonymous => SHARED_ANONYMOUS,
+    memfd_shared => MEMFD_SHARED,
+    memfd_private => MEMFD_PRIVATE_WITH_CONTENTS,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,7 +119,7 @@ per_mode! {
         pwrite(&fd, 6 * page() + 10, &[0x88; 16]);
         assert_eq!(r.changed(), vec![1, 2, 5, 6], "the tracked memory did change");
         let d = t.collect().unwrap();
-        assert!(d.is_empty(), "documented: not visible to page-table tracking, got {:?}", pages_of(&d, &r));
+        assert!(d.is_empty(), "documented: not visible to page-table tracking, got {:?}", r.reported_pages(&d));
         // Tracking itself is intact: writes through the tracked mapping are reported.
         r.rebase();
         r.touch(1);
@@ -147,10 +133,29 @@ per_mode! {
 // file: back to the file's contents; shared: re-read from the file, unchanged) and must be
 // reported; afterwards tracking is exact again.
 
-/// 16 registered pages: 0..8 written (non-zero), 8..12 written with zero, 12..16 never touched.
-/// After a collect, page 0 is written again, then `advice` discards all 16 pages. Returns the
-/// counts of the collect after the discard; then checks that new writes are reported exactly.
-fn discard_after_collect(t: &Tracker, r: &mut Region, advice: i32) -> (usize, usize) {
+/// A discard after a collect, on one kind of memory.
+struct Discard {
+    memory: Memory,
+    /// `MADV_DONTNEED` or `MADV_REMOVE`, and its name.
+    advice: (i32, &'static str),
+    /// Pages whose contents the discard changes (every one of the 16 pages is reported: the
+    /// rest is over-report), and why.
+    changed: usize,
+    why: &'static str,
+}
+
+/// 16 registered pages of `case.memory`: 0..8 written (non-zero), 8..12 written with zero,
+/// 12..16 never touched. After a collect, page 0 is written again, then the advice discards all
+/// 16 pages: the collect after reports all 16, `case.changed` of them changed. Then new writes
+/// are reported exactly.
+fn discard_after_collect(mode: Mode, case: Discard) {
+    let Some(t) = tracker(mode) else { return };
+    let Mapped {
+        region: mut r,
+        fd: _fd,
+    } = case.memory.map(16);
+    let (advice, advice_name) = case.advice;
+    let name = format!("{} {advice_name}", case.memory.name);
     assert_eq!(r.pages(), 16);
     for i in 0..8 {
         r.write(i, 0, 1);
@@ -161,79 +166,72 @@ fn discard_after_collect(t: &Tracker, r: &mut Region, advice: i32) -> (usize, us
     t.register(r.ptr(), r.len).unwrap();
     r.rebase();
     r.touch(0);
-    assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1));
+    assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1), "{name}");
     r.touch(1);
     madvise(r.addr, r.len, advice);
-    let counts = r.check(&t.collect().unwrap(), false);
+    let (changed, reported) = r.check(&t.collect().unwrap(), false);
     r.touch(3);
     r.touch(13);
     // The discarded pages may be reported once more (see `common::EXACT_AFTER_DISCARD`).
     let exact = common::EXACT_AFTER_DISCARD;
-    assert_eq!(r.check(&t.collect().unwrap(), exact).0, 2);
+    assert_eq!(r.check(&t.collect().unwrap(), exact).0, 2, "{name}");
     r.touch(4);
     r.touch(14);
     assert_eq!(
         r.check(&t.collect().unwrap(), true),
         (2, 2),
-        "exact again two collects after the discard"
+        "{name}: exact again two collects after the discard"
     );
-    counts
+    eprintln!("{name}: changed {changed}, reported {reported}");
+    assert_eq!(changed, case.changed, "{name}: {}", case.why);
+    let verb = if advice == libc::MADV_REMOVE {
+        "removed"
+    } else {
+        "discarded"
+    };
+    assert_eq!(
+        reported,
+        16,
+        "{name}: every {verb} page is reported (over-report: {})",
+        16 - case.changed
+    );
 }
 
-per_mode! {
-    fn private_anonymous_dontneed(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let mut r = Region::anon(16);
-        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
-        eprintln!("private anon DONTNEED: changed {changed}, reported {reported}");
-        assert_eq!(changed, 8, "pages 0..8 now read as zero");
-        assert_eq!(reported, 16, "every discarded page is reported (over-report: 8)");
-    }
-}
+const DONTNEED: (i32, &str) = (libc::MADV_DONTNEED, "DONTNEED");
+const REMOVE: (i32, &str) = (libc::MADV_REMOVE, "MADV_REMOVE");
+const SHARED_KEEPS: &str = "shared pages keep their contents; only page 1 was written";
 
-per_mode! {
-    fn shared_anonymous_dontneed(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let mut r = Region::mmap(16, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
-        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
-        eprintln!("shared anon DONTNEED: changed {changed}, reported {reported}");
-        assert_eq!(changed, 1, "shared pages keep their contents; only page 1 was written");
-        assert_eq!(reported, 16, "every discarded page is reported (over-report: 15)");
-    }
-}
-
-per_mode! {
-    fn memfd_shared_dontneed(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let (mut r, _fd) = Region::memfd(16, true);
-        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
-        eprintln!("memfd shared DONTNEED: changed {changed}, reported {reported}");
-        assert_eq!(changed, 1, "shared pages keep their contents; only page 1 was written");
-        assert_eq!(reported, 16, "every discarded page is reported (over-report: 15)");
-    }
-}
-
-per_mode! {
-    fn memfd_shared_madv_remove(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let (mut r, _fd) = Region::memfd(16, true);
-        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_REMOVE);
-        eprintln!("memfd shared MADV_REMOVE: changed {changed}, reported {reported}");
-        assert_eq!(changed, 8, "the hole reads as zero");
-        assert_eq!(reported, 16, "every removed page is reported (over-report: 8)");
-    }
-}
-
-per_mode! {
-    fn memfd_private_dontneed(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        let (mut r, fd) = Region::memfd(16, false);
-        pwrite(&fd, 0, &vec![0x5a; 16 * page()]);
-        let (changed, reported) = discard_after_collect(&t, &mut r, libc::MADV_DONTNEED);
-        eprintln!("memfd private DONTNEED: changed {changed}, reported {reported}");
-        assert_eq!(changed, 12, "private copies (0..12) revert to the file's contents");
-        assert_eq!(reported, 16, "every discarded page is reported (over-report: 4)");
-    }
+per_case! { discard_after_collect:
+    private_anonymous_dontneed => Discard {
+        memory: PRIVATE_ANONYMOUS,
+        advice: DONTNEED,
+        changed: 8,
+        why: "pages 0..8 now read as zero",
+    },
+    shared_anonymous_dontneed => Discard {
+        memory: SHARED_ANONYMOUS,
+        advice: DONTNEED,
+        changed: 1,
+        why: SHARED_KEEPS,
+    },
+    memfd_shared_dontneed => Discard {
+        memory: MEMFD_SHARED,
+        advice: DONTNEED,
+        changed: 1,
+        why: SHARED_KEEPS,
+    },
+    memfd_shared_madv_remove => Discard {
+        memory: MEMFD_SHARED,
+        advice: REMOVE,
+        changed: 8,
+        why: "the hole reads as zero",
+    },
+    memfd_private_dontneed => Discard {
+        memory: MEMFD_PRIVATE_WITH_CONTENTS,
+        advice: DONTNEED,
+        changed: 12,
+        why: "private copies (0..12) revert to the file's contents",
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,29 +241,7 @@ const HUGE: usize = 2 << 20;
 
 /// AnonHugePages (kB) of the VMAs overlapping `[addr, addr + len)`, from `/proc/self/smaps`.
 fn anon_huge_kb(addr: usize, len: usize) -> usize {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    let mut kb = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                inside = a < addr + len && addr < b;
-                continue;
-            }
-        }
-        if let Some(v) = line.strip_prefix("AnonHugePages:") {
-            if inside {
-                kb += v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<usize>()
-                    .unwrap_or(0);
-            }
-        }
-    }
-    kb
+    smaps_kb(addr, len, "AnonHugePages")
 }
 
 /// 4 MiB of 2 MiB-aligned anonymous memory, `MADV_HUGEPAGE`, every base page written with 1:
@@ -286,8 +262,13 @@ fn thp_region() -> Option<Region> {
     Some(r)
 }
 
-/// On THP: a one-byte write reports exactly its 4 KiB page (the first write splits the PMD).
-fn thp_one_byte(t: &Tracker) {
+/// On THP: a one-byte write reports exactly its 4 KiB page (the first write splits the PMD),
+/// with a tracker `builder` makes.
+fn thp_one_byte(mode: Mode, builder: fn(Mode) -> TrackerBuilder) {
+    let Some(t) = tracker_with(builder(mode)) else {
+        return;
+    };
+    let t = &t;
     let Some(mut r) = thp_region() else { return };
     let id = t.register(r.ptr(), r.len).unwrap();
     r.rebase();
@@ -299,7 +280,7 @@ fn thp_one_byte(t: &Tracker) {
     bounded(t, id, "a write to a THP", || r.write(300, 5, 9));
     let d = t.collect().unwrap();
     assert_eq!(r.check(&d, true), (1, 1));
-    assert_eq!(pages_of(&d, &r), vec![300]);
+    assert_eq!(r.reported_pages(&d), vec![300]);
     eprintln!(
         "AnonHugePages after the write: {} kB",
         anon_huge_kb(r.addr, r.len)
@@ -311,21 +292,13 @@ fn thp_one_byte(t: &Tracker) {
     });
     let d = t.collect().unwrap();
     assert_eq!(r.check(&d, true), (2, 2));
-    assert_eq!(pages_of(&d, &r), vec![3, 512 + 77]);
+    assert_eq!(r.reported_pages(&d), vec![3, 512 + 77]);
 }
 
-per_mode! {
-    fn thp_one_byte_write_reports_one_base_page(mode: Mode) {
-        let Some(t) = tracker(mode) else { return };
-        thp_one_byte(&t);
-    }
-}
-
-per_mode! {
-    fn thp_disable_one_byte_write_reports_one_base_page(mode: Mode) {
-        let Some(t) = tracker_with(Tracker::builder().mode(mode).thp(Thp::Disable)) else { return };
-        thp_one_byte(&t);
-    }
+per_case! { thp_one_byte:
+    thp_one_byte_write_reports_one_base_page => |mode| Tracker::builder().mode(mode),
+    thp_disable_one_byte_write_reports_one_base_page =>
+        |mode| Tracker::builder().mode(mode).thp(Thp::Disable),
 }
 
 per_mode! {
@@ -380,13 +353,8 @@ per_mode! {
     /// A one-byte write reports its whole huge page (512 base pages for 2 MiB): over-report by
     /// granularity, nothing lost.
     fn hugetlb_one_byte_reports_the_whole_huge_page(mode: Mode) {
-        let Some(_pool) = HugetlbPool::reserve(2) else { return };
-        let Some(t) = tracker(mode) else { return };
+        let Some((_pool, t, mut r)) = common::hugetlb_setup(mode, 2) else { return };
         let hp = huge_page_size() / page();
-        let Some(mut r) = Region::hugetlb(2, false) else {
-            common::skip("MAP_HUGETLB failed");
-            return;
-        };
         r.write(0, 0, 1); // huge page 0 populated, huge page 1 never touched
         let id = t.register(r.ptr(), r.len).unwrap();
         r.rebase();
@@ -394,11 +362,11 @@ per_mode! {
         bounded(&t, id, "a write to a hugetlb page", || r.write(300, 5, 9));
         let d = t.collect().unwrap();
         assert_eq!(r.check(&d, false), (1, hp));
-        assert_eq!(pages_of(&d, &r), (0..hp).collect::<Vec<_>>());
+        assert_eq!(r.reported_pages(&d), (0..hp).collect::<Vec<_>>());
         bounded(&t, id, "a write to a never-touched hugetlb page", || r.write(hp + 77, 5, 9));
         let d = t.collect().unwrap();
         assert_eq!(r.check(&d, false), (1, hp));
-        assert_eq!(pages_of(&d, &r), (hp..2 * hp).collect::<Vec<_>>());
+        assert_eq!(r.reported_pages(&d), (hp..2 * hp).collect::<Vec<_>>());
         assert!(t.collect().unwrap().is_empty());
     }
 }
@@ -406,13 +374,8 @@ per_mode! {
 per_mode! {
     /// Registering part of a huge page is refused with a clear error.
     fn hugetlb_unaligned_subrange_is_refused(mode: Mode) {
-        let Some(_pool) = HugetlbPool::reserve(2) else { return };
-        let Some(t) = tracker(mode) else { return };
+        let Some((_pool, t, r)) = common::hugetlb_setup(mode, 2) else { return };
         let (hs, ps) = (huge_page_size(), page());
-        let Some(r) = Region::hugetlb(2, false) else {
-            common::skip("MAP_HUGETLB failed");
-            return;
-        };
         for (what, off, len) in [
             ("unaligned start", ps, hs - ps),
             ("unaligned end", 0, ps),
@@ -439,13 +402,8 @@ per_mode! {
     /// `MADV_DONTNEED` of protected hugetlb pages after a collect: they read as zero again and
     /// every base page of the discarded huge pages is reported.
     fn hugetlb_dontneed(mode: Mode) {
-        let Some(_pool) = HugetlbPool::reserve(2) else { return };
-        let Some(t) = tracker(mode) else { return };
+        let Some((_pool, t, mut r)) = common::hugetlb_setup(mode, 2) else { return };
         let hp = huge_page_size() / page();
-        let Some(mut r) = Region::hugetlb(2, false) else {
-            common::skip("MAP_HUGETLB failed");
-            return;
-        };
         for i in 0..r.pages() {
             r.write(i, 0, 1);
         }

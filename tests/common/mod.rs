@@ -1,9 +1,24 @@
 //! The one test oracle every test uses: a shadow copy of tracked memory, compared page by page
-//! with what the tracker reports; plus mode parameterisation and the documented skip rule.
+//! with what the tracker reports; plus mode and case parameterisation and the documented skip
+//! rule.
 //!
 //! - Every page whose bytes differ from the shadow must be in the reported set (no lost write).
 //! - For exact memory (private anonymous, only user writes that change bytes), no page outside
 //!   the changed set may be reported either (no over-report).
+//!
+//! The building blocks, from the bottom up:
+//! - [`Comparison`]: one harvest compared page by page with what each page's [`Expect`]ation
+//!   is; it lists every lost and every over-reported page, labelled with its scope (a region, a
+//!   model's area and range) and the reason it had to be (or must not be) reported, and fails
+//!   with `LOST WRITE: ...` / `OVER-REPORT: ...` and the page numbers.
+//! - [`Region`]: the shadow copy. [`Region::compare_pages`] adds pages to a comparison with a
+//!   caller's rule (the model test's must/may cells); [`Region::check`] is the usual rule
+//!   (changed pages must be reported; with `exact`, nothing else may be).
+//! - [`WriteStamps`] and [`CollectHistory`]: writers racing collects stamp each write with the
+//!   number of collects started before it; each stamped write must be in one of the collects
+//!   from the one it may have raced to the first one that started after it completed.
+//! - [`per_mode!`] (one `#[test]` per mode) and [`per_case!`] (one `#[test]` per case of a table
+//!   and per mode), and [`Memory`], the kinds of memory the per-memory-type tables map.
 //!
 //! Skips: a test that cannot run here (mode unsupported by the kernel, no hugetlb pages, ...)
 //! prints `DIRTYTRACK-SKIP: <test>: <reason>` and FAILS, unless the environment variable
@@ -11,7 +26,11 @@
 #![allow(dead_code)]
 
 use dirtytrack::{DirtySet, Error, Mode, Tracker, TrackerBuilder};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::os::fd::OwnedFd;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Generates one `#[test]` per mode: `name::async_mode` and `name::sync_mode`, each calling
 /// `body(mode)`.
@@ -28,6 +47,30 @@ macro_rules! per_mode {
             #[test]
             fn sync_mode() { run(dirtytrack::Mode::Sync) }
         }
+    };
+}
+
+/// Generates one `#[test]` per case of a table and per mode: for each row `name => case`, the
+/// tests `name::async_mode` and `name::sync_mode`, each calling `run(mode, case)`. The test's
+/// name is the case's label: a failure names its case. Rows may carry attributes (doc comments).
+///
+/// ```ignore
+/// per_case! { discard_after_collect:
+///     private_anonymous_dontneed => Discard { memory: PRIVATE_ANONYMOUS, .. },
+///     memfd_shared_madv_remove => Discard { memory: MEMFD_SHARED, .. },
+/// }
+/// ```
+#[macro_export]
+macro_rules! per_case {
+    ($run:ident: $($(#[$attr:meta])* $name:ident => $case:expr),+ $(,)?) => {
+        $(
+            $crate::per_mode! {
+                $(#[$attr])*
+                fn $name(mode: Mode) {
+                    $run(mode, $case)
+                }
+            }
+        )+
     };
 }
 
@@ -252,39 +295,371 @@ impl Region {
     /// The oracle: every changed page is in `dirty`; with `exact`, nothing else in this region is.
     /// Then the shadow takes the current contents. Returns (changed, reported) counts.
     pub fn check(&mut self, dirty: &DirtySet, exact: bool) -> (usize, usize) {
-        let changed = self.changed();
-        let lost: Vec<usize> = changed
-            .iter()
-            .copied()
-            .filter(|&i| !dirty.contains(self.page_addr(i)))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "LOST WRITES: {} of {} changed pages not reported (first: page {:?})",
-            lost.len(),
-            changed.len(),
-            &lost[..lost.len().min(8)]
-        );
-        let reported: Vec<usize> = dirty
+        let cmp = self.compare(dirty, exact);
+        cmp.assert_ok();
+        self.rebase();
+        (cmp.must(), cmp.reported())
+    }
+
+    /// The comparison [`check`](Self::check) asserts, without asserting or rebasing: every
+    /// changed page must be reported; with `exact`, no other page of this region may be.
+    pub fn compare(&self, dirty: &DirtySet, exact: bool) -> Comparison {
+        let mut cmp = Comparison::new("harvest");
+        cmp.scope(format!("region {:#x} ({} pages)", self.addr, self.pages()));
+        self.compare_pages(&mut cmp, dirty, 0..self.pages(), |_, changed| {
+            if changed {
+                Expect::Must("changed")
+            } else if exact {
+                Expect::Clean("not changed")
+            } else {
+                Expect::May
+            }
+        });
+        cmp
+    }
+
+    /// Adds pages `pages` of this region to `cmp` (in its current scope): whether `dirty`
+    /// reports each, and what `rule(page, changed)` expects of it, `changed` telling whether
+    /// the page's bytes differ from the shadow.
+    pub fn compare_pages(
+        &self,
+        cmp: &mut Comparison,
+        dirty: &DirtySet,
+        pages: std::ops::Range<usize>,
+        mut rule: impl FnMut(usize, bool) -> Expect,
+    ) {
+        for i in pages {
+            let expect = rule(i, self.page_changed(i));
+            cmp.page(i, dirty.contains(self.page_addr(i)), expect);
+        }
+    }
+
+    /// The pages of this region `dirty` reports (page numbers, ascending).
+    pub fn reported_pages(&self, dirty: &DirtySet) -> Vec<usize> {
+        dirty
             .pages()
             .filter(|&a| a >= self.addr && a < self.addr + self.len)
             .map(|a| (a - self.addr) / page())
-            .collect();
-        if exact {
-            let over: Vec<usize> = reported
-                .iter()
-                .copied()
-                .filter(|i| !changed.contains(i))
-                .collect();
-            assert!(
-                over.is_empty(),
-                "over-reported {} pages that did not change (first: {:?})",
-                over.len(),
-                &over[..over.len().min(8)]
-            );
+            .collect()
+    }
+}
+
+// ---- The comparison of one harvest with what each page expects ----
+
+/// What a harvest must do with one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// It must report the page, for the reason given ("changed", "was written", ...): not
+    /// reporting it is a lost write.
+    Must(&'static str),
+    /// It may report the page or not (a documented over-report, a discard's second report).
+    May,
+    /// It must not report the page, for the reason given ("not changed", ...): reporting it
+    /// is an over-report.
+    Clean(&'static str),
+}
+
+/// One page a harvest got wrong.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// Index into [`Comparison`]'s scopes, if the page was compared inside one.
+    scope: Option<usize>,
+    /// Page number inside its scope's memory, if the finding is about one page.
+    pub page: Option<usize>,
+    /// Why the page had to be reported (lost) or must not be (over-reported).
+    pub why: Cow<'static, str>,
+}
+
+/// The page-by-page comparison of one harvest (a collect, a snapshot, a per-range form) with
+/// what the test knows each page must, may or must not show. It collects every wrong page
+/// before failing, so a failure lists them all (the first [`Comparison::SHOWN`] of each kind)
+/// with their scope and page numbers.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// The harvest's label, first in every message ("collect", "CollectRange(3)", ...).
+    harvest: String,
+    /// Labels of the memory the pages belong to ("area 1, range 3"); pages compared after
+    /// [`Comparison::scope`] belong to the last one.
+    scopes: Vec<String>,
+    lost: Vec<Finding>,
+    over: Vec<Finding>,
+    /// Pages compared, pages that had to be reported, and pages reported among those compared.
+    compared: usize,
+    must: usize,
+    reported: usize,
+}
+
+impl Comparison {
+    /// How many findings of each kind a failure message lists.
+    pub const SHOWN: usize = 8;
+
+    pub fn new(harvest: impl Into<String>) -> Comparison {
+        Comparison {
+            harvest: harvest.into(),
+            scopes: Vec::new(),
+            lost: Vec::new(),
+            over: Vec::new(),
+            compared: 0,
+            must: 0,
+            reported: 0,
         }
-        self.rebase();
-        (changed.len(), reported.len())
+    }
+
+    /// Pages compared from now on belong to `label` (e.g. "area 1, range 3").
+    pub fn scope(&mut self, label: impl Into<String>) {
+        self.scopes.push(label.into());
+    }
+
+    fn finding(&self, page: Option<usize>, why: Cow<'static, str>) -> Finding {
+        Finding {
+            scope: self.scopes.len().checked_sub(1),
+            page,
+            why,
+        }
+    }
+
+    /// Page `page` (of the current scope): whether the harvest `reported` it, and what was
+    /// expected of it.
+    pub fn page(&mut self, page: usize, reported: bool, expect: Expect) {
+        self.compared += 1;
+        self.reported += reported as usize;
+        match expect {
+            Expect::Must(why) => {
+                self.must += 1;
+                if !reported {
+                    let f = self.finding(Some(page), Cow::Borrowed(why));
+                    self.lost.push(f);
+                }
+            }
+            Expect::May => {}
+            Expect::Clean(why) if reported => {
+                let f = self.finding(Some(page), Cow::Borrowed(why));
+                self.over.push(f);
+            }
+            Expect::Clean(_) => {}
+        }
+    }
+
+    /// Records a lost write the caller found itself (e.g. a stamped write missing from every
+    /// collect of its window), with why it had to be reported.
+    pub fn lost_write(&mut self, page: usize, why: impl Into<Cow<'static, str>>) {
+        self.must += 1;
+        let f = self.finding(Some(page), why.into());
+        self.lost.push(f);
+    }
+
+    /// Records a page that had to be reported and was (for the counts), when the caller
+    /// checked it itself.
+    pub fn found_write(&mut self) {
+        self.must += 1;
+        self.reported += 1;
+        self.compared += 1;
+    }
+
+    /// `dirty` reports nothing but pages this comparison compared (it covered the whole
+    /// harvest): otherwise an over-report, listing `dirty`.
+    pub fn nothing_else(&mut self, dirty: &DirtySet) {
+        if dirty.len() != self.reported {
+            let why = format!(
+                "{} reported pages outside the compared ones; the harvest: {dirty:?}",
+                dirty.len().saturating_sub(self.reported)
+            );
+            self.over.push(Finding {
+                scope: None,
+                page: None,
+                why: why.into(),
+            });
+        }
+    }
+
+    /// The pages lost (had to be reported, were not).
+    pub fn lost(&self) -> &[Finding] {
+        &self.lost
+    }
+
+    /// The pages over-reported (reported, must not be).
+    pub fn over_reported(&self) -> &[Finding] {
+        &self.over
+    }
+
+    /// How many compared pages had to be reported.
+    pub fn must(&self) -> usize {
+        self.must
+    }
+
+    /// How many compared pages the harvest reported.
+    pub fn reported(&self) -> usize {
+        self.reported
+    }
+
+    fn describe(&self, kind: &str, what: &str, findings: &[Finding], out_of: usize) -> String {
+        let mut s = format!(
+            "{kind}: {}: {} of {out_of} {what}:",
+            self.harvest,
+            findings.len()
+        );
+        let mut last_scope = usize::MAX;
+        for f in findings.iter().take(Self::SHOWN) {
+            let scope = f.scope.unwrap_or(usize::MAX);
+            if scope != last_scope {
+                let label = f.scope.map_or("", |i| self.scopes[i].as_str());
+                let _ = write!(s, "\n  {label}:");
+                last_scope = scope;
+            }
+            match f.page {
+                Some(p) => {
+                    let _ = write!(s, " page {p} ({})", f.why);
+                }
+                None => {
+                    let _ = write!(s, " {}", f.why);
+                }
+            }
+        }
+        if findings.len() > Self::SHOWN {
+            let _ = write!(s, "\n  ... and {} more", findings.len() - Self::SHOWN);
+        }
+        s
+    }
+
+    /// `Ok` when nothing was lost or over-reported; otherwise the failure message:
+    /// `LOST WRITE: ...` first (a lost write is the worse failure), then `OVER-REPORT: ...`.
+    pub fn verdict(&self) -> Result<(), String> {
+        let kinds = [
+            (
+                "LOST WRITE",
+                "pages that had to be reported are not",
+                &self.lost,
+                self.must,
+            ),
+            (
+                "OVER-REPORT",
+                "compared pages reported that must not be",
+                &self.over,
+                self.compared,
+            ),
+        ];
+        let parts: Vec<String> = kinds
+            .into_iter()
+            .filter(|(_, _, findings, _)| !findings.is_empty())
+            .map(|(kind, what, findings, out_of)| self.describe(kind, what, findings, out_of))
+            .collect();
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            Err(parts.join("\n"))
+        }
+    }
+
+    /// Panics with [`verdict`](Self::verdict)'s message unless nothing was lost or
+    /// over-reported.
+    pub fn assert_ok(&self) {
+        if let Err(msg) = self.verdict() {
+            panic!("{msg}");
+        }
+    }
+}
+
+// ---- Writers racing collects: stamped writes and the collects that must show them ----
+
+/// Shared by writer threads and the collecting thread. A writer reads [`WriteStamps::stamp`]
+/// (the number of collects started so far) before its store, so the write belongs in that
+/// collect (if it raced it) or a later one; after the store it publishes the stamp with
+/// [`WriteStamps::written`]. The collector takes the completed writes with
+/// [`WriteStamps::completed`] before it starts the next collect with
+/// [`WriteStamps::start_collect`].
+pub struct WriteStamps {
+    /// Collects started (incremented just before each collect starts).
+    started: AtomicU64,
+    /// Per page: the stamp of its last completed write; published before `written[p]`.
+    stamp: Vec<AtomicU64>,
+    /// Per page: a write completed since the collector last took it.
+    written: Vec<AtomicBool>,
+}
+
+impl WriteStamps {
+    pub fn new(pages: usize) -> WriteStamps {
+        WriteStamps {
+            started: AtomicU64::new(0),
+            stamp: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            written: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Writer, before its store: the stamp of the write.
+    pub fn stamp(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Writer, after its store to `page`: publishes the write and its stamp.
+    pub fn written(&self, page: usize, stamp: u64) {
+        self.stamp[page].store(stamp, Ordering::Release);
+        self.written[page].store(true, Ordering::Release);
+    }
+
+    /// Collector, before [`start_collect`](Self::start_collect): the writes completed since the
+    /// last call, as (page, stamp).
+    pub fn completed(&self) -> Vec<(usize, u64)> {
+        (0..self.written.len())
+            .filter(|&p| self.written[p].swap(false, Ordering::AcqRel))
+            .map(|p| (p, self.stamp[p].load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Collector, right before it collects: the number of the collect it starts (from 1).
+    pub fn start_collect(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// What every collect of a run reported, in order (collect `j` is the `j`-th, from 1), and
+/// their union.
+#[derive(Default)]
+pub struct CollectHistory {
+    sets: Vec<DirtySet>,
+    all: DirtySet,
+}
+
+impl CollectHistory {
+    pub fn new() -> CollectHistory {
+        CollectHistory::default()
+    }
+
+    /// Records the next collect's set.
+    pub fn push(&mut self, dirty: DirtySet) {
+        self.all.union(&dirty);
+        self.sets.push(dirty);
+    }
+
+    /// How many collects were recorded.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Every page any recorded collect reported.
+    pub fn all(&self) -> &DirtySet {
+        &self.all
+    }
+
+    /// The stamp-window check: each write of `done` (page of `r`, stamp `e`), completed before
+    /// collect `k` started, must be in one of collects `max(e, 1)..=k`.
+    pub fn compare_stamped(&self, r: &Region, done: &[(usize, u64)], k: u64) -> Comparison {
+        let mut cmp = Comparison::new(format!("collect #{k}"));
+        cmp.scope(format!("region {:#x} ({} pages)", r.addr, r.pages()));
+        for &(p, e) in done {
+            let a = r.page_addr(p);
+            let from = e.max(1);
+            if (from..=k).any(|j| self.sets[(j - 1) as usize].contains(a)) {
+                cmp.found_write();
+            } else {
+                cmp.lost_write(
+                    p,
+                    format!(
+                        "written after collect #{e} started and before #{k} started, in none of collects #{from}..=#{k}"
+                    ),
+                );
+            }
+        }
+        cmp
     }
 }
 
@@ -462,4 +837,122 @@ pub fn meminfo(field: &str) -> Option<usize> {
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+impl Region {
+    /// [`Region::hugetlb`], or `None` after reporting the skip "MAP_HUGETLB failed".
+    pub fn hugetlb_or_skip(huge_pages: usize, shared: bool) -> Option<Region> {
+        let r = Region::hugetlb(huge_pages, shared);
+        if r.is_none() {
+            skip("MAP_HUGETLB failed");
+        }
+        r
+    }
+}
+
+/// The usual start of a hugetlb test: `huge_pages` free huge pages reserved, a tracker in
+/// `mode`, and `huge_pages` huge pages of private `MAP_HUGETLB` memory (never touched); or
+/// `None` after reporting the skip of whichever step could not be done (in that order).
+pub fn hugetlb_setup(mode: Mode, huge_pages: usize) -> Option<(HugetlbPool, Tracker, Region)> {
+    let pool = HugetlbPool::reserve(huge_pages)?;
+    let t = tracker(mode)?;
+    let r = Region::hugetlb_or_skip(huge_pages, false)?;
+    Some((pool, t, r))
+}
+
+/// Sums a kB field (`Swap`, `KSM`, `AnonHugePages`, ...) of `/proc/self/smaps` over the VMAs
+/// overlapping `[addr, addr + len)`.
+pub fn smaps_kb(addr: usize, len: usize, field: &str) -> usize {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("reading /proc/self/smaps");
+    let mut inside = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        if let Some((a, b)) = vma_bounds(line) {
+            inside = a < addr + len && addr < b;
+            continue;
+        }
+        if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
+            if inside {
+                kb += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    kb
+}
+
+/// The start and end of the VMA a `/proc/self/{maps,smaps}` header line describes, or `None`
+/// for another line.
+pub fn vma_bounds(line: &str) -> Option<(usize, usize)> {
+    let first = line.split_whitespace().next()?;
+    let (a, b) = first.split_once('-')?;
+    Some((
+        usize::from_str_radix(a, 16).ok()?,
+        usize::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+// ---- Kinds of memory, for tables of per-memory-type cases ----
+
+/// A kind of memory a table-driven test maps: a label and a constructor.
+#[derive(Clone, Copy)]
+pub struct Memory {
+    /// For messages: "private anonymous", "memfd shared", ...
+    pub name: &'static str,
+    /// Maps `pages` never-touched pages of this kind.
+    pub map: fn(pages: usize) -> Mapped,
+}
+
+/// A mapping made by a [`Memory`] constructor, with the memfd behind it (kept open as long as
+/// the test needs it).
+pub struct Mapped {
+    pub region: Region,
+    pub fd: Option<OwnedFd>,
+}
+
+impl Memory {
+    pub fn map(&self, pages: usize) -> Mapped {
+        (self.map)(pages)
+    }
+}
+
+pub const PRIVATE_ANONYMOUS: Memory = Memory {
+    name: "private anonymous",
+    map: |pages| Mapped {
+        region: Region::anon(pages),
+        fd: None,
+    },
+};
+
+pub const SHARED_ANONYMOUS: Memory = Memory {
+    name: "shared anonymous",
+    map: |pages| Mapped {
+        region: Region::mmap(pages, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
+        fd: None,
+    },
+};
+
+pub const MEMFD_SHARED: Memory = Memory {
+    name: "memfd shared",
+    map: |pages| Mapped::memfd(pages, true),
+};
+
+pub const MEMFD_PRIVATE: Memory = Memory {
+    name: "memfd private",
+    map: |pages| Mapped::memfd(pages, false),
+};
+
+impl Mapped {
+    /// [`Region::memfd`], with its fd.
+    fn memfd(pages: usize, shared: bool) -> Mapped {
+        let (region, fd) = Region::memfd(pages, shared);
+        Mapped {
+            region,
+            fd: Some(fd),
+        }
+    }
 }
