@@ -45,8 +45,9 @@ pub(crate) struct Core {
     /// See the module docs.
     pub(crate) harvest: Mutex<Harvest>,
     /// See the module docs.
-    pub(crate) registry: Mutex<u64>,
-    /// Registered ranges, in registration order. Lookups are linear: trackers hold few ranges.
+    pub(crate) registry: Mutex<crate::range::Registry>,
+    /// Registered ranges, in registration order. The overlap check uses the registry's index;
+    /// other lookups are linear.
     pub(crate) ranges: RwLock<Vec<Arc<RangeState>>>,
     /// See the module docs.
     pub(crate) batch: Mutex<()>,
@@ -58,6 +59,11 @@ pub(crate) struct Core {
 pub(crate) struct Harvest {
     /// Async mode's `/proc/self/pagemap` scanner (`None` in sync mode).
     pub(crate) scanner: Option<Scanner>,
+    /// The ranges being harvested (kept for its capacity: a steady-state collect allocates
+    /// nothing).
+    pub(crate) ranges: Vec<Arc<RangeState>>,
+    /// Segment vector swapped with the caller's `DirtySet` (kept for its capacity).
+    pub(crate) segments: Vec<crate::dirty_set::Segment>,
 }
 
 impl Core {

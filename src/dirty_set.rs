@@ -27,6 +27,14 @@ impl Segment {
         self.start + self.bits.len() * page_size
     }
 
+    /// Makes this an all-clean segment of `pages` pages at `start`, reusing the buffer (no
+    /// allocation when it is large enough: `collect_into`).
+    pub(crate) fn reset(&mut self, start: usize, pages: usize) {
+        self.start = start;
+        self.bits.clear();
+        self.bits.resize(pages, false);
+    }
+
     /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect
     /// path once per reported region: shifts and whole-word ORs, no bit-by-bit fill.
     pub(crate) fn mark(&mut self, from: usize, to: usize, page_size: usize) {
@@ -106,7 +114,7 @@ fn ones(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
 
 /// Maximal runs `[first, last)` of set bits of `words`, ascending (`trailing_zeros` /
 /// `trailing_ones` per run, so a dense bitmap costs a few operations per word).
-fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
+pub(crate) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut w = 0;
     let mut cur = words.first().copied().unwrap_or(0);
     std::iter::from_fn(move || {
@@ -200,6 +208,21 @@ impl DirtySet {
             segments,
             count,
         }
+    }
+
+    /// Empties the set and hands out its segments, whose buffers the next harvest reuses
+    /// (`Tracker::collect_into`).
+    pub(crate) fn take_segments(&mut self) -> Vec<Segment> {
+        self.count = 0;
+        std::mem::take(&mut self.segments)
+    }
+
+    /// Replaces the contents with `segments` (non-overlapping, any order), without allocating.
+    pub(crate) fn set_segments(&mut self, page_size: usize, mut segments: Vec<Segment>) {
+        segments.sort_unstable_by_key(|s| s.start);
+        self.page_size = page_size;
+        self.count = count_all(&segments);
+        self.segments = segments;
     }
 
     /// The page granularity of the addresses in this set.

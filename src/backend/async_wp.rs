@@ -39,6 +39,79 @@ pub(crate) const FEATURES: u64 =
 /// resolves them itself.
 pub(crate) const FD_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY;
 
+/// The category masks of a `PAGEMAP_SCAN` (the return mask is always `PAGE_IS_WRITTEN`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Masks {
+    inverted: u64,
+    mask: u64,
+    anyof: u64,
+}
+
+/// Ranges armed with [`Arming::Full`]: exactly `PAGE_IS_WRITTEN` (see the module docs).
+const WRITTEN: Masks = Masks {
+    inverted: 0,
+    mask: pagemap::PAGE_IS_WRITTEN,
+    anyof: 0,
+};
+
+/// Ranges armed with [`Arming::Populated`]: pages with a page-table entry (present or swapped)
+/// that is not write-protected and does not map the shared zero page. Never-touched pages (no
+/// entry) are not selected, so no protection marker is ever installed for them.
+pub(crate) const POPULATED_WRITTEN: Masks = Masks {
+    inverted: pagemap::PAGE_IS_PFNZERO,
+    mask: pagemap::PAGE_IS_WRITTEN | pagemap::PAGE_IS_PFNZERO,
+    anyof: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+};
+
+/// How a range's pages are write-protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arming {
+    /// `UFFDIO_WRITEPROTECT` of the whole range: with `WP_UNPOPULATED` the kernel puts a
+    /// protection marker in the page-table entry of every never-touched page, which builds full
+    /// page tables (2 MiB per GiB: a 1 TiB range took 3–57 s and 2 GiB of page tables here), and
+    /// every scan walks them.
+    Full,
+    /// Only populated pages are protected (a `PAGEMAP_SCAN` with `WP_MATCHING` and
+    /// [`POPULATED_WRITTEN`]); cost and page tables grow with populated memory. Measured on
+    /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
+    /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
+    /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
+    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which is
+    /// neither reported nor protected, and a later write replaces it with a new page, reported.
+    /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
+    /// after each harvest, as on kernels whose scan misses discards).
+    Populated,
+}
+
+/// Protects the populated pages of `[start, end)` ([`Arming::Populated`]), reporting nothing:
+/// register and clear. A scan with `WP_MATCHING` and no output vector protects every page it
+/// selects and reports none (KERNEL-FACTS.md).
+pub(crate) fn protect_populated(pagemap: &File, start: usize, end: usize) -> io::Result<()> {
+    let mut at = start;
+    while at < end {
+        let req = ScanRequest {
+            flags: pagemap::PM_SCAN_WP_MATCHING | pagemap::PM_SCAN_CHECK_WPASYNC,
+            start: at as u64,
+            end: end as u64,
+            max_pages: 0,
+            category_inverted: POPULATED_WRITTEN.inverted,
+            category_mask: POPULATED_WRITTEN.mask,
+            category_anyof_mask: POPULATED_WRITTEN.anyof,
+            return_mask: pagemap::PAGE_IS_WRITTEN,
+        };
+        let out = pagemap::scan(pagemap, &req, &mut []);
+        out.result?;
+        let walk_end = usize::try_from(out.walk_end).unwrap_or(usize::MAX);
+        if walk_end <= at {
+            return Err(io::Error::other(format!(
+                "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x})"
+            )));
+        }
+        at = walk_end;
+    }
+    Ok(())
+}
+
 /// Why a scan stopped early. Whatever it had harvested is already in the segment, and so is
 /// every page from the failed call's start to the end of the scanned range.
 #[derive(Debug)]
@@ -84,6 +157,27 @@ impl Scanner {
         self.scan_with(start, end, rearm, seg, page_size, self.max_pages)
     }
 
+    /// [`Scanner::scan`] of a range armed with [`Arming::Populated`]: reports (and re-protects
+    /// when `rearm`) the pages [`POPULATED_WRITTEN`] selects.
+    pub(crate) fn scan_populated(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> Result<(), ScanError> {
+        self.scan_masks(
+            start,
+            end,
+            rearm,
+            seg,
+            page_size,
+            self.max_pages,
+            POPULATED_WRITTEN,
+        )
+    }
+
     /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
     /// exercise the `walk_end` continuation. Never use a limit on hugetlb ranges.
     pub(crate) fn scan_with(
@@ -94,6 +188,20 @@ impl Scanner {
         seg: &mut Segment,
         page_size: usize,
         max_pages: u64,
+    ) -> Result<(), ScanError> {
+        self.scan_masks(start, end, rearm, seg, page_size, max_pages, WRITTEN)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_masks(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+        max_pages: u64,
+        masks: Masks,
     ) -> Result<(), ScanError> {
         let flags = pagemap::PM_SCAN_CHECK_WPASYNC
             | if rearm {
@@ -116,9 +224,10 @@ impl Scanner {
                     start: at as u64,
                     end: end as u64,
                     max_pages,
-                    category_mask: pagemap::PAGE_IS_WRITTEN,
+                    category_inverted: masks.inverted,
+                    category_mask: masks.mask,
+                    category_anyof_mask: masks.anyof,
                     return_mask: pagemap::PAGE_IS_WRITTEN,
-                    ..Default::default()
                 };
                 pagemap::scan(pagemap, &req, buf)
             },
@@ -181,16 +290,18 @@ pub(crate) fn scan_loop(
     Ok(())
 }
 
-/// One harvest of range `r`. On error, everything taken from the kernel (and everything not
-/// scanned) is put back into the range's marks, so the next harvest reports it.
-pub(crate) fn harvest(
+/// One harvest of range `r` into `seg` (reset to the range's extent; its buffer is reused). On
+/// error, everything taken from the kernel (and everything not scanned) is put back into the
+/// range's marks, so the next harvest reports it.
+pub(crate) fn harvest_into(
     core: &Core,
     scanner: &mut Scanner,
     r: &RangeState,
     kind: Kind,
-) -> Result<Segment, Error> {
+    seg: &mut Segment,
+) -> Result<(), Error> {
     let ps = core.page_size;
-    let mut seg = r.segment(ps);
+    seg.reset(r.start(), r.pages(ps));
     loop {
         // Apply every event already read (a discard marks pages; a move re-keys the range).
         core.barrier();
@@ -200,16 +311,18 @@ pub(crate) fn harvest(
         let start = r.start();
         seg.start = start;
         let end = start + r.len;
-        let result = match kind {
-            Kind::Collect => scanner
-                .scan(start, end, true, &mut seg, ps)
+        let result = match (kind, r.arming) {
+            (Kind::Collect | Kind::Snapshot, Arming::Full) => scanner
+                .scan(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            Kind::Snapshot => scanner
-                .scan(start, end, false, &mut seg, ps)
+            (Kind::Collect | Kind::Snapshot, Arming::Populated) => scanner
+                .scan_populated(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            Kind::Clear => core
+            (Kind::Clear, Arming::Full) => core
                 .writeprotect(start, r.len, uffd::WRITEPROTECT_MODE_WP)
                 .map_err(|e| range_error(core, r, "UFFDIO_WRITEPROTECT", e)),
+            (Kind::Clear, Arming::Populated) => protect_populated(&scanner.pagemap, start, end)
+                .map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e)),
         };
         if let Err(e) = result {
             if kind == Kind::Collect {
@@ -234,11 +347,12 @@ pub(crate) fn harvest(
     // every other case (older kernels, shared memory and hugetlbfs, which keep protection
     // markers or are missed by the scan), the discarded pages are reported again.
     let scan_sees_zaps = core.caps.scan_reports_discards == Some(true)
-        && r.backing == crate::Backing::PrivateAnonymous;
+        && r.backing == crate::Backing::PrivateAnonymous
+        && r.arming == Arming::Full;
     if kind != Kind::Snapshot && !scan_sees_zaps {
         r.rearm_discards(false);
     }
-    Ok(seg)
+    Ok(())
 }
 
 fn scan_error(core: &Core, r: &RangeState, e: ScanError) -> Error {
