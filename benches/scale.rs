@@ -6,13 +6,15 @@
 //!   1 % of 1 GiB (2 622 pages). Sync mode re-protects only the pages written since the last
 //!   collect, so it should track async mode, not the range size.
 //! - `collect_into` vs `collect`: the same harvest into a reused [`DirtySet`].
-//! - `SCALE sparse_1TiB` (printed, one shot): register and an empty collect of a 1 TiB
-//!   `MAP_NORESERVE` range with 5 written pages, and the page tables (`VmPTE`) they build.
+//! - `SCALE sparse_1TiB` (printed, one shot): register, a collect of 5 written pages and an
+//!   empty collect of a 1 TiB `MAP_NORESERVE` range, and the page tables (`VmPTE`) they build:
+//!   `register_sparse` (async) vs `register` (async, sync) in the same run.
 //! - `SCALE register` (printed, one shot): registering one-page ranges one by one in a mapping
 //!   split into 20 000 VMAs (every other page read-only): the mean cost of calls 1–100 and
 //!   9 901–10 000, and `register_many` of the same 10 000 ranges.
 //!
-//! `DIRTYTRACK_BENCH_SCALE=collect,sparse,register` picks parts (default: all).
+//! `DIRTYTRACK_BENCH_SCALE=collect,sparse,register` picks parts (default: all);
+//! `DIRTYTRACK_BENCH_SPARSE_ONLY=1` leaves out the 1 TiB `register` rows (tens of seconds each).
 //! Run with `cargo bench --bench scale`.
 
 mod common;
@@ -139,13 +141,22 @@ fn bench_sparse(_c: &mut Criterion) {
     }
     let ps = page_size();
     let len = 1usize << 40;
-    for mode in [Mode::Async, Mode::Sync] {
+    for (mode, sparse) in [
+        (Mode::Async, true),
+        (Mode::Async, false),
+        (Mode::Sync, false),
+    ] {
         let m = map(len);
         let t = tracker(mode);
         let pte0 = vm_pte_kib();
         let t0 = Instant::now();
-        t.register(m.addr() as *mut u8, len)
-            .expect("register 1 TiB");
+        if sparse {
+            t.register_sparse(m.addr() as *mut u8, len)
+                .expect("register_sparse 1 TiB");
+        } else {
+            t.register(m.addr() as *mut u8, len)
+                .expect("register 1 TiB");
+        }
         let reg = t0.elapsed();
         let pte1 = vm_pte_kib();
         let offsets = [0, 1 << 30, 300 << 30, 777 << 30, len - ps];
@@ -160,7 +171,8 @@ fn bench_sparse(_c: &mut Criterion) {
         let col_empty = t2.elapsed();
         let pte2 = vm_pte_kib();
         println!(
-            "SCALE sparse_1TiB {mode:?}: register {:.1} ms (VmPTE +{} KiB), collect of 5 written {:.1} ms ({} pages), empty collect {:.1} ms ({} pages), VmPTE after {} KiB",
+            "SCALE sparse_1TiB {mode:?} {}: {:.1} ms (VmPTE +{} KiB), collect of 5 written {:.1} ms ({} pages), empty collect {:.1} ms ({} pages), VmPTE after {} KiB",
+            if sparse { "register_sparse" } else { "register" },
             reg.as_secs_f64() * 1e3,
             pte1.saturating_sub(pte0),
             col.as_secs_f64() * 1e3,

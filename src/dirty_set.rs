@@ -31,8 +31,23 @@ impl Segment {
     /// allocation when it is large enough: `collect_into`).
     pub(crate) fn reset(&mut self, start: usize, pages: usize) {
         self.start = start;
-        self.bits.clear();
-        self.bits.resize(pages, false);
+        if self.bits.len() == pages {
+            // Reused with the same extent: clear only the words that hold bits.
+            for w in self.bits.as_raw_mut_slice() {
+                if *w != 0 {
+                    *w = 0;
+                }
+            }
+        } else if self.bits.capacity() >= pages {
+            self.bits.clear();
+            self.bits.resize(pages, false);
+        } else {
+            // A zeroed allocation (`calloc`): a huge, sparse segment's untouched pages stay
+            // unallocated until a bit lands there.
+            let mut bits = BitVec::from_vec(vec![0u64; pages.div_ceil(64)]);
+            bits.truncate(pages);
+            self.bits = bits;
+        }
     }
 
     /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect

@@ -9,18 +9,82 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// Words of an [`AtomicBitmap`] per summary bit (16 384 pages, 64 MiB of 4 KiB pages).
+const GROUP_WORDS: usize = 256;
+
 /// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
 /// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
+///
+/// A summary bit per [`GROUP_WORDS`] words says which words may hold set bits, so taking from a
+/// huge, mostly clear bitmap (a 1 TiB range: 4 Mi words) reads only the groups that were marked.
+/// Ordering rule: a setter sets the word, then the summary bit; a taker clears the summary bit,
+/// then reads the words. A set racing a take is then either taken now or left with its summary
+/// bit set for the next take; a summary bit may be set over clear words (harmless).
+///
+/// The words are allocated zeroed by the allocator (`calloc`; for large bitmaps fresh pages from
+/// the kernel), so the untouched parts of a huge bitmap cost no resident memory.
 pub(crate) struct AtomicBitmap {
     words: Box<[AtomicU64]>,
+    summary: Box<[AtomicU64]>,
     bits: usize,
+}
+
+// `zeroed_atomics` reinterprets `u64`s as `AtomicU64`s.
+const _: () = assert!(
+    std::mem::size_of::<AtomicU64>() == std::mem::size_of::<u64>()
+        && std::mem::align_of::<AtomicU64>() == std::mem::align_of::<u64>()
+);
+
+/// `n` zeroed atomic words, allocated zeroed (see [`AtomicBitmap`]).
+fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    let words: Box<[u64]> = vec![0u64; n].into_boxed_slice();
+    let raw = Box::into_raw(words) as *mut [AtomicU64];
+    // SAFETY: `AtomicU64` has the size, alignment and bit validity of `u64` (asserted above and
+    // documented by std), so a boxed slice of `n` zero `u64`s is a valid boxed slice of `n` zero
+    // `AtomicU64`s with the same allocation layout; ownership moves from one box to the other.
+    unsafe { Box::from_raw(raw) }
 }
 
 impl AtomicBitmap {
     pub(crate) fn new(bits: usize) -> AtomicBitmap {
+        let words = bits.div_ceil(64);
         AtomicBitmap {
-            words: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: zeroed_atomics(words),
+            summary: zeroed_atomics(words.div_ceil(GROUP_WORDS).div_ceil(64)),
             bits,
+        }
+    }
+
+    /// Records that word `w` may hold set bits (after it was set).
+    fn note(&self, w: usize) {
+        let g = w / GROUP_WORDS;
+        let bit = 1u64 << (g % 64);
+        let s = &self.summary[g / 64];
+        if s.load(Ordering::Relaxed) & bit == 0 {
+            s.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Calls `f(w)` for each word index `w` whose group's summary bit is set, clearing the
+    /// summary bits first when `take`.
+    fn for_each_noted_word(&self, take: bool, mut f: impl FnMut(usize)) {
+        for (i, s) in self.summary.iter().enumerate() {
+            if s.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut groups = if take {
+                s.swap(0, Ordering::AcqRel)
+            } else {
+                s.load(Ordering::Acquire)
+            };
+            while groups != 0 {
+                let g = i * 64 + groups.trailing_zeros() as usize;
+                groups &= groups - 1;
+                let first = g * GROUP_WORDS;
+                for w in first..(first + GROUP_WORDS).min(self.words.len()) {
+                    f(w);
+                }
+            }
         }
     }
 
@@ -28,6 +92,7 @@ impl AtomicBitmap {
     pub(crate) fn set(&self, i: usize) {
         if i < self.bits {
             self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+            self.note(i / 64);
         }
     }
 
@@ -45,52 +110,111 @@ impl AtomicBitmap {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
             self.words[w].fetch_or(mask, Ordering::AcqRel);
+            self.note(w);
             i = w * 64 + hi;
         }
     }
 
     /// ORs a bit vector of the same length in, word by word (bits past the end are zero).
     pub(crate) fn or_bits(&self, bits: &BitVec<u64, Lsb0>) {
-        for (w, &b) in self.words.iter().zip(bits.as_raw_slice()) {
+        for (i, (w, &b)) in self.words.iter().zip(bits.as_raw_slice()).enumerate() {
             if b != 0 {
                 w.fetch_or(b, Ordering::AcqRel);
+                self.note(i);
             }
         }
     }
 
     /// Takes every set bit, leaving the bitmap clear, into `out` (ORed).
     pub(crate) fn take_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            if w.load(Ordering::Relaxed) != 0 {
-                *o |= w.swap(0, Ordering::AcqRel);
+        let out = out.as_raw_mut_slice();
+        self.for_each_noted_word(true, |w| {
+            let word = &self.words[w];
+            if word.load(Ordering::Relaxed) != 0 {
+                if let Some(o) = out.get_mut(w) {
+                    *o |= word.swap(0, Ordering::AcqRel);
+                }
             }
-        }
+        });
     }
 
     /// Copies every set bit into `out` (ORed) without clearing.
     pub(crate) fn copy_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            *o |= w.load(Ordering::Acquire);
-        }
+        let out = out.as_raw_mut_slice();
+        self.for_each_noted_word(false, |w| {
+            if let Some(o) = out.get_mut(w) {
+                *o |= self.words[w].load(Ordering::Acquire);
+            }
+        });
     }
 
     /// Moves every set bit into each of `targets` (ORed), leaving `self` clear.
     pub(crate) fn move_into(&self, targets: &[&AtomicBitmap]) {
-        for (i, w) in self.words.iter().enumerate() {
-            if w.load(Ordering::Relaxed) != 0 {
-                let v = w.swap(0, Ordering::AcqRel);
+        self.for_each_noted_word(true, |w| {
+            let word = &self.words[w];
+            if word.load(Ordering::Relaxed) != 0 {
+                let v = word.swap(0, Ordering::AcqRel);
                 for t in targets {
-                    t.words[i].fetch_or(v, Ordering::AcqRel);
+                    if let Some(tw) = t.words.get(w) {
+                        tw.fetch_or(v, Ordering::AcqRel);
+                        t.note(w);
+                    }
                 }
             }
+        });
+    }
+
+    /// Clears bits `[from, to)`.
+    pub(crate) fn clear_range(&self, from: usize, to: usize) {
+        let to = to.min(self.bits);
+        let mut i = from;
+        while i < to {
+            let w = i / 64;
+            let lo = i % 64;
+            let hi = (to - w * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            self.words[w].fetch_and(!mask, Ordering::AcqRel);
+            i = w * 64 + hi;
+        }
+    }
+
+    /// Calls `f(first, last)` for each maximal run `[first, last)` of set bits, ascending, as
+    /// the bits are read word by word (no allocation).
+    pub(crate) fn for_each_run(&self, mut f: impl FnMut(usize, usize)) {
+        let mut run: Option<(usize, usize)> = None;
+        self.for_each_noted_word(false, |w| {
+            let mut v = self.words[w].load(Ordering::Acquire);
+            while v != 0 {
+                let b = v.trailing_zeros() as usize;
+                let ones = (v >> b).trailing_ones() as usize;
+                let (first, last) = (w * 64 + b, w * 64 + b + ones);
+                run = match run {
+                    Some((a, e)) if e == first => Some((a, last)),
+                    Some(done) => {
+                        f(done.0, done.1);
+                        Some((first, last))
+                    }
+                    None => Some((first, last)),
+                };
+                v = if b + ones >= 64 {
+                    0
+                } else {
+                    v & !(((1u64 << ones) - 1) << b)
+                };
+            }
+        });
+        if let Some((a, e)) = run {
+            f(a, e);
         }
     }
 
     /// Clears every bit.
     pub(crate) fn clear(&self) {
-        for w in self.words.iter() {
-            w.store(0, Ordering::Release);
-        }
+        self.for_each_noted_word(true, |w| self.words[w].store(0, Ordering::Release));
     }
 }
 
@@ -156,6 +280,12 @@ pub(crate) struct RangeState {
     /// re-protect (their next first write would not fault otherwise). Allocated on the first
     /// discard (see [`LazyBitmap`]).
     pub(crate) repopulate: LazyBitmap,
+    /// Ranges armed with `Arming::Populated`: pages discarded (`UFFD_EVENT_REMOVE`) whose
+    /// page-table entry has not yet been seen gone. `MADV_FREE` pages are zapped whenever the
+    /// kernel reclaims them, possibly many collects later, and the populated-only scan does not
+    /// see a page without an entry: every collect looks at these pages, reports those whose
+    /// entry is gone, and forgets them. Allocated on the first discard.
+    pub(crate) freed: LazyBitmap,
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
     /// A lost range makes every call that touches it fail with `Error::RangeLost`.
     pub(crate) lost: Mutex<Option<String>>,
@@ -191,6 +321,7 @@ impl RangeState {
             marks: AtomicBitmap::new(len / page_size),
             discards: LazyBitmap::new(len / page_size),
             repopulate: LazyBitmap::new(len / page_size),
+            freed: LazyBitmap::new(len / page_size),
             lost: Mutex::new(None),
             cow: Mutex::new(None),
             gone: std::sync::atomic::AtomicBool::new(false),
@@ -230,6 +361,9 @@ impl RangeState {
             let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
             self.marks.set_range(a, b);
             self.discards.get_or_alloc().set_range(a, b);
+            if self.arming == crate::backend::async_wp::Arming::Populated {
+                self.freed.get_or_alloc().set_range(a, b);
+            }
         }
     }
 
@@ -363,6 +497,29 @@ mod tests {
             b.take_into(&mut again);
             assert!(again.not_any(), "take clears");
         }
+    }
+
+    #[test]
+    fn runs_and_clear_range_match_a_reference() {
+        let b = AtomicBitmap::new(300);
+        for (from, to) in [(0, 3), (3, 5), (63, 64), (64, 130), (131, 132), (200, 300)] {
+            b.set_range(from, to);
+        }
+        b.clear_range(100, 110);
+        b.clear_range(250, 251);
+        let mut runs = Vec::new();
+        b.for_each_run(|a, e| runs.push((a, e)));
+        assert_eq!(
+            runs,
+            vec![
+                (0, 5),
+                (63, 100),
+                (110, 130),
+                (131, 132),
+                (200, 250),
+                (251, 300)
+            ]
+        );
     }
 
     #[test]

@@ -84,8 +84,10 @@ pub(crate) enum Arming {
 }
 
 /// Protects the populated pages of `[start, end)` ([`Arming::Populated`]), reporting nothing:
-/// register and clear. A scan with `WP_MATCHING` and no output vector protects every page it
-/// selects and reports none (KERNEL-FACTS.md).
+/// register and clear. A scan with `WP_MATCHING` and no output vector takes the kernel's
+/// "exclusive write-protect" path: inside each existing page table it protects every entry (zero
+/// pages too, and a marker in every empty slot of that table), whatever the masks; page-table
+/// holes are skipped because the masks do not select them. So it builds no page table.
 pub(crate) fn protect_populated(pagemap: &File, start: usize, end: usize) -> io::Result<()> {
     let mut at = start;
     while at < end {
@@ -176,6 +178,54 @@ impl Scanner {
             self.max_pages,
             POPULATED_WRITTEN,
         )
+    }
+
+    /// Marks in `seg` the pages of `[start, end)` whose contents were dropped: no page-table
+    /// entry (neither present nor swapped), or the shared zero page (a read after the drop maps
+    /// it). A scan without `WP_MATCHING` for the other pages, whose gaps are the answer. Changes
+    /// nothing in the page tables.
+    pub(crate) fn mark_unpopulated(
+        &mut self,
+        start: usize,
+        end: usize,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> io::Result<()> {
+        let mut at = start;
+        while at < end {
+            let req = ScanRequest {
+                flags: pagemap::PM_SCAN_CHECK_WPASYNC,
+                start: at as u64,
+                end: end as u64,
+                category_inverted: pagemap::PAGE_IS_PFNZERO,
+                category_mask: pagemap::PAGE_IS_PFNZERO,
+                category_anyof_mask: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                return_mask: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                ..Default::default()
+            };
+            let out = pagemap::scan(&self.pagemap, &req, &mut self.buf);
+            self.used = self.buf.len(); // stale entries are cleared by the next scan_loop
+            out.result?;
+            let walk_end = usize::try_from(out.walk_end).unwrap_or(usize::MAX).min(end);
+            if walk_end <= at {
+                return Err(io::Error::other(format!(
+                    "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x})"
+                )));
+            }
+            let mut gap = at;
+            for r in &self.buf[..out.regions.min(self.buf.len())] {
+                let (a, b) = (r.start as usize, r.end as usize);
+                if a > gap {
+                    seg.mark(gap, a.min(walk_end), page_size);
+                }
+                gap = gap.max(b);
+            }
+            if gap < walk_end {
+                seg.mark(gap, walk_end, page_size);
+            }
+            at = walk_end;
+        }
+        Ok(())
     }
 
     /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
@@ -324,6 +374,12 @@ pub(crate) fn harvest_into(
             (Kind::Clear, Arming::Populated) => protect_populated(&scanner.pagemap, start, end)
                 .map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e)),
         };
+        let result = result.and_then(|()| match r.freed.get() {
+            Some(freed) if r.arming == Arming::Populated => {
+                watch_freed(core, scanner, r, freed, start, kind, seg)
+            }
+            _ => Ok(()),
+        });
         if let Err(e) = result {
             if kind == Kind::Collect {
                 r.marks.or_bits(&seg.bits);
@@ -353,6 +409,42 @@ pub(crate) fn harvest_into(
         r.rearm_discards(false);
     }
     Ok(())
+}
+
+/// Reports the discarded pages of a populated-only range whose page-table entry is now gone
+/// (see `RangeState::freed`), and forgets them, unless `kind` is a snapshot. Pages that still
+/// have an entry (an `MADV_FREE` page not reclaimed yet, or written again) stay watched.
+fn watch_freed(
+    core: &Core,
+    scanner: &mut Scanner,
+    r: &RangeState,
+    freed: &crate::range::AtomicBitmap,
+    start: usize,
+    kind: Kind,
+    seg: &mut Segment,
+) -> Result<(), Error> {
+    let ps = core.page_size;
+    let mut result = Ok(());
+    // The runs are read from the live bitmap; a run the monitor adds meanwhile is seen next time.
+    freed.for_each_run(|a, b| {
+        if result.is_err() {
+            return;
+        }
+        let mut gone = Segment::new(start + a * ps, 0);
+        gone.reset(start + a * ps, b - a);
+        result = scanner.mark_unpopulated(start + a * ps, start + b * ps, &mut gone, ps);
+        if result.is_ok() {
+            for (x, y) in crate::dirty_set::bit_runs(gone.bits.as_raw_slice()) {
+                if kind != Kind::Snapshot {
+                    freed.clear_range(a + x, a + y);
+                }
+                if kind != Kind::Clear {
+                    seg.mark(start + (a + x) * ps, start + (a + y) * ps, ps);
+                }
+            }
+        }
+    });
+    result.map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e))
 }
 
 fn scan_error(core: &Core, r: &RangeState, e: ScanError) -> Error {
