@@ -141,11 +141,15 @@ fn bench_sparse(_c: &mut Criterion) {
     }
     let ps = page_size();
     let len = 1usize << 40;
+    let full = std::env::var("DIRTYTRACK_BENCH_SPARSE_ONLY").is_err();
     for (mode, sparse) in [
         (Mode::Async, true),
         (Mode::Async, false),
         (Mode::Sync, false),
     ] {
+        if !sparse && !full {
+            continue;
+        }
         let m = map(len);
         let t = tracker(mode);
         let pte0 = vm_pte_kib();
