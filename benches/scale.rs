@@ -13,7 +13,9 @@
 //!   split into 20 000 VMAs (every other page read-only): the mean cost of calls 1–100 and
 //!   9 901–10 000, and `register_many` of the same 10 000 ranges.
 //!
-//! `DIRTYTRACK_BENCH_SCALE=collect,sparse,register` picks parts (default: all);
+//! - `SCALE memory` (printed): the heap a 16 GiB registration allocates (per-range bitmaps).
+//!
+//! `DIRTYTRACK_BENCH_SCALE=collect,sparse,register,memory` picks parts (default: all);
 //! `DIRTYTRACK_BENCH_SPARSE_ONLY=1` leaves out the 1 TiB `register` rows (tens of seconds each).
 //! Run with `cargo bench --bench scale`.
 
@@ -216,13 +218,13 @@ fn bench_register(_c: &mut Criterion) {
         times.push(t0.elapsed());
     }
     let total = t_all.elapsed();
-    let mean = |s: &[Duration]| s.iter().sum::<Duration>().as_secs_f64() / s.len() as f64 * 1e6;
+    let med = |s: &[Duration]| median(&mut s.to_vec()).as_secs_f64() * 1e6;
     let k = 100.min(n);
     println!(
-        "SCALE register one by one: calls 1-{k} {:.1} us each, calls {}-{n} {:.1} us each, all {n}: {:.2} s",
-        mean(&times[..k]),
+        "SCALE register one by one: median of calls 1-{k} {:.1} us, of calls {}-{n} {:.1} us, all {n}: {:.2} s",
+        med(&times[..k]),
         n - k + 1,
-        mean(&times[n - k..]),
+        med(&times[n - k..]),
         total.as_secs_f64()
     );
     drop(t);
@@ -247,5 +249,38 @@ fn bench_register(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_collect, bench_sparse, bench_register);
+/// Heap in use (glibc `mallinfo2`: arena plus mmapped chunks), in bytes.
+fn heap_bytes() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let mi = unsafe { libc::mallinfo2() };
+    mi.uordblks + mi.hblkhd
+}
+
+fn bench_memory(_c: &mut Criterion) {
+    if !wanted("memory") {
+        return;
+    }
+    let len = 16 * GIB;
+    for mode in [Mode::Async, Mode::Sync] {
+        let m = map(len);
+        let t = tracker(mode);
+        let before = heap_bytes();
+        t.register(m.addr() as *mut u8, len)
+            .expect("register 16 GiB");
+        let after = heap_bytes();
+        println!(
+            "SCALE memory {mode:?}: heap +{} KiB for 16 GiB registered ({:.1} KiB per GiB)",
+            (after - before) >> 10,
+            (after - before) as f64 / 1024.0 / 16.0
+        );
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_collect,
+    bench_sparse,
+    bench_register,
+    bench_memory
+);
 criterion_main!(benches);
