@@ -76,8 +76,9 @@ pub(crate) enum Arming {
     /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
     /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
     /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
-    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which is
-    /// neither reported nor protected, and a later write replaces it with a new page, reported.
+    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which a
+    /// collect neither reports nor protects, and a later write replaces it with a new page,
+    /// reported. (Register and clear protect more: see [`protect_populated`].)
     /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
     /// after each harvest, as on kernels whose scan misses discards).
     Populated,
