@@ -8,6 +8,7 @@
 
 use bitvec::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// The words and masks covering bits `[first, last)`: `(word index, mask)`, ascending, a whole
 /// word at a time where possible. The one place that computes word masks.
@@ -51,6 +52,29 @@ impl Segment {
 
     pub(crate) fn end(&self, page_size: usize) -> usize {
         self.start + self.bits.len() * page_size
+    }
+
+    /// Makes this an all-clean segment of `pages` pages at `start`, reusing the buffer (no
+    /// allocation when it is large enough: `collect_into`).
+    pub(crate) fn reset(&mut self, start: usize, pages: usize) {
+        self.start = start;
+        if self.bits.len() == pages {
+            // Reused with the same extent: clear only the words that hold bits.
+            for w in self.bits.as_raw_mut_slice() {
+                if *w != 0 {
+                    *w = 0;
+                }
+            }
+        } else if self.bits.capacity() >= pages {
+            self.bits.clear();
+            self.bits.resize(pages, false);
+        } else {
+            // A zeroed allocation (`calloc`): a huge, sparse segment's untouched pages stay
+            // unallocated until a bit lands there.
+            let mut bits = BitVec::from_vec(vec![0u64; pages.div_ceil(64)]);
+            bits.truncate(pages);
+            self.bits = bits;
+        }
     }
 
     /// Marks the pages overlapping `[from, to)` (clamped to the segment) dirty. On the collect
@@ -162,18 +186,82 @@ pub(crate) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + 
     })
 }
 
+/// Words of an [`AtomicBitmap`] per summary bit (16 384 pages, 64 MiB of 4 KiB pages).
+const GROUP_WORDS: usize = 256;
+
 /// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
 /// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
+///
+/// A summary bit per [`GROUP_WORDS`] words says which words may hold set bits, so taking from a
+/// huge, mostly clear bitmap (a 1 TiB range: 4 Mi words) reads only the groups that were marked.
+/// Ordering rule: a setter sets the word, then the summary bit; a taker clears the summary bit,
+/// then reads the words. A set racing a take is then either taken now or left with its summary
+/// bit set for the next take; a summary bit may be set over clear words (harmless).
+///
+/// The words are allocated zeroed by the allocator (`calloc`; for large bitmaps fresh pages from
+/// the kernel), so the untouched parts of a huge bitmap cost no resident memory.
 pub(crate) struct AtomicBitmap {
     words: Box<[AtomicU64]>,
+    summary: Box<[AtomicU64]>,
     bits: usize,
+}
+
+// `zeroed_atomics` reinterprets `u64`s as `AtomicU64`s.
+const _: () = assert!(
+    std::mem::size_of::<AtomicU64>() == std::mem::size_of::<u64>()
+        && std::mem::align_of::<AtomicU64>() == std::mem::align_of::<u64>()
+);
+
+/// `n` zeroed atomic words, allocated zeroed (see [`AtomicBitmap`]).
+fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    let words: Box<[u64]> = vec![0u64; n].into_boxed_slice();
+    let raw = Box::into_raw(words) as *mut [AtomicU64];
+    // SAFETY: `AtomicU64` has the size, alignment and bit validity of `u64` (asserted above and
+    // documented by std), so a boxed slice of `n` zero `u64`s is a valid boxed slice of `n` zero
+    // `AtomicU64`s with the same allocation layout; ownership moves from one box to the other.
+    unsafe { Box::from_raw(raw) }
 }
 
 impl AtomicBitmap {
     pub(crate) fn new(bits: usize) -> AtomicBitmap {
+        let words = bits.div_ceil(64);
         AtomicBitmap {
-            words: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: zeroed_atomics(words),
+            summary: zeroed_atomics(words.div_ceil(GROUP_WORDS).div_ceil(64)),
             bits,
+        }
+    }
+
+    /// Records that word `w` may hold set bits (after it was set).
+    fn note(&self, w: usize) {
+        let g = w / GROUP_WORDS;
+        let bit = 1u64 << (g % 64);
+        let s = &self.summary[g / 64];
+        if s.load(Ordering::Relaxed) & bit == 0 {
+            s.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Calls `f(w)` for each word index `w` whose group's summary bit is set, clearing the
+    /// summary bits first when `take`.
+    fn for_each_noted_word(&self, take: bool, mut f: impl FnMut(usize)) {
+        for (i, s) in self.summary.iter().enumerate() {
+            if s.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut groups = if take {
+                s.swap(0, Ordering::AcqRel)
+            } else {
+                s.load(Ordering::Acquire)
+            };
+            while groups != 0 {
+                let g = i * 64 + groups.trailing_zeros() as usize;
+                groups &= groups - 1;
+                let first = g * GROUP_WORDS;
+                for w in first..(first + GROUP_WORDS).min(self.words.len()) {
+                    f(w);
+                }
+            }
         }
     }
 
@@ -184,6 +272,7 @@ impl AtomicBitmap {
         debug_assert!(i < self.bits, "bit {i} past the end ({})", self.bits);
         if i < self.bits {
             self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+            self.note(i / 64);
         }
     }
 
@@ -191,51 +280,130 @@ impl AtomicBitmap {
     pub(crate) fn set_range(&self, from: usize, to: usize) {
         for (w, mask) in word_masks(from, to.min(self.bits)) {
             self.words[w].fetch_or(mask, Ordering::AcqRel);
+            self.note(w);
         }
     }
 
     /// ORs a bit vector of the same length in, word by word (bits past the end are zero).
     pub(crate) fn or_bits(&self, bits: &BitVec<u64, Lsb0>) {
-        for (w, &b) in self.words.iter().zip(bits.as_raw_slice()) {
+        for (i, (w, &b)) in self.words.iter().zip(bits.as_raw_slice()).enumerate() {
             if b != 0 {
                 w.fetch_or(b, Ordering::AcqRel);
+                self.note(i);
             }
         }
     }
 
     /// Takes every set bit, leaving the bitmap clear, into `out` (ORed).
     pub(crate) fn take_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            if w.load(Ordering::Relaxed) != 0 {
-                *o |= w.swap(0, Ordering::AcqRel);
+        let out = out.as_raw_mut_slice();
+        self.for_each_noted_word(true, |w| {
+            let word = &self.words[w];
+            if word.load(Ordering::Relaxed) != 0 {
+                if let Some(o) = out.get_mut(w) {
+                    *o |= word.swap(0, Ordering::AcqRel);
+                }
             }
-        }
+        });
     }
 
     /// Copies every set bit into `out` (ORed) without clearing.
     pub(crate) fn copy_into(&self, out: &mut BitVec<u64, Lsb0>) {
-        for (w, o) in self.words.iter().zip(out.as_raw_mut_slice()) {
-            *o |= w.load(Ordering::Acquire);
-        }
+        let out = out.as_raw_mut_slice();
+        self.for_each_noted_word(false, |w| {
+            if let Some(o) = out.get_mut(w) {
+                *o |= self.words[w].load(Ordering::Acquire);
+            }
+        });
     }
 
     /// Moves every set bit into each of `targets` (ORed), leaving `self` clear.
     pub(crate) fn move_into(&self, targets: &[&AtomicBitmap]) {
-        for (i, w) in self.words.iter().enumerate() {
-            if w.load(Ordering::Relaxed) != 0 {
-                let v = w.swap(0, Ordering::AcqRel);
+        self.for_each_noted_word(true, |w| {
+            let word = &self.words[w];
+            if word.load(Ordering::Relaxed) != 0 {
+                let v = word.swap(0, Ordering::AcqRel);
                 for t in targets {
-                    t.words[i].fetch_or(v, Ordering::AcqRel);
+                    if let Some(tw) = t.words.get(w) {
+                        tw.fetch_or(v, Ordering::AcqRel);
+                        t.note(w);
+                    }
                 }
             }
+        });
+    }
+
+    /// Clears bits `[from, to)`.
+    pub(crate) fn clear_range(&self, from: usize, to: usize) {
+        for (w, mask) in word_masks(from, to.min(self.bits)) {
+            self.words[w].fetch_and(!mask, Ordering::AcqRel);
+        }
+    }
+
+    /// Calls `f(first, last)` for each maximal run `[first, last)` of set bits, ascending, as
+    /// the bits are read word by word (no allocation).
+    pub(crate) fn for_each_run(&self, mut f: impl FnMut(usize, usize)) {
+        let mut run: Option<(usize, usize)> = None;
+        self.for_each_noted_word(false, |w| {
+            let mut v = self.words[w].load(Ordering::Acquire);
+            while v != 0 {
+                let b = v.trailing_zeros() as usize;
+                let ones = (v >> b).trailing_ones() as usize;
+                let (first, last) = (w * 64 + b, w * 64 + b + ones);
+                run = match run {
+                    Some((a, e)) if e == first => Some((a, last)),
+                    Some(done) => {
+                        f(done.0, done.1);
+                        Some((first, last))
+                    }
+                    None => Some((first, last)),
+                };
+                v = if b + ones >= 64 {
+                    0
+                } else {
+                    v & !(((1u64 << ones) - 1) << b)
+                };
+            }
+        });
+        if let Some((a, e)) = run {
+            f(a, e);
         }
     }
 
     /// Clears every bit.
     pub(crate) fn clear(&self) {
-        for w in self.words.iter() {
-            w.store(0, Ordering::Release);
+        self.for_each_noted_word(true, |w| self.words[w].store(0, Ordering::Release));
+    }
+}
+
+/// An [`AtomicBitmap`] allocated on first use: most ranges never see a discard, so their
+/// discard bitmaps cost nothing (issue 14: tracking memory of 32 KiB per GiB, the marks alone).
+///
+/// The monitor thread may allocate it (on the first `UFFD_EVENT_REMOVE` of the range). That is a
+/// heap allocation under the `batch` lock; it cannot deadlock because the monitor never faults on
+/// the heap: registering heap memory is unsupported in sync mode (README), and in async mode no
+/// write to tracked memory ever waits for the monitor.
+pub(crate) struct LazyBitmap {
+    cell: OnceLock<AtomicBitmap>,
+    bits: usize,
+}
+
+impl LazyBitmap {
+    pub(crate) fn new(bits: usize) -> LazyBitmap {
+        LazyBitmap {
+            cell: OnceLock::new(),
+            bits,
         }
+    }
+
+    /// The bitmap, if it was ever needed (else every bit is clear).
+    pub(crate) fn get(&self) -> Option<&AtomicBitmap> {
+        self.cell.get()
+    }
+
+    /// The bitmap, allocated (all clear) if it was not yet.
+    pub(crate) fn get_or_alloc(&self) -> &AtomicBitmap {
+        self.cell.get_or_init(|| AtomicBitmap::new(self.bits))
     }
 }
 
@@ -336,6 +504,29 @@ mod tests {
             b.take_into(&mut again);
             assert!(again.not_any(), "take clears");
         }
+    }
+
+    #[test]
+    fn runs_and_clear_range_match_a_reference() {
+        let b = AtomicBitmap::new(300);
+        for (from, to) in [(0, 3), (3, 5), (63, 64), (64, 130), (131, 132), (200, 300)] {
+            b.set_range(from, to);
+        }
+        b.clear_range(100, 110);
+        b.clear_range(250, 251);
+        let mut runs = Vec::new();
+        b.for_each_run(|a, e| runs.push((a, e)));
+        assert_eq!(
+            runs,
+            vec![
+                (0, 5),
+                (63, 100),
+                (110, 130),
+                (131, 132),
+                (200, 250),
+                (251, 300)
+            ]
+        );
     }
 
     #[test]

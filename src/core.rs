@@ -56,8 +56,9 @@ pub(crate) struct Core {
     /// The tracker's userfaultfd (non-blocking, close-on-exec).
     pub(crate) uffd: OwnedFd,
     /// See the module docs.
-    pub(crate) registry: Mutex<u64>,
-    /// Registered ranges, in registration order. Lookups are linear: trackers hold few ranges.
+    pub(crate) registry: Mutex<crate::range::Registry>,
+    /// Registered ranges, in registration order. The overlap check uses the registry's index;
+    /// other lookups are linear.
     pub(crate) ranges: RwLock<Vec<Arc<RangeState>>>,
     /// See the module docs.
     pub(crate) batch: Mutex<()>,

@@ -80,6 +80,21 @@ impl DirtySet {
         }
     }
 
+    /// Empties the set and hands out its segments, whose buffers the next harvest reuses
+    /// (`Tracker::collect_into`).
+    pub(crate) fn take_segments(&mut self) -> Vec<Segment> {
+        self.count = 0;
+        std::mem::take(&mut self.segments)
+    }
+
+    /// Replaces the contents with `segments` (non-overlapping, any order), without allocating.
+    pub(crate) fn set_segments(&mut self, page_size: usize, mut segments: Vec<Segment>) {
+        segments.sort_unstable_by_key(|s| s.start);
+        self.page_size = page_size;
+        self.count = count_all(&segments);
+        self.segments = segments;
+    }
+
     /// The page granularity of the addresses in this set.
     pub fn page_size(&self) -> usize {
         self.page_size

@@ -1,10 +1,11 @@
 //! Per-range state shared by the tracker, the backends and the monitor thread.
 
-use crate::bitmap::{AtomicBitmap, Segment};
+use crate::bitmap::{AtomicBitmap, LazyBitmap, Segment};
 use crate::cow::Cow;
 use crate::types::RangeId;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One registered range.
@@ -21,6 +22,8 @@ pub(crate) struct RangeState {
     pub(crate) granule: usize,
     /// What backs the range (from `/proc/self/maps` at registration).
     pub(crate) backing: crate::Backing,
+    /// How its pages are protected (async mode; sync mode is always `Full`).
+    pub(crate) arming: crate::backend::async_wp::Arming,
     /// Start and end at registration (for error messages).
     pub(crate) registered_at: usize,
     /// Pages known dirty that the page tables may not show: sync-mode write faults recorded by
@@ -32,10 +35,18 @@ pub(crate) struct RangeState {
     /// the pages only after the monitor has read the event, possibly after the harvest that
     /// took their mark: so every harvest moves these back into `marks`, and the next collect
     /// reports them again (over-report, documented for discards).
-    pub(crate) discards: AtomicBitmap,
+    /// Allocated on the first discard (see [`LazyBitmap`]).
+    pub(crate) discards: LazyBitmap,
     /// Sync mode without `WP_UNPOPULATED`: discarded pages to populate again before the next
-    /// re-protect (their next first write would not fault otherwise).
-    pub(crate) repopulate: AtomicBitmap,
+    /// re-protect (their next first write would not fault otherwise). Allocated on the first
+    /// discard (see [`LazyBitmap`]).
+    pub(crate) repopulate: LazyBitmap,
+    /// Ranges armed with `Arming::Populated`: pages discarded (`UFFD_EVENT_REMOVE`) whose
+    /// page-table entry has not yet been seen gone. `MADV_FREE` pages are zapped whenever the
+    /// kernel reclaims them, possibly many collects later, and the populated-only scan does not
+    /// see a page without an entry: every collect looks at these pages, reports those whose
+    /// entry is gone, and forgets them. Allocated on the first discard.
+    pub(crate) freed: LazyBitmap,
     /// `Some(reason)` once the registration vanished (unmap, partial move, `EPERM` from a scan).
     /// A lost range makes every call that touches it fail with `Error::RangeLost`. A leaf lock:
     /// taken briefly by anyone, never while taking another.
@@ -62,6 +73,7 @@ impl RangeState {
         page_size: usize,
         granule: usize,
         backing: crate::Backing,
+        arming: crate::backend::async_wp::Arming,
     ) -> RangeState {
         RangeState {
             id,
@@ -69,10 +81,12 @@ impl RangeState {
             len,
             granule,
             backing,
+            arming,
             registered_at: start,
             marks: AtomicBitmap::new(len / page_size),
-            discards: AtomicBitmap::new(len / page_size),
-            repopulate: AtomicBitmap::new(len / page_size),
+            discards: LazyBitmap::new(len / page_size),
+            repopulate: LazyBitmap::new(len / page_size),
+            freed: LazyBitmap::new(len / page_size),
             lost: Mutex::new(None),
             cow: Mutex::new(None),
             gone: std::sync::atomic::AtomicBool::new(false),
@@ -81,6 +95,13 @@ impl RangeState {
 
     pub(crate) fn start(&self) -> usize {
         self.start.load(Ordering::Acquire)
+    }
+
+    /// The memory moved to `start` (`mremap`, followed by the monitor under the `batch` lock).
+    /// Makes every [`Registry`] rebuild its index before its next lookup.
+    pub(crate) fn move_to(&self, start: usize) {
+        self.start.store(start, Ordering::Release);
+        RANGE_MOVES.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn end(&self) -> usize {
@@ -104,17 +125,23 @@ impl RangeState {
         if from < to {
             let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
             self.marks.set_range(a, b);
-            self.discards.set_range(a, b);
+            self.discards.get_or_alloc().set_range(a, b);
+            if self.arming == crate::backend::async_wp::Arming::Populated {
+                self.freed.get_or_alloc().set_range(a, b);
+            }
         }
     }
 
     /// After a harvest took (or cleared) the marks: the pages discarded since the previous
     /// harvest are marked again for the next one, and queued for re-population if `repopulate`.
     pub(crate) fn rearm_discards(&self, repopulate: bool) {
+        let Some(discards) = self.discards.get() else {
+            return; // never discarded
+        };
         if repopulate {
-            self.discards.move_into(&[&self.marks, &self.repopulate]);
+            discards.move_into(&[&self.marks, self.repopulate.get_or_alloc()]);
         } else {
-            self.discards.move_into(&[&self.marks]);
+            discards.move_into(&[&self.marks]);
         }
     }
 
@@ -131,5 +158,80 @@ impl RangeState {
             *lost = Some(reason);
         }
         self.marks.set_range(0, self.pages(page_size));
+    }
+}
+
+/// Moves of any range of any tracker in the process (see [`RangeState::move_to`]).
+static RANGE_MOVES: AtomicU64 = AtomicU64::new(0);
+
+/// What the tracker's `registry` lock owns: the next range id, and every registered range
+/// indexed by start address for the overlap check (O(log n) per register instead of a scan of
+/// every range; a GC heap registers thousands of small ranges).
+///
+/// The index is keyed by each range's start when it was last (re)built. A range moves only by
+/// `mremap` ([`RangeState::move_to`]), which bumps a process-wide counter; a lookup that sees a
+/// new count rebuilds the index from the ranges' current starts first. Ranges in the index do
+/// not overlap, except lost ones (their memory was unmapped or moved away): so a lookup checks
+/// every range that starts less than the longest range's length below the new range's end.
+pub(crate) struct Registry {
+    /// The last id handed out.
+    pub(crate) next_id: u64,
+    /// Every registered range (lost ones too, until unregistered), by (start, id).
+    by_start: BTreeMap<(usize, u64), Arc<RangeState>>,
+    /// The longest registered length (not lowered on removal; reset on rebuild).
+    max_len: usize,
+    /// `RANGE_MOVES` when the index was last built.
+    moves_seen: u64,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Registry {
+        Registry {
+            next_id: 0,
+            by_start: BTreeMap::new(),
+            max_len: 0,
+            moves_seen: RANGE_MOVES.load(Ordering::Acquire),
+        }
+    }
+
+    /// A registered range overlapping `[start, end)`, if any.
+    pub(crate) fn overlapping(&mut self, start: usize, end: usize) -> Option<Arc<RangeState>> {
+        let moves = RANGE_MOVES.load(Ordering::Acquire);
+        if moves != self.moves_seen {
+            let all: Vec<Arc<RangeState>> =
+                std::mem::take(&mut self.by_start).into_values().collect();
+            self.max_len = 0;
+            for r in all {
+                self.insert(r);
+            }
+            self.moves_seen = moves;
+        }
+        let lowest = start.saturating_sub(self.max_len);
+        self.by_start
+            .range((lowest, 0)..(end, 0))
+            .rev()
+            .map(|(_, r)| r)
+            .find(|r| r.start() < end && start < r.end())
+            .cloned()
+    }
+
+    /// Adds `r` to the index.
+    pub(crate) fn insert(&mut self, r: Arc<RangeState>) {
+        self.max_len = self.max_len.max(r.len);
+        self.by_start.insert((r.start(), r.id.0), r);
+    }
+
+    /// Removes `r` from the index.
+    pub(crate) fn remove(&mut self, r: &RangeState) {
+        if self.by_start.remove(&(r.start(), r.id.0)).is_none() {
+            // Moved since the index was built: find it by id.
+            self.by_start.retain(|_, x| x.id != r.id);
+        }
+    }
+
+    /// Forgets every range.
+    pub(crate) fn clear(&mut self) {
+        self.by_start.clear();
+        self.max_len = 0;
     }
 }

@@ -1,7 +1,8 @@
 //! [`Tracker`], its builder, and range handles.
 
+use crate::backend::async_wp::{self, Arming};
 use crate::backend::live::{self, LiveSnapshot};
-use crate::backend::{self, async_wp, monitor::Monitor, sync_wp, Harvest, Kind};
+use crate::backend::{self, monitor::Monitor, sync_wp, Harvest, Kind};
 use crate::bitmap::Segment;
 use crate::core::Core;
 use crate::dirty_set::DirtySet;
@@ -140,7 +141,7 @@ impl TrackerBuilder {
             no_thp: self.thp == Thp::Disable,
             owner_pid: sys::getpid(),
             uffd: fd,
-            registry: Mutex::new(0),
+            registry: Mutex::new(crate::range::Registry::new()),
             ranges: RwLock::new(Vec::new()),
             batch: Mutex::new(()),
             poisoned: Mutex::new(None),
@@ -149,7 +150,11 @@ impl TrackerBuilder {
             .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
         Ok(Tracker {
             core,
-            harvest: Mutex::new(Harvest { scanner }),
+            harvest: Mutex::new(Harvest {
+                scanner,
+                ranges: Vec::new(),
+                segments: Vec::new(),
+            }),
             monitor: Some(monitor),
         })
     }
@@ -262,8 +267,87 @@ impl Tracker {
     /// (e.g. pages of the malloc heap): the monitor thread could then fault on its own memory.
     pub fn register(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
         self.core.check_usable()?;
+        let (start, end) = self.check_range(addr, len)?;
+        let mut registry = self.core.registry.lock();
+        self.register_locked(&mut registry, start, end, Arming::Full)
+    }
+
+    /// [`Tracker::register`] for a huge, sparsely used range of private anonymous memory (a VMM's
+    /// guest address space, a reserved heap): registering, collecting and clearing cost what the
+    /// populated part costs, not what the range spans. Async mode only.
+    ///
+    /// [`Tracker::register`] write-protects every page, and for a never-touched page the kernel
+    /// then builds a page-table entry holding a protection marker: 2 MiB of page tables per GiB,
+    /// and every collect walks them (1 TiB: 2 GiB of page tables, 3–57 s to register, 1–7 s per
+    /// empty collect on this machine). Here only populated pages are protected; a page's first
+    /// touch creates an unprotected entry, which the next collect reports (if written) and
+    /// protects. Measured with 5 written pages in 1 TiB: see BENCHMARKS.md.
+    ///
+    /// What changes compared with [`Tracker::register`]:
+    /// - a first write into a range of transparent huge pages may populate (and report) a whole
+    ///   2 MiB huge page (over-report; use [`Thp::Disable`] to avoid it);
+    /// - discarded pages are reported from `UFFD_EVENT_REMOVE`, not from the page tables: a page
+    ///   freed with `MADV_FREE` and reclaimed by the kernel later than the collect after the next
+    ///   one changes to zero unreported (as in sync mode). Do not use `MADV_FREE` on such ranges,
+    ///   or use [`Tracker::register`].
+    ///
+    /// Errors: those of [`Tracker::register`], and [`Error::MappingNotSupported`] in sync mode or
+    /// for memory other than private anonymous.
+    pub fn register_sparse(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
+        self.core.check_usable()?;
+        let (start, end) = self.check_range(addr, len)?;
+        let mut registry = self.core.registry.lock();
+        self.register_locked(&mut registry, start, end, Arming::Populated)
+    }
+
+    /// Registers every range of `ranges` (`(addr, len)` pairs, each as for
+    /// [`Tracker::register`]), all or nothing: on error, the ranges of this call registered so
+    /// far are unregistered again and the error names the range that failed. Returns the ids in
+    /// the order of `ranges`.
+    ///
+    /// For thousands of small ranges (a GC heap's regions): one lock and one validation pass for
+    /// all of them. Collects wait until the call returns.
+    pub fn register_many(&self, ranges: &[(*mut u8, usize)]) -> Result<Vec<RangeId>, Error> {
+        self.core.check_usable()?;
         let core = &*self.core;
-        let ps = core.page_size;
+        let checked: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|&(addr, len)| self.check_range(addr, len))
+            .collect::<Result<_, _>>()?;
+        // Lock order: harvest, then registry. Holding `harvest` means no collect sees a range
+        // that a failure below rolls back.
+        let _harvest = self.harvest.lock();
+        let mut registry = core.registry.lock();
+        let mut ids = Vec::with_capacity(checked.len());
+        for (start, end) in checked {
+            match self.register_locked(&mut registry, start, end, Arming::Full) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    ids.sort_unstable();
+                    let rolled_back: Vec<Arc<RangeState>> = {
+                        let mut all = core.ranges.write();
+                        let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
+                            .into_iter()
+                            .partition(|r| ids.binary_search(&r.id).is_ok());
+                        *all = rest;
+                        ours
+                    };
+                    for r in rolled_back {
+                        registry.remove(&r);
+                        core.retire(&r, "rolling back register_many");
+                        let _ = core.release_range(&r);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Checks `[addr, addr + len)` for [`Tracker::register`]: page aligned, not empty, no
+    /// overflow. Returns (start, end).
+    fn check_range(&self, addr: *mut u8, len: usize) -> Result<(usize, usize), Error> {
+        let ps = self.core.page_size;
         let start = addr as usize;
         if start % ps != 0 {
             return Err(Error::Unaligned {
@@ -285,14 +369,21 @@ impl Tracker {
         let end = start
             .checked_add(len)
             .ok_or(Error::AddressOverflow { addr: start, len })?;
+        Ok((start, end))
+    }
 
-        let mut next_id = core.registry.lock();
-        if let Some(r) = core
-            .ranges
-            .read()
-            .iter()
-            .find(|r| r.start() < end && start < r.end())
-        {
+    /// The rest of [`Tracker::register`], under the `registry` lock.
+    fn register_locked(
+        &self,
+        registry: &mut crate::range::Registry,
+        start: usize,
+        end: usize,
+        arming: Arming,
+    ) -> Result<RangeId, Error> {
+        let core = &*self.core;
+        let ps = core.page_size;
+        let len = end - start;
+        if let Some(r) = registry.overlapping(start, end) {
             return Err(Error::Overlap {
                 start,
                 end,
@@ -336,6 +427,18 @@ impl Tracker {
             )),
             _ => ps,
         };
+        if arming == Arming::Populated {
+            if core.mode != Mode::Async {
+                return Err(not_supported(
+                    "register_sparse needs Mode::Async (sync mode protects every page); use register",
+                ));
+            }
+            if backing != Backing::PrivateAnonymous {
+                return Err(not_supported(
+                    "register_sparse tracks private anonymous memory only; use register",
+                ));
+            }
+        }
         if core.no_thp {
             // Best effort: hugetlbfs mappings reject it and need no THP policy.
             let _ = mem::madvise(start, len, mem::MADV_NOHUGEPAGE);
@@ -355,22 +458,30 @@ impl Tracker {
             unregister();
             return Err(not_supported("the kernel does not offer UFFDIO_WRITEPROTECT on this mapping; shmem and hugetlbfs need UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19+)"));
         }
-        *next_id += 1;
-        let id = RangeId(*next_id);
-        let state = Arc::new(RangeState::new(id, start, len, ps, granule, backing));
+        registry.next_id += 1;
+        let id = RangeId(registry.next_id);
+        let state = Arc::new(RangeState::new(
+            id, start, len, ps, granule, backing, arming,
+        ));
         // Visible to the monitor before any page is protected, so no fault finds no range.
         core.ranges.write().push(state.clone());
-        let armed = sync_wp::prefault(core.prefault, start, len, ps)
-            .map_err(|e| ("populating the range before protecting it", e))
-            .and_then(|()| {
-                core.writeprotect(start, len, uffd::WRITEPROTECT_MODE_WP)
-                    .map_err(|e| ("UFFDIO_WRITEPROTECT", e))
-            });
+        let armed = match arming {
+            Arming::Full => sync_wp::prefault(core.prefault, start, len, ps)
+                .map_err(|e| ("populating the range before protecting it", e))
+                .and_then(|()| {
+                    core.writeprotect(start, len, uffd::WRITEPROTECT_MODE_WP)
+                        .map_err(|e| ("UFFDIO_WRITEPROTECT", e))
+                }),
+            Arming::Populated => std::fs::File::open("/proc/self/pagemap")
+                .and_then(|pagemap| async_wp::protect_populated(&pagemap, start, end))
+                .map_err(|e| ("PAGEMAP_SCAN (protecting the populated pages)", e)),
+        };
         if let Err((op, e)) = armed {
             core.ranges.write().retain(|r| r.id != id);
             unregister();
             return Err(Error::from_kernel(op, e));
         }
+        registry.insert(state);
         Ok(id)
     }
 
@@ -380,7 +491,7 @@ impl Tracker {
         self.core.check_usable()?;
         let core = &*self.core;
         let _harvest = self.harvest.lock();
-        let _registry = core.registry.lock();
+        let mut registry = core.registry.lock();
         let r = {
             let mut ranges = core.ranges.write();
             let i = ranges
@@ -389,6 +500,7 @@ impl Tracker {
                 .ok_or(Error::UnknownRange(id))?;
             ranges.remove(i)
         };
+        registry.remove(&r);
         core.retire(&r, "unregister");
         match core.release_range(&r) {
             Ok(()) => Ok(()),
@@ -406,6 +518,27 @@ impl Tracker {
     /// by the next successful collect.
     pub fn collect(&self) -> Result<DirtySet, Error> {
         self.harvest(None, Kind::Collect)
+    }
+
+    /// [`Tracker::collect`] into `out`, replacing its contents and reusing its buffers: once
+    /// `out` has held a collect of the same ranges, a collect allocates nothing (the library's
+    /// collect path; the kernel may still allocate page tables).
+    ///
+    /// On error `out` is empty, and nothing is lost, as with [`Tracker::collect`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), dirtytrack::Error> {
+    /// # let tracker = dirtytrack::Tracker::new()?;
+    /// let mut dirty = dirtytrack::DirtySet::new();
+    /// loop {
+    ///     tracker.collect_into(&mut dirty)?;
+    ///     for run in dirty.runs() { /* copy it */ }
+    /// #   break;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn collect_into(&self, out: &mut DirtySet) -> Result<(), Error> {
+        self.harvest_into(None, Kind::Collect, out)
     }
 
     /// The pages written since the last collect or clear, without resetting anything: a look at
@@ -605,34 +738,61 @@ impl Tracker {
     }
 
     fn harvest(&self, only: Option<RangeId>, kind: Kind) -> Result<DirtySet, Error> {
+        let mut out = DirtySet::new();
+        self.harvest_into(only, kind, &mut out)?;
+        Ok(out)
+    }
+
+    /// The harvest behind every collect, snapshot and clear: one range after the other, into
+    /// `out`'s reused segment buffers. On error `out` is empty, and (collect) every page already
+    /// taken is back in its range's marks.
+    fn harvest_into(
+        &self,
+        only: Option<RangeId>,
+        kind: Kind,
+        out: &mut DirtySet,
+    ) -> Result<(), Error> {
         self.core.check_usable()?;
         let core = &*self.core;
         let mut h = self.harvest.lock();
-        let ranges: Vec<Arc<RangeState>> = match only {
-            None => core.ranges.read().clone(),
-            Some(id) => vec![core
-                .ranges
-                .read()
-                .iter()
-                .find(|r| r.id == id)
-                .cloned()
-                .ok_or(Error::UnknownRange(id))?],
-        };
-        let mut done: Vec<(&Arc<RangeState>, Segment)> = Vec::with_capacity(ranges.len());
+        let h = &mut *h;
+        // Both vectors keep their capacity across calls: no allocation in a steady state.
+        let mut ranges = std::mem::take(&mut h.ranges);
+        ranges.clear();
+        match only {
+            None => ranges.extend(core.ranges.read().iter().cloned()),
+            Some(id) => ranges.push(
+                core.ranges
+                    .read()
+                    .iter()
+                    .find(|r| r.id == id)
+                    .cloned()
+                    .ok_or(Error::UnknownRange(id))?,
+            ),
+        }
+        let mut spare = out.take_segments();
+        let mut done = std::mem::take(&mut h.segments);
+        done.clear();
         let mut failure = None;
-        for r in &ranges {
-            let seg = match core.mode {
-                crate::Mode::Sync => sync_wp::harvest(core, r, kind, h.scanner.as_mut()),
-                _ => match h.scanner.as_mut() {
-                    Some(scanner) => async_wp::harvest(core, scanner, r, kind),
-                    None => Err(Error::Poisoned("async mode without a scanner".into())),
-                },
-            };
-            match seg {
-                Ok(seg) => done.push((r, seg)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+        {
+            let mut spare = spare.drain(..);
+            for r in &ranges {
+                let mut seg = spare.next().unwrap_or_else(|| Segment::new(r.start(), 0));
+                let result = match core.mode {
+                    crate::Mode::Sync => {
+                        sync_wp::harvest_into(core, r, kind, &mut seg, h.scanner.as_mut())
+                    }
+                    _ => match h.scanner.as_mut() {
+                        Some(scanner) => async_wp::harvest_into(core, scanner, r, kind, &mut seg),
+                        None => Err(Error::Poisoned("async mode without a scanner".into())),
+                    },
+                };
+                match result {
+                    Ok(()) => done.push(seg),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
         }
@@ -644,17 +804,24 @@ impl Tracker {
         }
         if let Some(e) = failure {
             if kind == Kind::Collect {
-                // Nothing lost: what the other ranges yielded goes back to their marks.
-                for (r, seg) in &done {
+                // Nothing lost: what the other ranges yielded goes back to their marks
+                // (`done[i]` is the harvest of `ranges[i]`).
+                for (r, seg) in ranges.iter().zip(&done) {
                     r.marks.or_bits(&seg.bits);
                 }
             }
+            done.clear();
+            h.segments = done;
+            ranges.clear();
+            h.ranges = ranges;
+            out.set_segments(core.page_size, spare);
             return Err(e);
         }
-        Ok(DirtySet::from_segments(
-            core.page_size,
-            done.into_iter().map(|(_, s)| s).collect(),
-        ))
+        ranges.clear(); // drop the references now, keep the capacity
+        h.ranges = ranges;
+        out.set_segments(core.page_size, done);
+        h.segments = spare;
+        Ok(())
     }
 }
 
@@ -796,6 +963,7 @@ impl Drop for Tracker {
             return;
         }
         // Un-protect everything first, so no writer waits on a monitor that is about to stop.
+        self.core.registry.lock().clear();
         let ranges: Vec<_> = self.core.ranges.write().drain(..).collect();
         for r in ranges {
             self.core.retire(&r, "dropping the tracker");

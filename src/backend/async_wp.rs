@@ -39,6 +39,82 @@ pub(crate) const FEATURES: u64 =
 /// resolves them itself.
 pub(crate) const FD_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY;
 
+/// The category masks of a `PAGEMAP_SCAN` (the return mask is always `PAGE_IS_WRITTEN`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Masks {
+    inverted: u64,
+    mask: u64,
+    anyof: u64,
+}
+
+/// Ranges armed with [`Arming::Full`]: exactly `PAGE_IS_WRITTEN` (see the module docs).
+const WRITTEN: Masks = Masks {
+    inverted: 0,
+    mask: pagemap::PAGE_IS_WRITTEN,
+    anyof: 0,
+};
+
+/// Ranges armed with [`Arming::Populated`]: pages with a page-table entry (present or swapped)
+/// that is not write-protected and does not map the shared zero page. Never-touched pages (no
+/// entry) are not selected, so no protection marker is ever installed for them.
+pub(crate) const POPULATED_WRITTEN: Masks = Masks {
+    inverted: pagemap::PAGE_IS_PFNZERO,
+    mask: pagemap::PAGE_IS_WRITTEN | pagemap::PAGE_IS_PFNZERO,
+    anyof: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+};
+
+/// How a range's pages are write-protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arming {
+    /// `UFFDIO_WRITEPROTECT` of the whole range: with `WP_UNPOPULATED` the kernel puts a
+    /// protection marker in the page-table entry of every never-touched page, which builds full
+    /// page tables (2 MiB per GiB: a 1 TiB range took 3–57 s and 2 GiB of page tables here), and
+    /// every scan walks them.
+    Full,
+    /// Only populated pages are protected (a `PAGEMAP_SCAN` with `WP_MATCHING` and
+    /// [`POPULATED_WRITTEN`]); cost and page tables grow with populated memory. Measured on
+    /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
+    /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
+    /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
+    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which a
+    /// collect neither reports nor protects, and a later write replaces it with a new page,
+    /// reported. (Register and clear protect more: see [`protect_populated`].)
+    /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
+    /// after each harvest, as on kernels whose scan misses discards).
+    Populated,
+}
+
+/// Protects the populated pages of `[start, end)` ([`Arming::Populated`]), reporting nothing:
+/// register and clear. A scan with `WP_MATCHING` and no output vector takes the kernel's
+/// "exclusive write-protect" path: inside each existing page table it protects every entry (zero
+/// pages too, and a marker in every empty slot of that table), whatever the masks; page-table
+/// holes are skipped because the masks do not select them. So it builds no page table.
+pub(crate) fn protect_populated(pagemap: &File, start: usize, end: usize) -> io::Result<()> {
+    let mut at = start;
+    while at < end {
+        let req = ScanRequest {
+            flags: pagemap::PM_SCAN_WP_MATCHING | pagemap::PM_SCAN_CHECK_WPASYNC,
+            start: at as u64,
+            end: end as u64,
+            max_pages: 0,
+            category_inverted: POPULATED_WRITTEN.inverted,
+            category_mask: POPULATED_WRITTEN.mask,
+            category_anyof_mask: POPULATED_WRITTEN.anyof,
+            return_mask: pagemap::PAGE_IS_WRITTEN,
+        };
+        let out = pagemap::scan(pagemap, &req, &mut []);
+        out.result?;
+        let walk_end = usize::try_from(out.walk_end).unwrap_or(usize::MAX);
+        if walk_end <= at {
+            return Err(io::Error::other(format!(
+                "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x})"
+            )));
+        }
+        at = walk_end;
+    }
+    Ok(())
+}
+
 /// Why a scan stopped early. Whatever it had harvested is already in the segment, and so is
 /// every page from the failed call's start to the end of the scanned range.
 #[derive(Debug)]
@@ -98,7 +174,76 @@ impl Scanner {
         seg: &mut Segment,
         page_size: usize,
     ) -> Result<(), ScanError> {
-        self.scan_flags(start, end, 0, seg, page_size, self.max_pages)
+        self.scan_flags(start, end, 0, seg, page_size, self.max_pages, WRITTEN)
+    }
+
+    /// [`Scanner::scan`] of a range armed with [`Arming::Populated`]: reports (and re-protects
+    /// when `rearm`) the pages [`POPULATED_WRITTEN`] selects.
+    pub(crate) fn scan_populated(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> Result<(), ScanError> {
+        self.scan_masks(
+            start,
+            end,
+            rearm,
+            seg,
+            page_size,
+            self.max_pages,
+            POPULATED_WRITTEN,
+        )
+    }
+
+    /// Marks in `seg` the pages of `[start, end)` whose contents were dropped: no page-table
+    /// entry (neither present nor swapped), or the shared zero page (a read after the drop maps
+    /// it). A scan without `WP_MATCHING` for the other pages, whose gaps are the answer. Changes
+    /// nothing in the page tables.
+    pub(crate) fn mark_unpopulated(
+        &mut self,
+        start: usize,
+        end: usize,
+        seg: &mut Segment,
+        page_size: usize,
+    ) -> io::Result<()> {
+        let mut at = start;
+        while at < end {
+            let req = ScanRequest {
+                flags: pagemap::PM_SCAN_CHECK_WPASYNC,
+                start: at as u64,
+                end: end as u64,
+                category_inverted: pagemap::PAGE_IS_PFNZERO,
+                category_mask: pagemap::PAGE_IS_PFNZERO,
+                category_anyof_mask: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                return_mask: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
+                ..Default::default()
+            };
+            let out = pagemap::scan(&self.pagemap, &req, &mut self.buf);
+            self.used = self.buf.len(); // stale entries are cleared by the next scan_loop
+            out.result?;
+            let walk_end = usize::try_from(out.walk_end).unwrap_or(usize::MAX).min(end);
+            if walk_end <= at {
+                return Err(io::Error::other(format!(
+                    "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x})"
+                )));
+            }
+            let mut gap = at;
+            for r in &self.buf[..out.regions.min(self.buf.len())] {
+                let (a, b) = (r.start as usize, r.end as usize);
+                if a > gap {
+                    seg.mark(gap, a.min(walk_end), page_size);
+                }
+                gap = gap.max(b);
+            }
+            if gap < walk_end {
+                seg.mark(gap, walk_end, page_size);
+            }
+            at = walk_end;
+        }
+        Ok(())
     }
 
     /// [`Scanner::scan`] with a `max_pages` limit per call (0 = none); tests use small limits to
@@ -112,17 +257,31 @@ impl Scanner {
         page_size: usize,
         max_pages: u64,
     ) -> Result<(), ScanError> {
+        self.scan_masks(start, end, rearm, seg, page_size, max_pages, WRITTEN)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_masks(
+        &mut self,
+        start: usize,
+        end: usize,
+        rearm: bool,
+        seg: &mut Segment,
+        page_size: usize,
+        max_pages: u64,
+        masks: Masks,
+    ) -> Result<(), ScanError> {
         let flags = pagemap::PM_SCAN_CHECK_WPASYNC
             | if rearm {
                 pagemap::PM_SCAN_WP_MATCHING
             } else {
                 0
             };
-        self.scan_flags(start, end, flags, seg, page_size, max_pages)
+        self.scan_flags(start, end, flags, seg, page_size, max_pages, masks)
     }
 
-    /// One `walk_end` loop over `[start, end)` with these `PAGEMAP_SCAN` flags and the exact
-    /// `PAGE_IS_WRITTEN` mask.
+    /// One `walk_end` loop over `[start, end)` with these `PAGEMAP_SCAN` flags and masks.
+    #[allow(clippy::too_many_arguments)]
     fn scan_flags(
         &mut self,
         start: usize,
@@ -131,6 +290,7 @@ impl Scanner {
         seg: &mut Segment,
         page_size: usize,
         max_pages: u64,
+        masks: Masks,
     ) -> Result<(), ScanError> {
         let pagemap = &self.pagemap;
         let mut used = self.used;
@@ -147,9 +307,10 @@ impl Scanner {
                     start: at as u64,
                     end: end as u64,
                     max_pages,
-                    category_mask: pagemap::PAGE_IS_WRITTEN,
+                    category_inverted: masks.inverted,
+                    category_mask: masks.mask,
+                    category_anyof_mask: masks.anyof,
                     return_mask: pagemap::PAGE_IS_WRITTEN,
-                    ..Default::default()
                 };
                 pagemap::scan(pagemap, &req, buf)
             },
@@ -212,16 +373,18 @@ pub(crate) fn scan_loop(
     Ok(())
 }
 
-/// One harvest of range `r`. On error, everything taken from the kernel (and everything not
-/// scanned) is put back into the range's marks, so the next harvest reports it.
-pub(crate) fn harvest(
+/// One harvest of range `r` into `seg` (reset to the range's extent; its buffer is reused). On
+/// error, everything taken from the kernel (and everything not scanned) is put back into the
+/// range's marks, so the next harvest reports it.
+pub(crate) fn harvest_into(
     core: &Core,
     scanner: &mut Scanner,
     r: &RangeState,
     kind: Kind,
-) -> Result<Segment, Error> {
+    seg: &mut Segment,
+) -> Result<(), Error> {
     let ps = core.page_size;
-    let mut seg = r.segment(ps);
+    seg.reset(r.start(), r.pages(ps));
     loop {
         // Apply every event already read (a discard marks pages; a move re-keys the range).
         core.barrier();
@@ -231,17 +394,25 @@ pub(crate) fn harvest(
         let start = r.start();
         seg.start = start;
         let end = start + r.len;
-        let result = match kind {
-            Kind::Collect => scanner
-                .scan(start, end, true, &mut seg, ps)
+        let result = match (kind, r.arming) {
+            (Kind::Collect | Kind::Snapshot, Arming::Full) => scanner
+                .scan(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            Kind::Snapshot => scanner
-                .scan(start, end, false, &mut seg, ps)
+            (Kind::Collect | Kind::Snapshot, Arming::Populated) => scanner
+                .scan_populated(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            Kind::Clear => core
+            (Kind::Clear, Arming::Full) => core
                 .writeprotect(start, r.len, uffd::WRITEPROTECT_MODE_WP)
                 .map_err(|e| range_error(core, r, "UFFDIO_WRITEPROTECT", e)),
+            (Kind::Clear, Arming::Populated) => protect_populated(&scanner.pagemap, start, end)
+                .map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e)),
         };
+        let result = result.and_then(|()| match r.freed.get() {
+            Some(freed) if r.arming == Arming::Populated => {
+                watch_freed(core, scanner, r, freed, start, kind, seg)
+            }
+            _ => Ok(()),
+        });
         if let Err(e) = result {
             if kind == Kind::Collect {
                 r.marks.or_bits(&seg.bits);
@@ -265,11 +436,48 @@ pub(crate) fn harvest(
     // every other case (older kernels, shared memory and hugetlbfs, which keep protection
     // markers or are missed by the scan), the discarded pages are reported again.
     let scan_sees_zaps = core.caps.scan_reports_discards == Some(true)
-        && r.backing == crate::Backing::PrivateAnonymous;
+        && r.backing == crate::Backing::PrivateAnonymous
+        && r.arming == Arming::Full;
     if kind != Kind::Snapshot && !scan_sees_zaps {
         r.rearm_discards(false);
     }
-    Ok(seg)
+    Ok(())
+}
+
+/// Reports the discarded pages of a populated-only range whose page-table entry is now gone
+/// (see `RangeState::freed`), and forgets them, unless `kind` is a snapshot. Pages that still
+/// have an entry (an `MADV_FREE` page not reclaimed yet, or written again) stay watched.
+fn watch_freed(
+    core: &Core,
+    scanner: &mut Scanner,
+    r: &RangeState,
+    freed: &crate::bitmap::AtomicBitmap,
+    start: usize,
+    kind: Kind,
+    seg: &mut Segment,
+) -> Result<(), Error> {
+    let ps = core.page_size;
+    let mut result = Ok(());
+    // The runs are read from the live bitmap; a run the monitor adds meanwhile is seen next time.
+    freed.for_each_run(|a, b| {
+        if result.is_err() {
+            return;
+        }
+        let mut gone = Segment::new(start + a * ps, 0);
+        gone.reset(start + a * ps, b - a);
+        result = scanner.mark_unpopulated(start + a * ps, start + b * ps, &mut gone, ps);
+        if result.is_ok() {
+            for (x, y) in crate::bitmap::bit_runs(gone.bits.as_raw_slice()) {
+                if kind != Kind::Snapshot {
+                    freed.clear_range(a + x, a + y);
+                }
+                if kind != Kind::Clear {
+                    seg.mark(start + (a + x) * ps, start + (a + y) * ps, ps);
+                }
+            }
+        }
+    });
+    result.map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e))
 }
 
 fn scan_error(core: &Core, r: &RangeState, e: ScanError) -> Error {

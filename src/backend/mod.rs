@@ -21,6 +21,11 @@ use std::io;
 pub(crate) struct Harvest {
     /// The scanner, if this mode and kernel use one.
     pub(crate) scanner: Option<async_wp::Scanner>,
+    /// The ranges being harvested (kept for its capacity: a steady-state collect allocates
+    /// nothing).
+    pub(crate) ranges: Vec<std::sync::Arc<RangeState>>,
+    /// Segment vector swapped with the caller's `DirtySet` (kept for its capacity).
+    pub(crate) segments: Vec<crate::bitmap::Segment>,
 }
 
 /// What a harvest does with the written state.

@@ -253,10 +253,7 @@ fn read_batch(
                 {
                     disturb_cow(r, from, from + len, ps, "an mremap");
                     if r.start() >= from && r.end() <= from + len {
-                        r.start.store(
-                            to + (r.start() - from),
-                            std::sync::atomic::Ordering::Release,
-                        );
+                        r.move_to(to + (r.start() - from));
                     } else {
                         r.mark_lost(
                             format!(

@@ -1,6 +1,14 @@
 //! `/proc/self/maps`: which mappings cover an address range, and of what kind.
+//!
+//! On Linux 6.11+ the mappings around a range are asked for one at a time with the
+//! `PROCMAP_QUERY` ioctl on an open `/proc/self/maps` (cost independent of how many mappings the
+//! process has); older kernels answer `ENOTTY` and the whole file is read and parsed (cost
+//! proportional to the number of mappings: 13.8 ms per call with 20 000 of them).
 
+use super::{cvt, ioc, IOC_READ, IOC_WRITE};
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 
 /// One line of `/proc/self/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +55,122 @@ pub fn parse_line(line: &str) -> Option<Vma> {
     })
 }
 
-/// The mappings of this process that overlap `[start, end)`, ascending.
+/// `struct procmap_query` of `<linux/fs.h>` (Linux 6.11).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == 104);
+
+/// `PROCMAP_QUERY = _IOWR(PROCFS_IOCTL_MAGIC = 'f', 17, struct procmap_query)` (Linux 6.11).
+const PROCMAP_QUERY: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    b'f' as u64,
+    17,
+    std::mem::size_of::<ProcmapQuery>() as u64,
+);
+/// `procmap_query_flags` (Linux 6.11): output `vma_flags` bits, and the query flag that returns
+/// the mapping covering `query_addr` or else the next one above it.
+const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
+const PROCMAP_QUERY_VMA_EXECUTABLE: u64 = 0x04;
+const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+/// Longest name asked for (`PATH_MAX`).
+const NAME_MAX: usize = 4096;
+
+/// One `PROCMAP_QUERY` on an open `/proc/self/maps`: the mapping covering `addr`, or else the
+/// next one above it; `Ok(None)` when there is none (`ENOENT`). `ENOTTY` before Linux 6.11.
+fn query_covering_or_next(
+    maps: &File,
+    addr: usize,
+    name: &mut [u8; NAME_MAX],
+) -> io::Result<Option<Vma>> {
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+        query_addr: addr as u64,
+        vma_name_size: NAME_MAX as u32,
+        vma_name_addr: name.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `q` is a valid `procmap_query` with `size` set; `vma_name_addr`/`vma_name_size`
+    // describe `name`, an exclusively borrowed buffer of exactly `NAME_MAX` bytes that outlives
+    // the call; `build_id_size` is 0, so the kernel writes no build id.
+    let ret = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY as _, &mut q) };
+    match cvt(ret as _) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // `vma_name_size` is the name's length with its NUL, or 0 for an unnamed mapping.
+    let len = (q.vma_name_size as usize).saturating_sub(1).min(NAME_MAX);
+    let flag = |bit: u64, c: u8| if q.vma_flags & bit != 0 { c } else { b'-' };
+    Ok(Some(Vma {
+        start: q.vma_start as usize,
+        end: q.vma_end as usize,
+        perms: [
+            flag(PROCMAP_QUERY_VMA_READABLE, b'r'),
+            flag(PROCMAP_QUERY_VMA_WRITABLE, b'w'),
+            flag(PROCMAP_QUERY_VMA_EXECUTABLE, b'x'),
+            if q.vma_flags & PROCMAP_QUERY_VMA_SHARED != 0 {
+                b's'
+            } else {
+                b'p'
+            },
+        ],
+        inode: q.inode,
+        path: String::from_utf8_lossy(&name[..len]).into_owned(),
+    }))
+}
+
+/// The mappings of this process that overlap `[start, end)`, ascending: by `PROCMAP_QUERY`
+/// (6.11+, one query per mapping), else by reading `/proc/self/maps`.
 pub fn vmas_in(start: usize, end: usize) -> io::Result<Vec<Vma>> {
+    match vmas_in_by_query(start, end) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+            vmas_in_by_parsing(start, end)
+        }
+        other => other,
+    }
+}
+
+/// [`vmas_in`] by `PROCMAP_QUERY` (Linux 6.11+; `ENOTTY` before).
+pub fn vmas_in_by_query(start: usize, end: usize) -> io::Result<Vec<Vma>> {
+    let maps = File::open("/proc/self/maps")?;
+    let mut name = Box::new([0u8; NAME_MAX]);
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        match query_covering_or_next(&maps, at, &mut name)? {
+            Some(v) if v.start < end && v.end > at => {
+                at = v.end;
+                out.push(v);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// [`vmas_in`] by reading and parsing all of `/proc/self/maps`.
+pub fn vmas_in_by_parsing(start: usize, end: usize) -> io::Result<Vec<Vma>> {
     let text = std::fs::read_to_string("/proc/self/maps")?;
     Ok(text
         .lines()
@@ -130,6 +252,44 @@ mod tests {
             parse_line("7f00a000-7f00c000 rw-s 00000000 00:01 1234    /memfd:x (deleted)").unwrap();
         assert!(v.is_shared() && v.is_file_backed());
         assert_eq!(v.path, "/memfd:x (deleted)");
+    }
+
+    #[test]
+    fn query_and_parsing_agree() {
+        let ps = crate::sys::page_size();
+        let m = crate::sys::mem::AnonMapping::new(8 * ps).unwrap();
+        // Split it into three mappings: rw, r, rw.
+        // SAFETY: the page lies inside `m`, which nothing references.
+        let rc = unsafe { libc::mprotect((m.addr() + 3 * ps) as *mut _, ps, libc::PROT_READ) };
+        assert_eq!(rc, 0);
+        let all = (m.addr() - 64 * ps, m.addr() + 64 * ps);
+        for (start, end) in [
+            (m.addr(), m.addr() + 8 * ps),
+            (m.addr() + ps, m.addr() + 4 * ps),
+            all,
+        ] {
+            let parsed = vmas_in_by_parsing(start, end).unwrap();
+            match vmas_in_by_query(start, end) {
+                Ok(queried) => assert_eq!(queried, parsed, "{start:#x}..{end:#x}"),
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}"),
+            }
+            assert_eq!(vmas_in(start, end).unwrap(), parsed);
+        }
+        let inside = vmas_in(m.addr(), m.addr() + 8 * ps).unwrap();
+        assert_eq!(inside.len(), 3);
+        assert_eq!(&inside[1].perms, b"r--p");
+        // The process's own executable and libraries (they do not change while the test runs):
+        // same names, inodes and flags both ways.
+        let files = |v: Vec<Vma>| -> Vec<Vma> {
+            v.into_iter()
+                .filter(|v| v.path.starts_with('/') && v.inode != 0)
+                .collect()
+        };
+        if let Ok(queried) = vmas_in_by_query(0, usize::MAX) {
+            let parsed = files(vmas_in_by_parsing(0, usize::MAX).unwrap());
+            assert!(!parsed.is_empty());
+            assert_eq!(files(queried), parsed);
+        }
     }
 
     #[test]
