@@ -72,7 +72,7 @@ per_mode! {
         );
         // A discard changes the contents (to zero): reported; the zapped page's next first
         // write is seen again.
-        mem::madvise(base + written[2], ps, libc::MADV_DONTNEED).expect("MADV_DONTNEED");
+        advise(base + written[2], ps, libc::MADV_DONTNEED).expect("MADV_DONTNEED");
         let d = t.collect().expect("collect");
         assert!(d.contains(base + written[2]), "discard reported");
         assert!(pages_of(&d).iter().all(|&a| a == base + written[2]));
@@ -126,7 +126,7 @@ per_mode! {
                         let _ = r.read(i, 0);
                     }
                     _ => {
-                        mem::madvise(r.page_addr(i), page(), libc::MADV_DONTNEED)
+                        advise(r.page_addr(i), page(), libc::MADV_DONTNEED)
                             .expect("MADV_DONTNEED");
                         discarded = true;
                     }
@@ -273,14 +273,14 @@ per_mode! {
         }
         t.register_sparse(r.ptr(), r.len).expect("register_sparse");
         r.rebase();
-        mem::madvise(r.addr, 8 * page(), libc::MADV_FREE).expect("MADV_FREE");
+        advise(r.addr, 8 * page(), libc::MADV_FREE).expect("MADV_FREE");
         r.write(2, 0, 9); // written after MADV_FREE: survives reclaim
         for _ in 0..3 {
             r.check(&t.collect().expect("collect"), false);
         }
         let zeroed = || -> Vec<usize> { (0..8).filter(|&i| r.read(i, 0) == 0).collect() };
         for _ in 0..20 {
-            mem::madvise(r.addr, 8 * page(), libc::MADV_PAGEOUT).expect("MADV_PAGEOUT");
+            advise(r.addr, 8 * page(), libc::MADV_PAGEOUT).expect("MADV_PAGEOUT");
             if zeroed().len() == 7 {
                 break;
             }
@@ -294,4 +294,11 @@ per_mode! {
         r.touch(12);
         r.check(&t.collect().expect("collect"), true);
     }
+}
+
+/// Destructive `madvise` on the test's own mappings.
+fn advise(addr: usize, len: usize, advice: i32) -> std::io::Result<()> {
+    // SAFETY: the test's own mapping, accessed only through raw pointers (no reference into it
+    // is alive across the call).
+    unsafe { mem::madvise_destructive(addr, len, advice) }
 }
