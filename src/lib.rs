@@ -46,7 +46,9 @@ mod range;
 pub mod sys;
 mod tracker;
 
-pub use dirty_set::DirtySet;
+#[cfg(feature = "vm-memory")]
+pub use dirty_set::BitmapTooSmall;
+pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
 pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::{Capabilities, FdSource, Prefault};
