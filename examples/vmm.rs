@@ -90,7 +90,10 @@ mod x86 {
                 "--max-rounds" => opts.max_rounds = num()? as usize,
                 "--converge-pages" => opts.converge_pages = num()? as usize,
                 "--round-pause-ms" => opts.round_pause = Duration::from_millis(num()?),
-                "--stride" | "--spin" | "--device-pages" | "--device-burst"
+                "--stride"
+                | "--spin"
+                | "--device-pages"
+                | "--device-burst"
                 | "--device-interval-us" => {
                     num()?;
                     tweaks.push((flag, value));

@@ -50,7 +50,11 @@ fn check_views(dirty: &DirtySet, vm: &Vm, tracking: &Tracking) {
     let bitmap = view.to_kvm_bitmap();
     for page in 0..vm.len / PAGE {
         let bit = bitmap[page / 64] >> (page % 64) & 1 == 1;
-        assert_eq!(bit, dirty.contains(vm.host_addr + page * PAGE), "page {page}");
+        assert_eq!(
+            bit,
+            dirty.contains(vm.host_addr + page * PAGE),
+            "page {page}"
+        );
     }
     assert_eq!(view.dirty_pages(), dirty.len());
 }
@@ -127,7 +131,10 @@ fn migration_is_exact(kind: TrackerKind) {
             r.guest_writes
         );
     }
-    assert!(report.rounds.len() >= 3, "full copy, a round, the final round");
+    assert!(
+        report.rounds.len() >= 3,
+        "full copy, a round, the final round"
+    );
     assert!(report.device_writes > 0, "the device wrote nothing");
     assert!(
         report.mismatched_pages.is_empty(),

@@ -198,9 +198,7 @@ pub struct Vm {
 
 /// Whether this machine can run a KVM guest (`/dev/kvm` opens).
 pub fn kvm_available() -> Result<(), String> {
-    Kvm::new()
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm: {e}"))
+    Kvm::new().map(drop).map_err(|e| format!("/dev/kvm: {e}"))
 }
 
 impl Vm {
@@ -217,7 +215,9 @@ impl Vm {
             || workload.stride as usize >= workload.guest_pages.max(2)
             || workload.device_pages > data_pages
         {
-            return Err(format!("workload {workload:?} does not fit {data_pages} data pages").into());
+            return Err(
+                format!("workload {workload:?} does not fit {data_pages} data pages").into(),
+            );
         }
         let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
@@ -225,7 +225,10 @@ impl Vm {
         vm.set_tss_address(0xfffb_d000)
             .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
         let bitmap = match kind {
-            TrackerKind::KvmDirtyLog => Some(AtomicBitmap::new(len, NonZeroUsize::new(PAGE).ok_or("page size")?)),
+            TrackerKind::KvmDirtyLog => Some(AtomicBitmap::new(
+                len,
+                NonZeroUsize::new(PAGE).ok_or("page size")?,
+            )),
             TrackerKind::Dirtytrack(_) => None,
         };
         let region = MmapRegionBuilder::new_with_bitmap(len, bitmap)
@@ -347,7 +350,7 @@ impl Vm {
         // (the test oracle counts a page written with the same bytes as unchanged).
         static DEVICE_RUNS: AtomicU64 = AtomicU64::new(1);
         let run = DEVICE_RUNS.fetch_add(1, Ordering::Relaxed);
-        let thread = std::thread::spawn(move || -> Res<()> {
+        let device = move || -> Res<()> {
             let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ run.wrapping_mul(0x2545_f491_4f6c_dd1d);
             let mut n = run << 40;
             while !s.load(Ordering::Relaxed) {
@@ -367,7 +370,11 @@ impl Vm {
                 }
             }
             Ok(())
-        });
+        };
+        let thread = std::thread::Builder::new()
+            .name("device".into())
+            .spawn(device)
+            .ok()?;
         Some(Device {
             stop,
             writes,
@@ -409,7 +416,9 @@ impl Vm {
         match tracking {
             Tracking::Dirtytrack { tracker, id } => {
                 let dirty = tracker.collect()?;
-                Ok(dirty.kvm_bitmap(*id).ok_or("the collect did not cover guest RAM")?)
+                Ok(dirty
+                    .kvm_bitmap(*id)
+                    .ok_or("the collect did not cover guest RAM")?)
             }
             Tracking::KvmDirtyLog => {
                 // Guest writes (EPT) from KVM, the VMM's own writes from vm-memory's bitmap.
@@ -620,7 +629,8 @@ pub struct Round {
     pub collect: Duration,
     /// Time to copy the dirty pages.
     pub copy: Duration,
-    /// Guest writes during the round (its counter).
+    /// Guest writes during the round (its counter): from the end of the previous round (the
+    /// pause between rounds included) to the end of the copy.
     pub guest_writes: u64,
 }
 
@@ -707,10 +717,10 @@ pub fn migrate(workload: &Workload, kind: TrackerKind, opts: &MigrationOptions) 
     });
     // Iterative rounds while the guest runs.
     for round in 1..=opts.max_rounds {
+        writes_before = vm.guest_writes();
         if !opts.round_pause.is_zero() {
             std::thread::sleep(opts.round_pause);
         }
-        writes_before = vm.guest_writes();
         let t = Instant::now();
         let bitmap = vm.collect(&tracking)?;
         let collect = t.elapsed();
