@@ -34,7 +34,7 @@ fn main() {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::minivmm::{
-        copy_dirty, kvm_available, Device, Guest, TrackerKind, Tracking, Vm, Workload,
+        copy_dirty, kvm_available, Device, Guest, TrackerKind, Tracking, Vm, Workload, PAGE,
     };
     use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
     use dirtytrack::Mode;
@@ -61,7 +61,8 @@ mod x86 {
             let tracking = vm.start_tracking().expect("tracking");
             let device = vm.start_device(&workload);
             // The destination, faulted in once (its page faults are no part of a round).
-            let dst = vm.ram().to_vec();
+            let mut dst = vec![0u8; vm.len];
+            vm.copy_pages(0..vm.len / PAGE, &mut dst);
             let mut s = Setup {
                 vm,
                 guest,
@@ -155,7 +156,7 @@ mod x86 {
                             let t = Instant::now();
                             s.guest.pause().expect("pause");
                             let bitmap = s.collect();
-                            copy_dirty(&bitmap, s.vm.ram(), &mut s.dst);
+                            copy_dirty(&bitmap, &s.vm, &mut s.dst);
                             total += t.elapsed();
                         }
                         total

@@ -253,9 +253,11 @@ impl Vm {
             memory_size: len as u64,
             userspace_addr: host_addr as u64,
         };
-        // SAFETY: `userspace_addr..+memory_size` is the mapping `region` owns; `self.region`
-        // keeps it mapped as long as the VM (and so the slot) lives: `vm` is dropped first
-        // (field order), closing the VM fd before the mapping goes.
+        // SAFETY: `userspace_addr..+memory_size` is the mapping `region` owns. It stays mapped
+        // while this `Vm`, or any `Guest` or `Device` (they hold `mem`, which holds `region`),
+        // lives. Even if the VM outlived it, KVM reaches guest RAM only through this process's
+        // page tables (get_user_pages, copy_to_user): an unmapped slot makes KVM_RUN fail with
+        // EFAULT, it does not touch freed memory.
         unsafe { vm.set_user_memory_region(slot) }
             .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
         let vcpu = vm
@@ -288,11 +290,33 @@ impl Vm {
         })
     }
 
-    /// Guest RAM as bytes (racy by nature: the guest and the device may be writing it).
-    pub fn ram(&self) -> &[u8] {
-        // SAFETY: `region` maps `len` readable bytes for as long as `self` lives. Concurrent
-        // writes by the guest or the device only change values, as for any VMM reading guest RAM.
+    /// Guest RAM as bytes, for comparisons. Only while nothing writes it: the vCPU paused (or
+    /// not started) and the device thread stopped.
+    pub fn ram_quiescent(&self) -> &[u8] {
+        // SAFETY: `region` maps `len` readable bytes for as long as `self` lives; the caller
+        // guarantees no guest or device write while the slice is used.
         unsafe { std::slice::from_raw_parts(self.host_addr as *const u8, self.len) }
+    }
+
+    /// Copies guest pages `pages` into the same pages of `dst` while the guest and the device
+    /// may be writing them, as every VMM's migration does: a racing write leaves a torn page in
+    /// `dst`, and the tracker reports that page again for the next round.
+    pub fn copy_pages(&self, pages: std::ops::Range<usize>, dst: &mut [u8]) {
+        let bytes = pages.start * PAGE..pages.end * PAGE;
+        assert!(
+            bytes.end <= self.len && bytes.end <= dst.len(),
+            "pages {pages:?} out of RAM"
+        );
+        // SAFETY: `bytes` is inside guest RAM (checked), mapped readable while `self` lives, and
+        // inside `dst`, which cannot overlap it (guest RAM is never a Rust allocation). Only raw
+        // pointers touch guest RAM here: no reference asserts that its bytes stay unchanged.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.host_addr + bytes.start) as *const u8,
+                dst[bytes.clone()].as_mut_ptr(),
+                bytes.len(),
+            )
+        }
     }
 
     /// The guest's write counter.
@@ -654,11 +678,12 @@ pub struct Report {
     pub mismatched_pages: Vec<usize>,
 }
 
-/// Copies the pages set in `bitmap` from `src` to `dst`; returns how many.
-pub fn copy_dirty(bitmap: &[u64], src: &[u8], dst: &mut [u8]) -> usize {
+/// Copies the pages set in `bitmap` (bit i = guest page i) from guest RAM to `dst`, a run of
+/// pages at a time; returns how many pages.
+pub fn copy_dirty(bitmap: &[u64], vm: &Vm, dst: &mut [u8]) -> usize {
     let mut pages = 0;
     let mut page = 0;
-    let total = src.len() / PAGE;
+    let total = vm.len / PAGE;
     while page < total {
         let word = bitmap.get(page / 64).copied().unwrap_or(0) >> (page % 64);
         if word == 0 {
@@ -667,11 +692,14 @@ pub fn copy_dirty(bitmap: &[u64], src: &[u8], dst: &mut [u8]) -> usize {
         }
         page += word.trailing_zeros() as usize;
         let mut end = page;
-        while end < total && bitmap[end / 64] & (1 << (end % 64)) != 0 {
+        while end < total
+            && bitmap
+                .get(end / 64)
+                .is_some_and(|w| w >> (end % 64) & 1 == 1)
+        {
             end += 1;
         }
-        let bytes = page * PAGE..end * PAGE;
-        dst[bytes.clone()].copy_from_slice(&src[bytes]);
+        vm.copy_pages(page..end, dst);
         pages += end - page;
         page = end;
     }
@@ -707,7 +735,7 @@ pub fn migrate(workload: &Workload, kind: TrackerKind, opts: &MigrationOptions) 
     // Round 0: everything.
     let mut writes_before = vm.guest_writes();
     let t = Instant::now();
-    dst.copy_from_slice(vm.ram());
+    vm.copy_pages(0..vm.len / PAGE, &mut dst);
     rounds.push(Round {
         round: 0,
         dirty_pages: vm.len / PAGE,
@@ -725,7 +753,7 @@ pub fn migrate(workload: &Workload, kind: TrackerKind, opts: &MigrationOptions) 
         let bitmap = vm.collect(&tracking)?;
         let collect = t.elapsed();
         let t = Instant::now();
-        let dirty_pages = copy_dirty(&bitmap, vm.ram(), &mut dst);
+        let dirty_pages = copy_dirty(&bitmap, &vm, &mut dst);
         rounds.push(Round {
             round,
             dirty_pages,
@@ -751,7 +779,7 @@ pub fn migrate(workload: &Workload, kind: TrackerKind, opts: &MigrationOptions) 
     let bitmap = vm.collect(&tracking)?;
     let collect = t.elapsed();
     let t = Instant::now();
-    let dirty_pages = copy_dirty(&bitmap, vm.ram(), &mut dst);
+    let dirty_pages = copy_dirty(&bitmap, &vm, &mut dst);
     let copy = t.elapsed();
     let downtime = t_pause.elapsed();
     rounds.push(Round {
@@ -761,7 +789,8 @@ pub fn migrate(workload: &Workload, kind: TrackerKind, opts: &MigrationOptions) 
         copy,
         guest_writes: u64::from(vm.guest_writes().wrapping_sub(writes_before)),
     });
-    let mismatched_pages = differing_pages(vm.ram(), &dst);
+    // Everything stopped: guest RAM is quiescent.
+    let mismatched_pages = differing_pages(vm.ram_quiescent(), &dst);
     guest.finish()?;
     drop(tracking);
     Ok(Report {
