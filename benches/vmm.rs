@@ -10,6 +10,8 @@
 //! - `vmm_harvest_256MiB`: one collect after such a sweep, guest paused (dirtytrack: one
 //!   `PAGEMAP_SCAN` with re-protection; KVM: `KVM_GET_DIRTY_LOG` + `AtomicBitmap::get_and_reset`,
 //!   ORed into one bitmap);
+//!   Also `dirtytrack-no-vm`: the same collect over a plain mapping with the same pages populated
+//!   and written, in no VM (the harvest's cost without KVM in the process);
 //! - `vmm_downtime_256MiB`: a final round after a sweep: pause the vCPU, collect, copy the dirty
 //!   pages to the destination.
 //!
@@ -95,6 +97,70 @@ mod x86 {
         }
     }
 
+    /// The same harvest on a plain mapping of the same size with the same pages populated
+    /// (every page read once, the working set written), written by this thread, in a process
+    /// with no VM: what the collect costs without KVM's MMU notifier in the way.
+    fn harvest_without_vm(c: &mut Criterion, ram: usize, percent: f64) {
+        let workload = Workload::percent(ram, percent);
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ram,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {ram} bytes");
+        let base = addr as *mut u8;
+        let tracker = dirtytrack::Tracker::builder()
+            .mode(Mode::Async)
+            .build()
+            .expect("tracker");
+        let id = tracker.register(base, ram).expect("register");
+        let pages =
+            super::minivmm::FIRST_DATA_PAGE..super::minivmm::FIRST_DATA_PAGE + workload.guest_pages;
+        let mut stamp = 0u8;
+        let mut write_working_set = || {
+            stamp = stamp.wrapping_add(1);
+            for p in pages.clone() {
+                // SAFETY: inside the mapping, which only this thread uses.
+                unsafe { base.add(p * PAGE).write_volatile(stamp) };
+            }
+        };
+        for p in 0..ram / PAGE {
+            // SAFETY: inside the mapping (a read populates the zero page, as the full copy does
+            // to guest RAM).
+            unsafe { base.add(p * PAGE).read_volatile() };
+        }
+        write_working_set();
+        tracker.collect().expect("collect");
+        let mut group = c.benchmark_group(format!("vmm_harvest_{}MiB", ram >> 20));
+        group.sampling_mode(SamplingMode::Flat);
+        group.bench_function(
+            BenchmarkId::new("dirtytrack-no-vm", format!("{percent}pct")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        write_working_set();
+                        let t = Instant::now();
+                        let dirty = tracker.collect().expect("collect");
+                        std::hint::black_box(dirty.kvm_bitmap(id));
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            },
+        );
+        group.finish();
+        drop(tracker);
+        // SAFETY: the mapping made above, no longer tracked nor used.
+        unsafe { libc::munmap(addr, ram) };
+    }
+
     pub fn main() {
         if let Err(e) = kvm_available() {
             println!("benches/vmm: no usable /dev/kvm ({e}); nothing measured");
@@ -164,6 +230,7 @@ mod x86 {
                 });
                 group.finish();
             }
+            harvest_without_vm(&mut c, mib << 20, percent);
         }
         c.final_summary();
     }
