@@ -289,6 +289,12 @@ impl DirtySet {
         if other.is_empty() {
             return;
         }
+        if self.segments.is_empty() && self.page_size == other.page_size {
+            // Into an empty set: take `other`'s segments whole, range identities included.
+            self.segments = other.segments.clone();
+            self.count = other.count;
+            return;
+        }
         let same_extents = self.page_size == other.page_size
             && self.segments.len() == other.segments.len()
             && self
@@ -677,6 +683,13 @@ mod tests {
         s.insert_range(0x3f_f000..0x40_1000);
         assert_eq!(s.range(RangeId(9)).map(|r| r.id()), None);
         assert_eq!(s.ranges().last().map(|r| r.id()), Some(None));
+        // A union into an empty set keeps the range views.
+        let mut u = DirtySet::with_page_size(ps);
+        let mut one = Segment::for_range(RangeId(3), 0x1000, 2);
+        one.bits.set(1, true);
+        u.union(&DirtySet::from_segments(ps, vec![one]));
+        assert_eq!(u.kvm_bitmap(RangeId(3)), Some(vec![0b10]));
+        assert_eq!(u.len(), 1);
     }
 
     #[cfg(feature = "vm-memory")]
