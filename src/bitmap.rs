@@ -6,6 +6,7 @@
 //! (the layout of KVM's dirty log and of bitvec's `BitVec<u64, Lsb0>`). Bits past the length in
 //! the last word are always zero.
 
+use crate::types::RangeId;
 use bitvec::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -39,6 +40,9 @@ pub(crate) fn word_masks(first: usize, last: usize) -> impl Iterator<Item = (usi
 pub(crate) struct Segment {
     pub(crate) start: usize,
     pub(crate) bits: BitVec<u64, Lsb0>,
+    /// The tracked range this segment is the harvest of, when it is exactly one range's extent
+    /// (`None` for segments built by `DirtySet::insert_range` across or beyond ranges).
+    pub(crate) range: Option<RangeId>,
 }
 
 impl Segment {
@@ -47,6 +51,15 @@ impl Segment {
         Segment {
             start,
             bits: bitvec![u64, Lsb0; 0; pages],
+            range: None,
+        }
+    }
+
+    /// An all-clean segment for the harvest of tracked range `id`.
+    pub(crate) fn for_range(id: RangeId, start: usize, pages: usize) -> Segment {
+        Segment {
+            range: Some(id),
+            ..Segment::new(start, pages)
         }
     }
 

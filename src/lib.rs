@@ -72,7 +72,9 @@ mod types;
 pub mod fuzz_api;
 
 pub use backend::live::{LiveCopy, LiveSnapshot};
-pub use dirty_set::DirtySet;
+#[cfg(feature = "vm-memory")]
+pub use dirty_set::BitmapTooSmall;
+pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
 pub use probe::Capabilities;
 pub use tracker::{RangeInfo, Tracker, TrackerBuilder};

@@ -114,7 +114,7 @@ impl RangeState {
 
     /// An empty result segment for this range at its current address.
     pub(crate) fn segment(&self, page_size: usize) -> Segment {
-        Segment::new(self.start(), self.pages(page_size))
+        Segment::for_range(self.id, self.start(), self.pages(page_size))
     }
 
     /// A discard of `[from, to)` (absolute): the contents changed, and the pages lost their

@@ -778,6 +778,7 @@ impl Tracker {
             let mut spare = spare.drain(..);
             for r in &ranges {
                 let mut seg = spare.next().unwrap_or_else(|| Segment::new(r.start(), 0));
+                seg.range = Some(r.id);
                 let result = match core.mode {
                     crate::Mode::Sync => {
                         sync_wp::harvest_into(core, r, kind, &mut seg, h.scanner.as_mut())
