@@ -42,6 +42,8 @@ pub mod fuzz_api;
 mod live;
 pub mod probe;
 mod range;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub mod remote;
 #[allow(missing_docs)]
 pub mod sys;
 mod tracker;
@@ -50,6 +52,8 @@ pub use dirty_set::DirtySet;
 pub use error::Error;
 pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::{Capabilities, FdSource, Prefault};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use remote::{RemoteError, RemoteTracker};
 pub use tracker::{Backing, Mode, RangeId, RangeInfo, Thp, Tracker, TrackerBuilder};
 
 /// `UFFD_FEATURE_*` bits, for [`TrackerBuilder::hide_features`] and [`Capabilities::has`].
