@@ -13,6 +13,8 @@ use std::time::Duration;
 /// A child process killed on drop.
 struct Target {
     child: Child,
+    /// The line the target printed when ready.
+    ready: String,
 }
 
 impl Target {
@@ -25,16 +27,16 @@ impl Target {
         let mut child = cmd.spawn().expect("spawn target");
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
-        loop {
+        let ready = loop {
             match lines.next() {
-                Some(Ok(l)) if l.contains("ready") => break,
+                Some(Ok(l)) if l.contains("ready") => break l,
                 Some(Ok(_)) => continue,
                 other => panic!("target did not get ready: {other:?}"),
             }
-        }
+        };
         // Keep draining stdout so the target never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Target { child }
+        Target { child, ready }
     }
 }
 
@@ -160,4 +162,239 @@ fn target_quiet_check(t: &mut RemoteTracker) {
         .map(|m| (m.mapping.to_string(), m.dirty.clone(), m.change.clone()))
         .collect();
     assert!(dirty.is_empty(), "a stopped target wrote: {dirty:?}");
+}
+
+/// Compiles `tests/remote/NAME.c` with `cc` into a temporary directory; `None` (after a skip)
+/// without a C compiler.
+fn compile(name: &str) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/remote/{name}.c"));
+    let dir = std::env::temp_dir().join(format!("dirtytrack-remote-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    match Command::new("cc").arg("-O2").arg("-o").arg(&out).arg(&src).status() {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("cc {} failed: {s}", src.display()),
+        Err(e) => {
+            common::skip(&format!("no C compiler (cc): {e}"));
+            None
+        }
+    }
+}
+
+fn state_of(pid: i32) -> (char, String) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (state, tracer)
+}
+
+/// The target is running and nobody traces it (the injector left nothing behind).
+fn assert_released(pid: i32) {
+    let (state, tracer) = state_of(pid);
+    assert_eq!(tracer, "0", "process {pid} is still traced");
+    assert!(!matches!(state, 't' | 'T' | 'Z' | 'X'), "process {pid} is in state {state}");
+}
+
+#[test]
+fn churning_c_program_predump_matches_memory() {
+    let Some(exe) = compile("churn") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    assert_released(target.pid());
+    let mut image = Image::new();
+    let (mut new, mut lost, mut gone, mut untracked, mut children) = (0, 0, 0, 0, 0);
+    let mut copied = Vec::new();
+    for i in 0..30 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let c = t.collect().expect("collect");
+        if i > 0 {
+            for m in &c.mappings {
+                match m.change {
+                    Change::New { .. } => new += 1,
+                    Change::Lost { .. } => lost += 1,
+                    Change::Untracked { .. } => untracked += 1,
+                    Change::Tracked => {}
+                }
+            }
+            gone += c.gone.len();
+        }
+        children += c.children.len();
+        copied.push(image.apply(&t, &c).unwrap());
+    }
+    t.stop_target().unwrap();
+    let last = t.collect().unwrap();
+    image.apply(&t, &last).unwrap();
+    let mismatches = image.verify(&t, &last).unwrap();
+    t.continue_target().unwrap();
+    eprintln!("churn: pages per dump {copied:?}; new {new}, lost {lost}, gone {gone}, untracked {untracked}, children seen {children}");
+    assert!(mismatches.is_empty(), "{} page(s) differ: {:?}", mismatches.len(), &mismatches[..mismatches.len().min(5)]);
+    // The address space really changed under the tracker, and each change was reported.
+    assert!(new > 0 && lost > 0 && gone > 0 && untracked > 0, "new {new} lost {lost} gone {gone} untracked {untracked}");
+}
+
+#[test]
+fn target_exiting_mid_dump_is_reported() {
+    let Some(exe) = compile("churn") else { return };
+    let mut cmd = Command::new(&exe);
+    cmd.arg("400");
+    let target = Target::spawn(cmd);
+    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    let mut image = Image::new();
+    let mut ok = 0;
+    let err = loop {
+        match t.collect() {
+            Ok(c) => match image.apply(&t, &c) {
+                Ok(_) => ok += 1,
+                Err(e) => break e,
+            },
+            Err(e) => break e,
+        }
+        assert!(ok < 100_000, "the target never exited");
+    };
+    assert!(
+        matches!(err, RemoteError::TargetExited { .. }),
+        "expected TargetExited after {ok} collects, got {err:?}"
+    );
+    assert!(t.has_exited());
+    assert!(matches!(t.collect(), Err(RemoteError::TargetExited { .. })));
+}
+
+#[test]
+fn no_such_process() {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    let e = RemoteTracker::attach(pid).unwrap_err();
+    assert!(matches!(e, RemoteError::NoSuchProcess { .. }), "{e:?}");
+    assert!(e.to_string().contains("no process"), "{e}");
+    assert!(matches!(RemoteTracker::attach(0), Err(RemoteError::NoSuchProcess { .. })));
+    assert!(matches!(RemoteTracker::attach(-5), Err(RemoteError::NoSuchProcess { .. })));
+}
+
+#[test]
+fn already_traced_target_is_refused() {
+    let Some(exe) = compile("traced") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let child: i32 = target.ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let e = RemoteTracker::attach(child).unwrap_err();
+    match &e {
+        RemoteError::PtraceRefused { reason, .. } => {
+            assert!(reason.contains("already traced by process"), "{e}")
+        }
+        other => panic!("expected PtraceRefused, got {other:?}"),
+    }
+    let _ = Command::new("kill").arg("-9").arg(child.to_string()).status();
+}
+
+#[test]
+fn seccomp_denial_is_reported_and_target_left_running() {
+    let Some(exe) = compile("seccomp") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let e = RemoteTracker::attach(target.pid()).unwrap_err();
+    assert!(matches!(e, RemoteError::SeccompDenied { filters: 1, .. }), "{e:?}");
+    assert!(e.to_string().contains("seccomp"), "{e}");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_released(target.pid());
+}
+
+#[test]
+fn kernel_without_wp_async_is_refused_before_touching_the_target() {
+    let Some(target) = python_target() else { return };
+    let e = RemoteTracker::builder(target.pid())
+        .hide_features(dirtytrack::features::WP_ASYNC)
+        .attach()
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::KernelTooOld { .. }), "{e:?}");
+    assert!(e.to_string().contains("6.7"), "{e}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", target.pid())).unwrap();
+    for f in fds {
+        let link = std::fs::read_link(f.unwrap().path()).unwrap_or_default();
+        assert_ne!(link.to_string_lossy(), "anon_inode:[userfaultfd]");
+    }
+}
+
+/// Run as an unprivileged user by `unprivileged_tracker_is_refused` (through `setpriv`): tries
+/// to attach to the pid in `DIRTYTRACK_REMOTE_PID` and prints the outcome.
+#[test]
+fn helper_attach_from_env() {
+    let Ok(pid) = std::env::var("DIRTYTRACK_REMOTE_PID") else { return };
+    match RemoteTracker::attach(pid.parse().unwrap()) {
+        Ok(_) => println!("RESULT: attached"),
+        Err(e) => println!("RESULT: {e:?}"),
+    }
+}
+
+#[test]
+fn unprivileged_tracker_is_refused() {
+    let Some(target) = python_target() else { return };
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(&exe)
+        .args(["--exact", "helper_attach_from_env", "--nocapture", "--test-threads=1"])
+        .env("DIRTYTRACK_REMOTE_PID", target.pid().to_string())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            common::skip(&format!("setpriv is not available: {e}"));
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result = text.lines().find(|l| l.contains("RESULT: ")).unwrap_or_else(|| {
+        panic!("helper printed no result: {text} {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(result.contains("PtraceRefused"), "{result}");
+    assert!(result.contains("uid 0"), "the reason names the uids: {result}");
+    assert_released(target.pid());
+}
+
+#[test]
+fn reattach_resumes_the_chain_and_stop_tracking_removes_it() {
+    let Some(target) = python_target() else { return };
+    let pid = target.pid();
+    let Some(mut t) = attach_or_skip(pid) else { return };
+    let mut image = Image::new();
+    let c = t.collect().unwrap();
+    let full = image.apply(&t, &c).unwrap();
+    let fd = t.target_fd();
+    assert!(fd >= dirtytrack::remote::MARK_FD_BASE);
+    t.detach();
+    assert_released(pid);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A second tracker (as in a second run of a pre-dump tool) finds the same userfaultfd and
+    // reports only what changed since the first tracker's collect.
+    let mut t = RemoteTracker::attach(pid).unwrap();
+    assert!(t.resumed());
+    assert_eq!(t.target_fd(), fd);
+    let c = t.collect().unwrap();
+    let inc = image.apply(&t, &c).unwrap();
+    assert!(inc < full / 2, "increment {inc} pages vs full {full}");
+    t.stop_target().unwrap();
+    let last = t.collect().unwrap();
+    image.apply(&t, &last).unwrap();
+    let mismatches = image.verify(&t, &last).unwrap();
+    t.continue_target().unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+
+    t.stop_tracking().unwrap();
+    assert_released(pid);
+    let has_uffd = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().any(|f| {
+        std::fs::read_link(f.unwrap().path())
+            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+    });
+    assert!(!has_uffd, "the userfaultfd is still in the target");
+    let t = RemoteTracker::attach(pid).unwrap();
+    assert!(!t.resumed());
+    t.stop_tracking().unwrap();
 }
