@@ -129,8 +129,12 @@ fn tracked_total(c: &Collection) -> usize {
 
 #[test]
 fn python_predump_matches_memory() {
-    let Some(target) = python_target() else { return };
-    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    let Some(target) = python_target() else {
+        return;
+    };
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
     assert!(!t.resumed());
     let copied = predump_and_verify(&mut t, 4, Duration::from_millis(200));
     eprintln!("python3: pages per dump {copied:?}");
@@ -141,10 +145,17 @@ fn python_predump_matches_memory() {
 
 #[test]
 fn first_collect_reports_everything_then_only_changes() {
-    let Some(target) = python_target() else { return };
-    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    let Some(target) = python_target() else {
+        return;
+    };
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
     let c = t.collect().unwrap();
-    assert!(c.mappings.iter().all(|m| m.dirty_bytes() == m.mapping.len()));
+    assert!(c
+        .mappings
+        .iter()
+        .all(|m| m.dirty_bytes() == m.mapping.len()));
     assert!(tracked_total(&c) >= 64 << 20);
     target_quiet_check(&mut t);
 }
@@ -171,7 +182,13 @@ fn compile(name: &str) -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("dirtytrack-remote-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
-    match Command::new("cc").arg("-O2").arg("-o").arg(&out).arg(&src).status() {
+    match Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+    {
         Ok(s) if s.success() => Some(out),
         Ok(s) => panic!("cc {} failed: {s}", src.display()),
         Err(e) => {
@@ -183,7 +200,14 @@ fn compile(name: &str) -> Option<PathBuf> {
 
 fn state_of(pid: i32) -> (char, String) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next().unwrap();
+    let state = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .trim_start()
+        .chars()
+        .next()
+        .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let tracer = status
         .lines()
@@ -198,14 +222,19 @@ fn state_of(pid: i32) -> (char, String) {
 fn assert_released(pid: i32) {
     let (state, tracer) = state_of(pid);
     assert_eq!(tracer, "0", "process {pid} is still traced");
-    assert!(!matches!(state, 't' | 'T' | 'Z' | 'X'), "process {pid} is in state {state}");
+    assert!(
+        !matches!(state, 't' | 'T' | 'Z' | 'X'),
+        "process {pid} is in state {state}"
+    );
 }
 
 #[test]
 fn churning_c_program_predump_matches_memory() {
     let Some(exe) = compile("churn") else { return };
     let target = Target::spawn(Command::new(&exe));
-    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
     assert_released(target.pid());
     let mut image = Image::new();
     let (mut new, mut lost, mut gone, mut untracked, mut children) = (0, 0, 0, 0, 0);
@@ -235,9 +264,17 @@ fn churning_c_program_predump_matches_memory() {
     let mismatches = image.verify(&t, &last).unwrap();
     t.continue_target().unwrap();
     eprintln!("churn: pages per dump {copied:?}; new {new}, lost {lost}, gone {gone}, untracked {untracked}, children seen {children}");
-    assert!(mismatches.is_empty(), "{} page(s) differ: {:?}", mismatches.len(), &mismatches[..mismatches.len().min(5)]);
+    assert!(
+        mismatches.is_empty(),
+        "{} page(s) differ: {:?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(5)]
+    );
     // The address space really changed under the tracker, and each change was reported.
-    assert!(new > 0 && lost > 0 && gone > 0 && untracked > 0, "new {new} lost {lost} gone {gone} untracked {untracked}");
+    assert!(
+        new > 0 && lost > 0 && gone > 0 && untracked > 0,
+        "new {new} lost {lost} gone {gone} untracked {untracked}"
+    );
 }
 
 #[test]
@@ -246,7 +283,9 @@ fn target_exiting_mid_dump_is_reported() {
     let mut cmd = Command::new(&exe);
     cmd.arg("400");
     let target = Target::spawn(cmd);
-    let Some(mut t) = attach_or_skip(target.pid()) else { return };
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
     let mut image = Image::new();
     let mut ok = 0;
     let err = loop {
@@ -275,15 +314,27 @@ fn no_such_process() {
     let e = RemoteTracker::attach(pid).unwrap_err();
     assert!(matches!(e, RemoteError::NoSuchProcess { .. }), "{e:?}");
     assert!(e.to_string().contains("no process"), "{e}");
-    assert!(matches!(RemoteTracker::attach(0), Err(RemoteError::NoSuchProcess { .. })));
-    assert!(matches!(RemoteTracker::attach(-5), Err(RemoteError::NoSuchProcess { .. })));
+    assert!(matches!(
+        RemoteTracker::attach(0),
+        Err(RemoteError::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        RemoteTracker::attach(-5),
+        Err(RemoteError::NoSuchProcess { .. })
+    ));
 }
 
 #[test]
 fn already_traced_target_is_refused() {
     let Some(exe) = compile("traced") else { return };
     let target = Target::spawn(Command::new(&exe));
-    let child: i32 = target.ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let child: i32 = target
+        .ready
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let e = RemoteTracker::attach(child).unwrap_err();
     match &e {
         RemoteError::PtraceRefused { reason, .. } => {
@@ -291,15 +342,23 @@ fn already_traced_target_is_refused() {
         }
         other => panic!("expected PtraceRefused, got {other:?}"),
     }
-    let _ = Command::new("kill").arg("-9").arg(child.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(child.to_string())
+        .status();
 }
 
 #[test]
 fn seccomp_denial_is_reported_and_target_left_running() {
-    let Some(exe) = compile("seccomp") else { return };
+    let Some(exe) = compile("seccomp") else {
+        return;
+    };
     let target = Target::spawn(Command::new(&exe));
     let e = RemoteTracker::attach(target.pid()).unwrap_err();
-    assert!(matches!(e, RemoteError::SeccompDenied { filters: 1, .. }), "{e:?}");
+    assert!(
+        matches!(e, RemoteError::SeccompDenied { filters: 1, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("seccomp"), "{e}");
     std::thread::sleep(Duration::from_millis(20));
     assert_released(target.pid());
@@ -307,7 +366,9 @@ fn seccomp_denial_is_reported_and_target_left_running() {
 
 #[test]
 fn kernel_without_wp_async_is_refused_before_touching_the_target() {
-    let Some(target) = python_target() else { return };
+    let Some(target) = python_target() else {
+        return;
+    };
     let e = RemoteTracker::builder(target.pid())
         .hide_features(dirtytrack::features::WP_ASYNC)
         .attach()
@@ -325,7 +386,9 @@ fn kernel_without_wp_async_is_refused_before_touching_the_target() {
 /// to attach to the pid in `DIRTYTRACK_REMOTE_PID` and prints the outcome.
 #[test]
 fn helper_attach_from_env() {
-    let Ok(pid) = std::env::var("DIRTYTRACK_REMOTE_PID") else { return };
+    let Ok(pid) = std::env::var("DIRTYTRACK_REMOTE_PID") else {
+        return;
+    };
     match RemoteTracker::attach(pid.parse().unwrap()) {
         Ok(_) => println!("RESULT: attached"),
         Err(e) => println!("RESULT: {e:?}"),
@@ -334,12 +397,25 @@ fn helper_attach_from_env() {
 
 #[test]
 fn unprivileged_tracker_is_refused() {
-    let Some(target) = python_target() else { return };
+    let Some(target) = python_target() else {
+        return;
+    };
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(&exe)
-        .args(["--exact", "helper_attach_from_env", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "helper_attach_from_env",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DIRTYTRACK_REMOTE_PID", target.pid().to_string())
         .output();
     let out = match out {
@@ -350,19 +426,32 @@ fn unprivileged_tracker_is_refused() {
         }
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    let result = text.lines().find(|l| l.contains("RESULT: ")).unwrap_or_else(|| {
-        panic!("helper printed no result: {text} {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let result = text
+        .lines()
+        .find(|l| l.contains("RESULT: "))
+        .unwrap_or_else(|| {
+            panic!(
+                "helper printed no result: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     assert!(result.contains("PtraceRefused"), "{result}");
-    assert!(result.contains("uid 0"), "the reason names the uids: {result}");
+    assert!(
+        result.contains("uid 0"),
+        "the reason names the uids: {result}"
+    );
     assert_released(target.pid());
 }
 
 #[test]
 fn reattach_resumes_the_chain_and_stop_tracking_removes_it() {
-    let Some(target) = python_target() else { return };
+    let Some(target) = python_target() else {
+        return;
+    };
     let pid = target.pid();
-    let Some(mut t) = attach_or_skip(pid) else { return };
+    let Some(mut t) = attach_or_skip(pid) else {
+        return;
+    };
     let mut image = Image::new();
     let c = t.collect().unwrap();
     let full = image.apply(&t, &c).unwrap();
@@ -389,10 +478,12 @@ fn reattach_resumes_the_chain_and_stop_tracking_removes_it() {
 
     t.stop_tracking().unwrap();
     assert_released(pid);
-    let has_uffd = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().any(|f| {
-        std::fs::read_link(f.unwrap().path())
-            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
-    });
+    let has_uffd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .any(|f| {
+            std::fs::read_link(f.unwrap().path())
+                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+        });
     assert!(!has_uffd, "the userfaultfd is still in the target");
     let t = RemoteTracker::attach(pid).unwrap();
     assert!(!t.resumed());

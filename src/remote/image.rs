@@ -54,6 +54,12 @@ impl Image {
         }
     }
 
+    /// Drops every page outside `ranges`.
+    pub fn retain_ranges(&mut self, ranges: &[Range<usize>]) {
+        self.pages
+            .retain(|&a, _| ranges.iter().any(|r| r.start <= a && a < r.end));
+    }
+
     /// Drops every page outside the mappings of `c` (gone, or no longer dumped).
     pub fn retain_mappings(&mut self, c: &Collection) {
         self.pages.retain(|&a, _| {

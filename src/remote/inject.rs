@@ -52,7 +52,10 @@ mod arch {
     use super::Regs;
     /// `syscall` (0f 05), 2 bytes, any alignment.
     pub(super) const INSN: &[u8] = &[0x0f, 0x05];
-    pub(super) const ALIGN: usize = 1;
+    /// x86 instructions have no alignment.
+    pub(super) fn aligned(_addr: usize) -> bool {
+        true
+    }
     /// 64-bit user code segment selector (`__USER_CS`).
     const USER_CS_64: u64 = 0x33;
     const ERESTARTSYS: i64 = -512;
@@ -121,7 +124,10 @@ mod arch {
     use super::Regs;
     /// `svc #0` (d4000001, little endian), 4 bytes, 4-aligned.
     pub(super) const INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4];
-    pub(super) const ALIGN: usize = 4;
+    /// A64 instructions are 4-byte aligned.
+    pub(super) fn aligned(addr: usize) -> bool {
+        addr % 4 == 0
+    }
     /// `PSR_MODE32_BIT`: the thread runs AArch32 code.
     const PSR_MODE32_BIT: u64 = 0x10;
 
@@ -256,19 +262,28 @@ impl Session {
         if self.stage == Stage::AtEntry {
             // Let the injected call finish (its exit stop), so that restoring the registers is
             // not undone by the call's return value.
-            note(ptrace::resume_to_syscall(self.tid, 0), "PTRACE_SYSCALL (cleanup)");
+            note(
+                ptrace::resume_to_syscall(self.tid, 0),
+                "PTRACE_SYSCALL (cleanup)",
+            );
             let mut reached = false;
             for _ in 0..MAX_STOPS {
                 match ptrace::wait(self.tid) {
-                    Ok(WaitStatus::Stopped { signal, event: 0 }) if signal == libc::SIGTRAP | 0x80 => {
+                    Ok(WaitStatus::Stopped { signal, event: 0 })
+                        if signal == libc::SIGTRAP | 0x80 =>
+                    {
                         reached = true;
                         break;
                     }
                     Ok(WaitStatus::Stopped { signal, event }) => {
-                        if event == 0 && signal != libc::SIGTRAP && !self.pending.contains(&signal) {
+                        if event == 0 && signal != libc::SIGTRAP && !self.pending.contains(&signal)
+                        {
                             self.pending.push(signal);
                         }
-                        note(ptrace::resume_to_syscall(self.tid, 0), "PTRACE_SYSCALL (cleanup)");
+                        note(
+                            ptrace::resume_to_syscall(self.tid, 0),
+                            "PTRACE_SYSCALL (cleanup)",
+                        );
                     }
                     _ => {
                         self.stage = Stage::Done;
@@ -282,18 +297,30 @@ impl Session {
         }
         if self.stage == Stage::Stopped {
             if let Some(regs) = self.restore_regs.take() {
-                note(ptrace::set_regs(self.tid, &regs), "PTRACE_SETREGSET (restore)");
-                note(arch::before_detach(self.tid), "NT_ARM_SYSTEM_CALL (restore)");
+                note(
+                    ptrace::set_regs(self.tid, &regs),
+                    "PTRACE_SETREGSET (restore)",
+                );
+                note(
+                    arch::before_detach(self.tid),
+                    "NT_ARM_SYSTEM_CALL (restore)",
+                );
             }
             if let Some(mask) = self.restore_mask.take() {
-                note(ptrace::set_sigmask(self.tid, mask), "PTRACE_SETSIGMASK (restore)");
+                note(
+                    ptrace::set_sigmask(self.tid, mask),
+                    "PTRACE_SETSIGMASK (restore)",
+                );
             }
         }
         if self.stage != Stage::Done {
             let first = self.pending.first().copied().unwrap_or(0);
             note(ptrace::detach(self.tid, first), "PTRACE_DETACH");
             for &sig in self.pending.iter().skip(1) {
-                note(ptrace::tgkill(self.pid, self.tid, sig), "tgkill (re-deliver)");
+                note(
+                    ptrace::tgkill(self.pid, self.tid, sig),
+                    "tgkill (re-deliver)",
+                );
             }
             self.stage = Stage::Done;
         }
@@ -334,7 +361,7 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>>
             searched += got;
             let mut i = 0;
             while i + arch::INSN.len() <= got {
-                if (at + i) % arch::ALIGN == 0 && &buf[i..i + arch::INSN.len()] == arch::INSN {
+                if arch::aligned(at + i) && &buf[i..i + arch::INSN.len()] == arch::INSN {
                     found.push((at + i) as u64);
                     if found.len() == want {
                         return Ok(found);
@@ -362,7 +389,10 @@ pub(crate) fn explain_refusal(pid: i32) -> String {
         .ok()
         .and_then(|t| {
             t.lines()
-                .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).map(str::to_string)))
+                .find_map(|l| {
+                    l.strip_prefix("Uid:")
+                        .map(|v| v.split_whitespace().nth(1).map(str::to_string))
+                })
                 .flatten()
         });
     let target_uid = proc::status_field(pid, "Uid")
@@ -401,7 +431,8 @@ pub(crate) fn access_error(pid: i32, op: &'static str, e: io::Error) -> RemoteEr
 /// Runs system call `nr` with `args` in one thread of process `pid`; returns its raw result
 /// (`-errno` on failure). See the module docs for how, and what is guaranteed.
 pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, RemoteError> {
-    let mem = File::open(format!("/proc/{pid}/mem")).map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
+    let mem = File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
     let candidates =
         find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
     drop(mem);
@@ -418,10 +449,15 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     // The group leader, unless it already exited (a zombie leader with live threads).
     let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
     let leader_zombie = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false);
     let tid = if leader_zombie {
-        tids.into_iter().find(|&t| t != pid).ok_or(RemoteError::NoSuchProcess { pid })?
+        tids.into_iter()
+            .find(|&t| t != pid)
+            .ok_or(RemoteError::NoSuchProcess { pid })?
     } else {
         pid
     };
@@ -436,7 +472,11 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
         pending: Vec::new(),
     };
     ptrace::interrupt(tid).map_err(|e| s.fail("PTRACE_INTERRUPT", e))?;
-    s.wait_for("PTRACE_EVENT_STOP", |_, ev| ev == ptrace::EVENT_STOP, ptrace::resume)?;
+    s.wait_for(
+        "PTRACE_EVENT_STOP",
+        |_, ev| ev == ptrace::EVENT_STOP,
+        ptrace::resume,
+    )?;
     s.stage = Stage::Stopped;
 
     let saved = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
@@ -466,7 +506,11 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
         .map_err(|e| s.fail("PTRACE_SETREGSET", e))?;
     let syscall_stop = |sig: i32, ev: i32| ev == 0 && sig == libc::SIGTRAP | 0x80;
     ptrace::resume_to_syscall(tid, 0).map_err(|e| s.fail("PTRACE_SYSCALL", e))?;
-    s.wait_for("system call entry stop", syscall_stop, ptrace::resume_to_syscall)?;
+    s.wait_for(
+        "system call entry stop",
+        syscall_stop,
+        ptrace::resume_to_syscall,
+    )?;
     s.stage = Stage::AtEntry;
     let entry = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
     if arch::entered(&entry) != nr {
@@ -480,7 +524,11 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
         });
     }
     ptrace::resume_to_syscall(tid, 0).map_err(|e| s.fail("PTRACE_SYSCALL", e))?;
-    s.wait_for("system call exit stop", syscall_stop, ptrace::resume_to_syscall)?;
+    s.wait_for(
+        "system call exit stop",
+        syscall_stop,
+        ptrace::resume_to_syscall,
+    )?;
     s.stage = Stage::Stopped;
     let exit = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
     let ret = arch::result(&exit);

@@ -130,7 +130,9 @@ impl Mapping {
     /// Whether the bytes at `addr` of `self` and of `other` come from the same object: same
     /// sharing, same backing file at the same offset (anonymous memory: only the sharing).
     fn same_backing_at(&self, other: &Mapping) -> bool {
-        if self.is_shared() != other.is_shared() || self.inode != other.inode || self.dev != other.dev
+        if self.is_shared() != other.is_shared()
+            || self.inode != other.inode
+            || self.dev != other.dev
         {
             return false;
         }
@@ -249,7 +251,7 @@ pub struct RemoteBuilder {
     hide_features: u64,
     previous: Option<Vec<Mapping>>,
     expect: Option<(i32, u64)>,
-    reuse: bool,
+    fresh: bool,
 }
 
 impl RemoteBuilder {
@@ -286,10 +288,11 @@ impl RemoteBuilder {
         self.expect = Some((fd, inode));
         self
     }
-    /// Whether to look for a userfaultfd of an earlier tracker at all (default true). With
-    /// `false`, a new one is always created.
-    pub fn reuse(mut self, yes: bool) -> Self {
-        self.reuse = yes;
+    /// Start a new chain: the first collect reports every mapping whole, even if the target
+    /// still holds an earlier tracker's userfaultfd (which is then reused, since memory
+    /// registered with it cannot be registered with another).
+    pub fn fresh(mut self, yes: bool) -> Self {
+        self.fresh = yes;
         self
     }
     /// Attaches.
@@ -356,7 +359,7 @@ impl RemoteTracker {
             hide_features: 0,
             previous: None,
             expect: None,
-            reuse: true,
+            fresh: false,
         }
     }
 
@@ -405,29 +408,30 @@ impl RemoteTracker {
         let mem = File::open(format!("/proc/{pid}/mem"))
             .map_err(|e| inject::access_error(pid, "open /proc/PID/mem", e))?;
 
-        let existing = if b.reuse {
-            find_tracking_fd(pid, b.expect)?
-        } else {
-            None
-        };
-        let (target_fd, resumed) = match existing {
-            Some(fd) => (fd, true),
+        let (target_fd, resumed) = match find_tracking_fd(pid, b.expect)? {
+            Some(Found::Expected(fd)) => (fd, !b.fresh),
+            // Another chain's fd (or no expectation given): reuse it, with its history only
+            // when the caller did not expect a specific one.
+            Some(Found::Marked(fd)) => (fd, !b.fresh && b.expect.is_none()),
             None => (create_in_target(pid)?, false),
         };
-        let uffd = pidfd::pidfd_getfd(pidfd.as_fd(), target_fd).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => RemoteError::PtraceRefused {
-                pid,
-                reason: inject::explain_refusal(pid),
-                source: e,
-            },
-            _ => kernel_err(pid, "pidfd_getfd", e),
-        })?;
-        let uffd_ino = std::fs::File::from(uffd.try_clone().map_err(|e| kernel_err(pid, "dup", e))?)
-            .metadata()
-            .map(|m| m.ino())
-            .map_err(|e| kernel_err(pid, "fstat", e))?;
+        let uffd =
+            pidfd::pidfd_getfd(pidfd.as_fd(), target_fd).map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => RemoteError::PtraceRefused {
+                    pid,
+                    reason: inject::explain_refusal(pid),
+                    source: e,
+                },
+                _ => kernel_err(pid, "pidfd_getfd", e),
+            })?;
+        let uffd_ino =
+            std::fs::File::from(uffd.try_clone().map_err(|e| kernel_err(pid, "dup", e))?)
+                .metadata()
+                .map(|m| m.ino())
+                .map_err(|e| kernel_err(pid, "fstat", e))?;
         if !resumed {
-            let api = uffd::api(uffd.as_fd(), FEATURES).map_err(|e| kernel_err(pid, "UFFDIO_API", e))?;
+            let api =
+                uffd::api(uffd.as_fd(), FEATURES).map_err(|e| kernel_err(pid, "UFFDIO_API", e))?;
             if api.features & uffd::FEATURE_WP_ASYNC == 0 {
                 return Err(RemoteError::KernelTooOld {
                     kernel: caps.kernel_release,
@@ -487,9 +491,12 @@ impl RemoteTracker {
     /// Reads the target's memory at `addr` (through `/proc/PID/mem`; does not fault pages in
     /// for the target and is not reported as a write).
     pub fn read_memory(&self, addr: usize, buf: &mut [u8]) -> Result<(), RemoteError> {
-        self.mem
-            .read_exact_at(buf, addr as u64)
-            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/mem", e), "read /proc/PID/mem"))
+        self.mem.read_exact_at(buf, addr as u64).map_err(|e| {
+            self.exit_or(
+                kernel_err(self.pid, "read /proc/PID/mem", e),
+                "read /proc/PID/mem",
+            )
+        })
     }
 
     /// Whether the target has exited.
@@ -520,11 +527,15 @@ impl RemoteTracker {
                     during: "stop_target",
                 });
             }
-            let tids = proc::threads(self.pid).map_err(|e| kernel_err(self.pid, "read /proc/PID/task", e))?;
+            let tids = proc::threads(self.pid)
+                .map_err(|e| kernel_err(self.pid, "read /proc/PID/task", e))?;
             let all_stopped = tids.iter().all(|t| {
                 std::fs::read_to_string(format!("/proc/{}/task/{t}/stat", self.pid))
                     .ok()
-                    .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .map(|(_, r)| r.trim_start().chars().next())
+                    })
                     .flatten()
                     .map_or(true, |c| c == 'T' || c == 't' || c == 'Z' || c == 'X')
             });
@@ -589,9 +600,8 @@ impl RemoteTracker {
             });
         }
         self.check_fd()?;
-        let current = proc::maps(self.pid).map_err(|e| {
-            self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect")
-        })?;
+        let current = proc::maps(self.pid)
+            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
         let mut out = Collection::default();
         let mut tracked_now = Vec::new();
         for e in &current {
@@ -599,7 +609,7 @@ impl RemoteTracker {
             match self.plan(e, &m) {
                 Plan::Skip(why) => out.skipped.push((m, why)),
                 Plan::Whole(why) => out.mappings.push(MappingReport {
-                    dirty: vec![m.start..m.end],
+                    dirty: std::iter::once(m.start..m.end).collect(),
                     mapping: m,
                     change: Change::Untracked { reason: why },
                 }),
@@ -664,7 +674,9 @@ impl RemoteTracker {
             path: e.path.clone(),
         };
         if crate::sys::maps::looks_hugetlb(&vma) {
-            return Plan::Whole("hugetlbfs: a discarded huge page reads as clean to PAGEMAP_SCAN".into());
+            return Plan::Whole(
+                "hugetlbfs: a discarded huge page reads as clean to PAGEMAP_SCAN".into(),
+            );
         }
         if p == b's' && !self.track_shared {
             return Plan::Whole(
@@ -690,7 +702,10 @@ impl RemoteTracker {
     }
 
     /// One trackable mapping: scan the parts tracked before, register and report whole the rest.
-    fn collect_mapping(&mut self, m: &Mapping) -> Result<Result<MappingReport, String>, RemoteError> {
+    fn collect_mapping(
+        &mut self,
+        m: &Mapping,
+    ) -> Result<Result<MappingReport, String>, RemoteError> {
         let ps = self.page_size;
         // Parts of `m` tracked before with the same backing.
         let mut old_parts: Vec<Range<usize>> = self
@@ -717,17 +732,25 @@ impl RemoteTracker {
         for r in &old_parts {
             let pagemap = &self.pagemap;
             let end = r.end;
-            let result = scan_loop(r.start, r.end, &mut seg, ps, &mut self.buf, &mut self.buf_used, |at, buf| {
-                let req = ScanRequest {
-                    flags: pagemap::PM_SCAN_WP_MATCHING | pagemap::PM_SCAN_CHECK_WPASYNC,
-                    start: at as u64,
-                    end: end as u64,
-                    category_mask: pagemap::PAGE_IS_WRITTEN,
-                    return_mask: pagemap::PAGE_IS_WRITTEN,
-                    ..Default::default()
-                };
-                pagemap::scan(pagemap, &req, buf)
-            });
+            let result = scan_loop(
+                r.start,
+                r.end,
+                &mut seg,
+                ps,
+                &mut self.buf,
+                &mut self.buf_used,
+                |at, buf| {
+                    let req = ScanRequest {
+                        flags: pagemap::PM_SCAN_WP_MATCHING | pagemap::PM_SCAN_CHECK_WPASYNC,
+                        start: at as u64,
+                        end: end as u64,
+                        category_mask: pagemap::PAGE_IS_WRITTEN,
+                        return_mask: pagemap::PAGE_IS_WRITTEN,
+                        ..Default::default()
+                    };
+                    pagemap::scan(pagemap, &req, buf)
+                },
+            );
             match result {
                 Ok(()) => {}
                 // The whole rest of the part is already marked dirty by the loop.
@@ -742,7 +765,9 @@ impl RemoteTracker {
                     return Err(RemoteError::Kernel {
                         pid: self.pid,
                         op: "PAGEMAP_SCAN",
-                        source: io::Error::other(format!("no progress at {at:#x} (walk_end {walk_end:#x})")),
+                        source: io::Error::other(format!(
+                            "no progress at {at:#x} (walk_end {walk_end:#x})"
+                        )),
                     })
                 }
             }
@@ -750,7 +775,7 @@ impl RemoteTracker {
         if lost.is_some() {
             // Register again (same uffd: allowed over registered parts) and arm the whole
             // mapping; everything was marked dirty above or below.
-            new_parts = vec![m.start..m.end];
+            new_parts = std::iter::once(m.start..m.end).collect();
         }
         for r in &new_parts {
             if let Err(why) = self.arm(r.start, r.end)? {
@@ -785,7 +810,11 @@ impl RemoteTracker {
             return Ok(());
         }
         self.check_fd()?;
-        let ret = inject::syscall_in(self.pid, libc::SYS_close, [self.target_fd as u64, 0, 0, 0, 0, 0])?;
+        let ret = inject::syscall_in(
+            self.pid,
+            libc::SYS_close,
+            [self.target_fd as u64, 0, 0, 0, 0, 0],
+        )?;
         if ret < 0 {
             return Err(RemoteError::Kernel {
                 pid: self.pid,
@@ -810,19 +839,27 @@ fn runs(seg: &Segment, ps: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// A userfaultfd an earlier tracker left in the target.
+enum Found {
+    /// Exactly the one the caller expected (fd number and inode).
+    Expected(i32),
+    /// One that looks like a tracker's: at or above [`MARK_FD_BASE`], async features, no events.
+    Marked(i32),
+}
+
 /// The userfaultfd an earlier tracker left in `pid`, if any.
-fn find_tracking_fd(pid: i32, expect: Option<(i32, u64)>) -> Result<Option<i32>, RemoteError> {
-    let fds = proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+fn find_tracking_fd(pid: i32, expect: Option<(i32, u64)>) -> Result<Option<Found>, RemoteError> {
+    let fds =
+        proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
     if let Some((fd, ino)) = expect {
-        return Ok(fds.iter().find(|u| u.fd == fd && u.ino == ino).map(|u| u.fd));
+        if let Some(u) = fds.iter().find(|u| u.fd == fd && u.ino == ino) {
+            return Ok(Some(Found::Expected(u.fd)));
+        }
     }
     Ok(fds
         .iter()
-        .find(|u| {
-            u.fd >= MARK_FD_BASE
-                && u.features & (FEATURES | EVENT_FEATURES) == FEATURES
-        })
-        .map(|u| u.fd))
+        .find(|u| u.fd >= MARK_FD_BASE && u.features & (FEATURES | EVENT_FEATURES) == FEATURES)
+        .map(|u| Found::Marked(u.fd)))
 }
 
 /// The mappings registered for write-protect right now (`uw` in smaps), as tracked mappings.
@@ -853,13 +890,21 @@ fn create_in_target(pid: i32) -> Result<i32, RemoteError> {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0);
         let seccomp = proc::status_field(pid, "Seccomp").ok().flatten();
-        if seccomp.as_deref() == Some("2") && matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS) {
-            return Err(RemoteError::SeccompDenied { pid, filters, source });
+        if seccomp.as_deref() == Some("2")
+            && matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS)
+        {
+            return Err(RemoteError::SeccompDenied {
+                pid,
+                filters,
+                source,
+            });
         }
         let hint = match errno {
             libc::ENOSYS => "the kernel is built without CONFIG_USERFAULTFD",
             libc::EMFILE | libc::ENFILE => "the target is out of file descriptors (RLIMIT_NOFILE)",
-            libc::EPERM => "the kernel refuses user-mode-only userfaultfds to the target (an LSM policy?)",
+            libc::EPERM => {
+                "the kernel refuses user-mode-only userfaultfds to the target (an LSM policy?)"
+            }
             _ => "see userfaultfd(2)",
         };
         return Err(RemoteError::UserfaultfdFailed { pid, source, hint });
@@ -869,7 +914,14 @@ fn create_in_target(pid: i32) -> Result<i32, RemoteError> {
     let moved = inject::syscall_in(
         pid,
         libc::SYS_fcntl,
-        [fd as u64, libc::F_DUPFD_CLOEXEC as u64, MARK_FD_BASE as u64, 0, 0, 0],
+        [
+            fd as u64,
+            libc::F_DUPFD_CLOEXEC as u64,
+            MARK_FD_BASE as u64,
+            0,
+            0,
+            0,
+        ],
     );
     match moved {
         Ok(new_fd) if new_fd >= 0 => {

@@ -99,7 +99,10 @@ pub fn children(pid: i32) -> io::Result<Vec<i32>> {
     let mut out = Vec::new();
     for tid in threads(pid)? {
         if let Ok(text) = fs::read_to_string(proc_path(pid, &format!("task/{tid}/children"))) {
-            out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|s| s.parse::<i32>().ok()),
+            );
         }
     }
     out.sort_unstable();
@@ -125,7 +128,11 @@ pub fn userfaultfds(pid: i32) -> io::Result<Vec<UffdInfo>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(proc_path(pid, "fd"))? {
         let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(link) = fs::read_link(entry.path()) else {
@@ -175,12 +182,17 @@ mod tests {
 
     #[test]
     fn parses_full_lines() {
-        let e = MapsEntry::parse(
-            "7f00a000-7f00c000 rw-s 00002000 00:01 1234    /memfd:x (deleted)",
-        )
-        .unwrap();
-        assert_eq!((e.start, e.end, e.offset, e.inode), (0x7f00a000, 0x7f00c000, 0x2000, 1234));
-        assert_eq!((&e.perms, e.dev.as_str(), e.path.as_str()), (b"rw-s", "00:01", "/memfd:x (deleted)"));
+        let e =
+            MapsEntry::parse("7f00a000-7f00c000 rw-s 00002000 00:01 1234    /memfd:x (deleted)")
+                .unwrap();
+        assert_eq!(
+            (e.start, e.end, e.offset, e.inode),
+            (0x7f00a000, 0x7f00c000, 0x2000, 1234)
+        );
+        assert_eq!(
+            (&e.perms, e.dev.as_str(), e.path.as_str()),
+            (b"rw-s", "00:01", "/memfd:x (deleted)")
+        );
         let e = MapsEntry::parse("7f00a000-7f00c000 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!(e.path, "");
     }
