@@ -23,7 +23,13 @@ impl Target {
     }
     /// Spawns `cmd` and waits for it to print a line containing `ready`.
     fn spawn(mut cmd: Command) -> Target {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
+        Self::spawn_with_stdin(cmd)
+    }
+
+    /// [`Target::spawn`], leaving stdin as `cmd` has it.
+    fn spawn_with_stdin(mut cmd: Command) -> Target {
+        cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn target");
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
@@ -55,9 +61,18 @@ fn python_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// python3 mutating the first 4 MiB of a 64 MiB bytearray, a dict and a list in a loop.
+/// python3 mutating the first 4 MiB of a 64 MiB bytearray, a dict and a list in a loop, and two
+/// threads writing their own buffers.
 const PYTHON_LOOP: &str = r#"
-import random, sys, time
+import random, sys, threading, time
+def worker(n):
+    mine = bytearray(8 << 20)
+    while True:
+        for off in range(0, len(mine), 4096 * 7):
+            mine[off] = (mine[off] + n) & 255
+        time.sleep(0.002)
+for n in range(2):
+    threading.Thread(target=worker, args=(n + 1,), daemon=True).start()
 buf = bytearray(64 << 20)
 d = {}
 l = []
@@ -488,4 +503,130 @@ fn reattach_resumes_the_chain_and_stop_tracking_removes_it() {
     let t = RemoteTracker::attach(pid).unwrap();
     assert!(!t.resumed());
     t.stop_tracking().unwrap();
+}
+
+/// Threads blocked in system calls (a pipe `read`, `nanosleep`) while the injector borrows one:
+/// the interrupted calls are restarted and complete normally.
+#[test]
+fn blocked_system_calls_resume_after_attach() {
+    if !python_available() {
+        common::skip("python3 is not installed");
+        return;
+    }
+    let script = r#"
+import sys, threading, time
+def sleeper():
+    t0 = time.monotonic()
+    time.sleep(0.6)
+    print("slept %.2f" % (time.monotonic() - t0), flush=True)
+threading.Thread(target=sleeper).start()
+print("ready", flush=True)
+line = sys.stdin.readline()
+print("got " + line.strip(), flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("ready"));
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = child.id() as i32;
+    let Some(t) = attach_or_skip(pid) else { return };
+    assert_released(pid);
+    t.stop_tracking().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let mut out: Vec<String> = lines.by_ref().take(2).map(|l| l.unwrap()).collect();
+    out.sort();
+    let _ = child.wait();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0], "got hello");
+    let slept: f64 = out[1].strip_prefix("slept ").unwrap().parse().unwrap();
+    assert!(slept >= 0.59, "the sleep was cut short: {slept}");
+}
+
+/// exec replaces the address space and closes the (close-on-exec) userfaultfd: never silent.
+#[test]
+fn exec_is_reported_as_tracking_lost() {
+    if !python_available() {
+        common::skip("python3 is not installed");
+        return;
+    }
+    let script = r#"
+import os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+os.execv(sys.executable, [sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"])
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).stdin(Stdio::piped());
+    let mut target = Target::spawn_with_stdin(cmd);
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
+    t.collect().unwrap();
+    use std::io::Write;
+    target
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match t.collect() {
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "exec never noticed"),
+            Err(e) => break e,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(matches!(err, RemoteError::TrackingLost { .. }), "{err:?}");
+    assert!(err.to_string().contains("full dump"), "{err}");
+}
+
+/// Attaching to processes that exit at about the same time: each attach succeeds or says the
+/// process is gone; the collects after a successful attach end with `TargetExited`; nothing
+/// hangs or reports anything else.
+#[test]
+fn attach_racing_exit() {
+    let Some(exe) = compile("churn") else { return };
+    let (mut at_attach, mut at_collect) = (0, 0);
+    for i in 0..30 {
+        let mut child = Command::new(&exe)
+            .arg(format!("{}", 1 + 2 * (i % 10)))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(Duration::from_millis(i % 15));
+        match RemoteTracker::attach(pid) {
+            Ok(mut t) => {
+                let mut n = 0;
+                let e = loop {
+                    match t.collect() {
+                        Ok(_) => n += 1,
+                        Err(e) => break e,
+                    }
+                    assert!(n < 1_000_000, "process {pid} never exited");
+                };
+                assert!(matches!(e, RemoteError::TargetExited { .. }), "{e:?}");
+                at_collect += 1;
+            }
+            Err(RemoteError::TargetExited { .. } | RemoteError::NoSuchProcess { .. }) => {
+                at_attach += 1
+            }
+            Err(RemoteError::KernelTooOld { .. }) => {
+                common::skip("kernel too old");
+                return;
+            }
+            Err(e) => panic!("attach to exiting process {pid}: {e:?}"),
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    eprintln!("attach racing exit: gone at attach {at_attach}, during collects {at_collect}");
 }

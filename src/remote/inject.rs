@@ -378,6 +378,20 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>>
     Ok(found)
 }
 
+/// Whether `pid` is gone or exiting (zombie, or its address space already released).
+pub(crate) fn exiting(pid: i32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        });
+    match state {
+        None | Some('Z') | Some('X') => true,
+        Some(_) => proc::maps(pid).map_or(true, |m| m.is_empty()),
+    }
+}
+
 /// Why ptrace of `pid` was refused, as far as `/proc` tells, with what to do.
 pub(crate) fn explain_refusal(pid: i32) -> String {
     if let Ok(Some(tracer)) = proc::status_field(pid, "TracerPid") {
@@ -436,6 +450,12 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     let candidates =
         find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
     drop(mem);
+    if candidates.len() < 3 && exiting(pid) {
+        return Err(RemoteError::TargetExited {
+            pid,
+            during: "find a system call instruction",
+        });
+    }
     if candidates.len() < 3 {
         return Err(RemoteError::Injection {
             pid,

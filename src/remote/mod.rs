@@ -573,14 +573,23 @@ impl RemoteTracker {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if ino == Some(self.uffd_ino) {
                     Ok(())
+                } else if self.has_exited() || inject::exiting(self.pid) {
+                    Err(RemoteError::TargetExited {
+                        pid: self.pid,
+                        during: "collect",
+                    })
                 } else {
                     Err(lost("the fd now refers to another file (the target closed it and reused the number, or executed a new program)".into()))
                 }
             }
-            Err(_) if self.has_exited() => Err(RemoteError::TargetExited {
-                pid: self.pid,
-                during: "collect",
-            }),
+            // exit releases the address space before the fd table: an exiting target has
+            // empty maps and closed fds before its pidfd polls readable.
+            Err(_) if self.has_exited() || inject::exiting(self.pid) => {
+                Err(RemoteError::TargetExited {
+                    pid: self.pid,
+                    during: "collect",
+                })
+            }
             Err(_) => Err(lost(
                 "the fd is closed (the target executed a new program, or closed its fds)".into(),
             )),
