@@ -529,19 +529,27 @@ print("got " + line.strip(), flush=True)
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut target = Target {
+        child: cmd.spawn().unwrap(),
+        ready: String::new(),
+    };
+    let mut lines = BufReader::new(target.child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().contains("ready"));
     std::thread::sleep(Duration::from_millis(100));
-    let pid = child.id() as i32;
+    let pid = target.pid();
     let Some(t) = attach_or_skip(pid) else { return };
     assert_released(pid);
     t.stop_tracking().unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    target
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\n")
+        .unwrap();
     let mut out: Vec<String> = lines.by_ref().take(2).map(|l| l.unwrap()).collect();
     out.sort();
-    let _ = child.wait();
     assert_eq!(out.len(), 2, "{out:?}");
     assert_eq!(out[0], "got hello");
     let slept: f64 = out[1].strip_prefix("slept ").unwrap().parse().unwrap();
@@ -596,12 +604,15 @@ fn attach_racing_exit() {
     let Some(exe) = compile("churn") else { return };
     let (mut at_attach, mut at_collect) = (0, 0);
     for i in 0..30 {
-        let mut child = Command::new(&exe)
-            .arg(format!("{}", 1 + 2 * (i % 10)))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
+        let target = Target {
+            child: Command::new(&exe)
+                .arg(format!("{}", 1 + 2 * (i % 10)))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+            ready: String::new(),
+        };
+        let pid = target.pid();
         std::thread::sleep(Duration::from_millis(i % 15));
         match RemoteTracker::attach(pid) {
             Ok(mut t) => {
@@ -625,8 +636,7 @@ fn attach_racing_exit() {
             }
             Err(e) => panic!("attach to exiting process {pid}: {e:?}"),
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(target);
     }
     eprintln!("attach racing exit: gone at attach {at_attach}, during collects {at_collect}");
 }
