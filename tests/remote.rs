@@ -193,6 +193,13 @@ fn target_quiet_check(t: &mut RemoteTracker) {
 /// Compiles `tests/remote/NAME.c` with `cc` into a temporary directory; `None` (after a skip)
 /// without a C compiler.
 fn compile(name: &str) -> Option<PathBuf> {
+    // Tests run in parallel: compile each program once (a binary rewritten while another test
+    // runs it would fail to start, or crash).
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return Some(p.clone());
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/remote/{name}.c"));
     let dir = std::env::temp_dir().join(format!("dirtytrack-remote-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -204,7 +211,10 @@ fn compile(name: &str) -> Option<PathBuf> {
         .arg(&src)
         .status()
     {
-        Ok(s) if s.success() => Some(out),
+        Ok(s) if s.success() => {
+            built.push((name.to_string(), out.clone()));
+            Some(out)
+        }
         Ok(s) => panic!("cc {} failed: {s}", src.display()),
         Err(e) => {
             common::skip(&format!("no C compiler (cc): {e}"));

@@ -339,7 +339,7 @@ impl Drop for Session {
 
 /// Addresses of system call instructions in the executable mappings of `pid` (vDSO first), at
 /// most `want` of them.
-fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>> {
+fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {
     let mut maps: Vec<_> = proc::maps(pid)?
         .into_iter()
         .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x' && m.path != "[vsyscall]")
@@ -347,13 +347,19 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>>
     maps.sort_by_key(|m| m.path != "[vdso]");
     let mut found = Vec::new();
     let mut searched = 0usize;
+    let mappings = maps.len();
+    let mut read_error = None;
     let mut buf = vec![0u8; 1 << 20];
     for m in maps {
         let mut at = m.start;
         while at < m.end && searched < SEARCH_LIMIT {
             let n = (m.end - at).min(buf.len());
-            let Ok(got) = mem.read_at(&mut buf[..n], at as u64) else {
-                break;
+            let got = match mem.read_at(&mut buf[..n], at as u64) {
+                Ok(got) => got,
+                Err(e) => {
+                    read_error.get_or_insert(e);
+                    break;
+                }
             };
             if got == 0 {
                 break;
@@ -364,7 +370,11 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>>
                 if arch::aligned(at + i) && &buf[i..i + arch::INSN.len()] == arch::INSN {
                     found.push((at + i) as u64);
                     if found.len() == want {
-                        return Ok(found);
+                        return Ok(Search {
+                            found,
+                            mappings,
+                            read_error,
+                        });
                     }
                     i += arch::INSN.len();
                 } else {
@@ -375,7 +385,20 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Vec<u64>>
             at += got;
         }
     }
-    Ok(found)
+    Ok(Search {
+        found,
+        mappings,
+        read_error,
+    })
+}
+
+/// What [`find_syscall_insns`] found, and why it may have found too little.
+struct Search {
+    found: Vec<u64>,
+    /// Executable mappings searched.
+    mappings: usize,
+    /// The first read of `/proc/PID/mem` that failed.
+    read_error: Option<io::Error>,
 }
 
 /// Whether `pid` is gone or exiting (zombie, or its address space already released).
@@ -445,27 +468,11 @@ pub(crate) fn access_error(pid: i32, op: &'static str, e: io::Error) -> RemoteEr
 /// Runs system call `nr` with `args` in one thread of process `pid`; returns its raw result
 /// (`-errno` on failure). See the module docs for how, and what is guaranteed.
 pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, RemoteError> {
-    let mem = File::open(format!("/proc/{pid}/mem"))
-        .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
-    let candidates =
-        find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
-    drop(mem);
-    if candidates.len() < 3 && exiting(pid) {
-        return Err(RemoteError::TargetExited {
-            pid,
-            during: "find a system call instruction",
-        });
-    }
-    if candidates.len() < 3 {
-        return Err(RemoteError::Injection {
-            pid,
-            step: "find a system call instruction",
-            detail: format!(
-                "found {} system call instruction(s) in the executable mappings, need 3",
-                candidates.len()
-            ),
-        });
-    }
+    // Permission problems show up here, typed, before the target is touched.
+    drop(
+        File::open(format!("/proc/{pid}/mem"))
+            .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?,
+    );
     // The group leader, unless it already exited (a zombie leader with live threads).
     let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
     let leader_zombie = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
@@ -499,6 +506,36 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     )?;
     s.stage = Stage::Stopped;
 
+    // Search with the thread stopped, in a `/proc/PID/mem` opened now: the file binds the
+    // address space at open, and a process spawned a moment ago may still be inside execve
+    // (its parent is released before the new program is mapped), so only now is it final.
+    let mem = File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
+    let search =
+        find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
+    drop(mem);
+    let candidates = search.found;
+    if candidates.len() < 3 && exiting(pid) {
+        return Err(RemoteError::TargetExited {
+            pid,
+            during: "find a system call instruction",
+        });
+    }
+    if candidates.len() < 3 {
+        return Err(RemoteError::Injection {
+            pid,
+            step: "find a system call instruction",
+            detail: format!(
+                "found {} system call instruction(s) in {} executable mapping(s), need 3{}",
+                candidates.len(),
+                search.mappings,
+                search
+                    .read_error
+                    .map(|e| format!(" (reading /proc/PID/mem: {e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
     let saved = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
     arch::check_abi(&saved).map_err(|detail| RemoteError::Injection {
         pid,

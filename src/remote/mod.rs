@@ -499,19 +499,28 @@ impl RemoteTracker {
         })
     }
 
-    /// Whether the target has exited.
+    /// Whether the target has exited (or is exiting: its address space is already released).
     pub fn has_exited(&self) -> bool {
+        self.pidfd_exited() || inject::exiting(self.pid)
+    }
+
+    /// Whether the pidfd says the target exited (cheap; misses the start of an exit).
+    fn pidfd_exited(&self) -> bool {
         pidfd::has_exited(self.pidfd.as_fd()).unwrap_or(true)
     }
 
+    /// Names the cause of a failure: the target exited, or it no longer holds the userfaultfd
+    /// (exec: the old address space is gone, so the kernel answers `ESRCH`), or else `e`.
     fn exit_or(&self, e: RemoteError, during: &'static str) -> RemoteError {
         if self.has_exited() {
-            RemoteError::TargetExited {
+            return RemoteError::TargetExited {
                 pid: self.pid,
                 during,
-            }
-        } else {
-            e
+            };
+        }
+        match self.check_fd() {
+            Err(lost) => lost,
+            Ok(()) => e,
         }
     }
 
@@ -573,7 +582,7 @@ impl RemoteTracker {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if ino == Some(self.uffd_ino) {
                     Ok(())
-                } else if self.has_exited() || inject::exiting(self.pid) {
+                } else if self.has_exited() {
                     Err(RemoteError::TargetExited {
                         pid: self.pid,
                         during: "collect",
