@@ -270,7 +270,10 @@ fn write_dump(
                         pages.write_all(&buf[..n])?;
                         written += n;
                     }
-                    Err(e @ dirtytrack::RemoteError::TargetExited { .. }) => return Err(e.into()),
+                    Err(
+                        e @ (dirtytrack::RemoteError::TargetExited { .. }
+                        | dirtytrack::RemoteError::TrackingLost { .. }),
+                    ) => return Err(e.into()),
                     Err(_) => {
                         // Page by page: keep what can be read, list what cannot.
                         for p in (at..at + n).step_by(ps) {

@@ -94,7 +94,11 @@ impl Image {
                         self.pages.insert(at + i * ps, Some(chunk.to_vec()));
                     }
                 }
-                Err(e @ RemoteError::TargetExited { .. }) => return Err(e),
+                // Only a page-level failure (`Kernel`) is recorded as unreadable; an exit or a
+                // lost userfaultfd (exec) voids the dump.
+                Err(e @ (RemoteError::TargetExited { .. } | RemoteError::TrackingLost { .. })) => {
+                    return Err(e)
+                }
                 Err(_) => {
                     // Page by page, to tell readable from unreadable pages.
                     for p in (at..at + n).step_by(ps) {

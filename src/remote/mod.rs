@@ -81,6 +81,9 @@ const EVENT_FEATURES: u64 = uffd::FEATURE_EVENT_FORK
     | uffd::FEATURE_EVENT_REMAP
     | uffd::FEATURE_EVENT_REMOVE
     | uffd::FEATURE_EVENT_UNMAP;
+/// Anonymous `PROT_NONE` mappings larger than this are not tracked (they are address-space
+/// reservations; their few written pages, if any, are not worth the page tables).
+const MAX_INACCESSIBLE: usize = 1 << 30;
 /// Regions per `PAGEMAP_SCAN` call.
 const VEC_LEN: usize = 1024;
 
@@ -320,6 +323,11 @@ pub struct RemoteTracker {
     /// Address ranges registered and armed as of the last collect, ascending, disjoint.
     tracked: Vec<Mapping>,
     resumed: bool,
+    /// Descendants stopped by `stop_target`, to resume (pidfds: immune to pid reuse).
+    stopped_descendants: Vec<(i32, OwnedFd)>,
+    /// `stop_target` stopped the target and `continue_target` has not resumed it yet (`Drop`
+    /// resumes it).
+    stopped: bool,
     buf: Vec<PageRegion>,
     buf_used: usize,
 }
@@ -451,6 +459,8 @@ impl RemoteTracker {
             track_shared: b.track_shared,
             tracked: Vec::new(),
             resumed,
+            stopped_descendants: Vec::new(),
+            stopped: false,
             buf: vec![PageRegion::default(); VEC_LEN],
             buf_used: 0,
         };
@@ -524,45 +534,58 @@ impl RemoteTracker {
         }
     }
 
-    /// Stops the target (`SIGSTOP`) and waits until every thread is stopped (at most 10 s).
-    pub fn stop_target(&self) -> Result<(), RemoteError> {
-        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGSTOP)
-            .map_err(|e| kernel_err(self.pid, "pidfd_send_signal(SIGSTOP)", e))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.has_exited() {
-                return Err(RemoteError::TargetExited {
-                    pid: self.pid,
-                    during: "stop_target",
-                });
-            }
-            let tids = proc::threads(self.pid)
-                .map_err(|e| kernel_err(self.pid, "read /proc/PID/task", e))?;
-            let all_stopped = tids.iter().all(|t| {
-                std::fs::read_to_string(format!("/proc/{}/task/{t}/stat", self.pid))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit_once(')')
-                            .map(|(_, r)| r.trim_start().chars().next())
-                    })
-                    .flatten()
-                    .map_or(true, |c| c == 'T' || c == 't' || c == 'Z' || c == 'X')
+    /// Stops the target and all its descendants (`SIGSTOP`) and waits until every thread of
+    /// each is stopped (at most 10 s each). Descendants are included because fork children can
+    /// still write memory they share with the target.
+    pub fn stop_target(&mut self) -> Result<(), RemoteError> {
+        self.stopped = true;
+        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGSTOP).map_err(|e| {
+            self.exit_or(
+                kernel_err(self.pid, "pidfd_send_signal(SIGSTOP)", e),
+                "stop_target",
+            )
+        })?;
+        if !wait_stopped(self.pid)? {
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "stop_target",
             });
-            if all_stopped {
+        }
+        // Descendants, to a fixed point: a child may fork before it is stopped.
+        loop {
+            let mut new = Vec::new();
+            let mut todo = vec![self.pid];
+            while let Some(p) = todo.pop() {
+                for c in proc::children(p).unwrap_or_default() {
+                    todo.push(c);
+                    if !self.stopped_descendants.iter().any(|(pid, _)| *pid == c) {
+                        new.push(c);
+                    }
+                }
+            }
+            if new.is_empty() {
                 return Ok(());
             }
-            if Instant::now() > deadline {
-                return Err(RemoteError::Usage(format!(
-                    "process {} did not stop within 10 s of SIGSTOP",
-                    self.pid
-                )));
+            for c in new {
+                // A child that exits meanwhile is simply not stopped.
+                let Ok(fd) = pidfd::pidfd_open(c) else {
+                    continue;
+                };
+                if pidfd::send_signal(fd.as_fd(), libc::SIGSTOP).is_ok() {
+                    let _ = wait_stopped(c);
+                }
+                self.stopped_descendants.push((c, fd));
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Resumes a target stopped with [`RemoteTracker::stop_target`] (`SIGCONT`).
-    pub fn continue_target(&self) -> Result<(), RemoteError> {
+    /// Resumes the target and the descendants [`RemoteTracker::stop_target`] stopped
+    /// (`SIGCONT`).
+    pub fn continue_target(&mut self) -> Result<(), RemoteError> {
+        self.stopped = false;
+        for (_, fd) in self.stopped_descendants.drain(..) {
+            let _ = pidfd::send_signal(fd.as_fd(), libc::SIGCONT);
+        }
         pidfd::send_signal(self.pidfd.as_fd(), libc::SIGCONT)
             .map_err(|e| kernel_err(self.pid, "pidfd_send_signal(SIGCONT)", e))
     }
@@ -673,15 +696,22 @@ impl RemoteTracker {
         ) {
             return Plan::Skip("kernel-provided mapping".into());
         }
+        let file = e.inode != 0;
         if w != b'w' {
-            if x == b'x' {
-                return Plan::Skip("code (not writable)".into());
-            }
             if p == b's' {
                 return Plan::Skip("read-only shared mapping".into());
             }
-            if r != b'r' {
-                return Plan::Skip("inaccessible (PROT_NONE)".into());
+            if file && x == b'x' {
+                return Plan::Skip("code from a file (not writable)".into());
+            }
+            if file && r != b'r' {
+                return Plan::Skip("inaccessible file mapping (an ELF segment gap)".into());
+            }
+            if !file && r != b'r' && m.len() > MAX_INACCESSIBLE {
+                return Plan::Skip(format!(
+                    "inaccessible (PROT_NONE) reservation larger than {} GiB: not tracked (arming it would cost 2 MiB of page tables per GiB in the target)",
+                    MAX_INACCESSIBLE >> 30
+                ));
             }
         }
         let vma = crate::sys::maps::Vma {
@@ -814,7 +844,7 @@ impl RemoteTracker {
     }
 
     /// Leaves tracking in place in the target (a later attach resumes it) and releases this
-    /// tracker. Same as dropping it.
+    /// tracker. Same as dropping it (which also resumes a target left stopped).
     pub fn detach(self) {}
 
     /// Removes tracking from the target: unregisters every tracked range and closes the
@@ -841,6 +871,54 @@ impl RemoteTracker {
             });
         }
         Ok(())
+    }
+}
+
+impl Drop for RemoteTracker {
+    /// Resumes what [`RemoteTracker::stop_target`] stopped; tracking stays in the target.
+    fn drop(&mut self) {
+        if self.stopped {
+            let _ = self.continue_target();
+        }
+    }
+}
+
+/// Waits until every thread of `pid` is stopped (or gone); `false` if the process is gone.
+fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(tids) = proc::threads(pid) else {
+            return Ok(false);
+        };
+        let states: Vec<Option<char>> = tids
+            .iter()
+            .map(|t| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .and_then(|(_, r)| r.trim_start().chars().next())
+                    })
+            })
+            .collect();
+        if states
+            .iter()
+            .all(|s| matches!(s, None | Some('Z') | Some('X')))
+        {
+            return Ok(false);
+        }
+        if states
+            .iter()
+            .all(|s| matches!(s, None | Some('T') | Some('t') | Some('Z') | Some('X')))
+        {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Err(RemoteError::Usage(format!(
+                "process {pid} did not stop within 10 s of SIGSTOP"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

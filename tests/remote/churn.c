@@ -1,7 +1,8 @@
 /* A target for tests/remote.rs: changes its address space all the time.
  * Every few milliseconds it writes anonymous memory, forks a child that writes (and exits),
  * moves and grows a mapping with mremap, maps new memory and unmaps old memory, replaces a
- * mapping in place (MAP_FIXED), discards pages (MADV_DONTNEED), and writes a memfd mapping.
+ * mapping in place (MAP_FIXED), discards pages (MADV_DONTNEED), writes a memfd mapping, and
+ * writes memory that it then makes inaccessible or read-only and executable (as a JIT does).
  * Usage: churn [exit-after-ms]   (0 or absent: run until killed). Prints "ready" when set up. */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -46,6 +47,7 @@ int main(int argc, char **argv) {
     if (m == MAP_FAILED) { perror("mmap memfd"); return 1; }
     memset(a, 1, a_len);
     memset(b, 2, b_len);
+    char *d = map(256 * 1024);
     char *c = NULL;
     size_t c_len = 0;
     printf("ready\n");
@@ -57,7 +59,7 @@ int main(int argc, char **argv) {
         scribble(b, b_len, 20);
         scribble(shared, MIB, 10);
         scribble(m, 2 * MIB, 10);
-        switch (iter % 6) {
+        switch (iter % 8) {
         case 0: { /* fork: the child writes private and shared memory, then exits */
             pid_t pid = fork();
             if (pid == 0) { scribble(a, a_len, 100); scribble(shared, MIB, 50); _exit(0); }
@@ -96,6 +98,16 @@ int main(int argc, char **argv) {
             b = nb;
             break;
         }
+        case 6: /* write, then make inaccessible (contents kept) */
+            mprotect(d, 256 * 1024, PROT_READ | PROT_WRITE);
+            scribble(d, 256 * 1024, 20);
+            mprotect(d, 256 * 1024, PROT_NONE);
+            break;
+        case 7: /* write, then make read-only and executable */
+            mprotect(d, 256 * 1024, PROT_READ | PROT_WRITE);
+            scribble(d, 256 * 1024, 20);
+            mprotect(d, 256 * 1024, PROT_READ | PROT_EXEC);
+            break;
         }
         usleep(1000);
     }
