@@ -7,7 +7,7 @@
 //! # How
 //!
 //! 1. **A userfaultfd inside the target.** A userfaultfd acts on the memory of the process that
-//!    created it, so the target must create it: [`inject`] makes one of its threads execute
+//!    created it, so the target must create it: the `inject` module makes one of its threads execute
 //!    `userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)` under ptrace, then moves it to
 //!    fd [`MARK_FD_BASE`] or above (`fcntl(F_DUPFD_CLOEXEC)` + `close`), which is how a later
 //!    attach recognises it. `pidfd_getfd` gives the tracker its own copy.
