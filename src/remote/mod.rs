@@ -382,6 +382,15 @@ impl RemoteTracker {
         if pid <= 0 {
             return Err(RemoteError::NoSuchProcess { pid });
         }
+        // The process first: "no such process" is the more useful answer on any kernel.
+        let pidfd = pidfd::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::EINVAL) => RemoteError::NoSuchProcess { pid },
+            _ => RemoteError::Kernel {
+                pid,
+                op: "pidfd_open",
+                source: e,
+            },
+        })?;
         let caps = Capabilities::probe().without_features(b.hide_features);
         let mut missing = Vec::new();
         if !caps.has(uffd::FEATURE_WP_ASYNC) {
@@ -402,14 +411,6 @@ impl RemoteTracker {
                 missing: "a PAGEMAP_SCAN that reports discarded pages (2026 fixes \"fix PAGEMAP_SCAN written state for unpopulated ptes\"; or pass accept_missed_discards)".into(),
             });
         }
-        let pidfd = pidfd::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) | Some(libc::EINVAL) => RemoteError::NoSuchProcess { pid },
-            _ => RemoteError::Kernel {
-                pid,
-                op: "pidfd_open",
-                source: e,
-            },
-        })?;
         // Opening these checks PTRACE_MODE_READ / ATTACH: refusals show up here, typed.
         let pagemap = File::open(format!("/proc/{pid}/pagemap"))
             .map_err(|e| inject::access_error(pid, "open /proc/PID/pagemap", e))?;
