@@ -649,3 +649,52 @@ fn attach_racing_exit() {
     }
     eprintln!("attach racing exit: gone at attach {at_attach}, during collects {at_collect}");
 }
+
+/// Memory the target registered with a userfaultfd of its own cannot be registered again
+/// (`EBUSY`): it is reported whole at every collect, and the dumps stay exact.
+#[test]
+fn memory_owned_by_the_targets_own_userfaultfd_is_reported_whole() {
+    let Some(exe) = compile("own_uffd") else {
+        return;
+    };
+    let target = Target::spawn(Command::new(&exe));
+    let addr = usize::from_str_radix(
+        target
+            .ready
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
+    let mut image = Image::new();
+    for _ in 0..3 {
+        let c = t.collect().unwrap();
+        let m = c
+            .mappings
+            .iter()
+            .find(|m| m.mapping.start <= addr && addr < m.mapping.end)
+            .expect("the mapping is reported");
+        match &m.change {
+            Change::Untracked { reason } => {
+                assert!(reason.contains("another userfaultfd"), "{reason}")
+            }
+            other => panic!("expected Untracked, got {other:?}"),
+        }
+        assert_eq!(m.dirty_bytes(), m.mapping.len());
+        image.apply(&t, &c).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.stop_target().unwrap();
+    let last = t.collect().unwrap();
+    image.apply(&t, &last).unwrap();
+    let mismatches = image.verify(&t, &last).unwrap();
+    t.continue_target().unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+    // Our userfaultfd is not the target's.
+    assert!(t.target_fd() >= dirtytrack::remote::MARK_FD_BASE);
+}

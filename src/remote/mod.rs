@@ -350,6 +350,23 @@ fn kernel_err(pid: i32, op: &'static str, e: io::Error) -> RemoteError {
     }
 }
 
+/// Why the kernel would not register a mapping.
+struct Refusal {
+    reason: String,
+    /// Whether its contents can still be read and dumped (it is owned by another userfaultfd).
+    readable: bool,
+}
+
+/// What became of one trackable mapping in a collect.
+enum Outcome {
+    /// Registered and armed: its report is exact from now on.
+    Tracked(MappingReport),
+    /// Not trackable: reported whole.
+    Whole(MappingReport),
+    /// Not trackable nor dumpable.
+    Skip(String),
+}
+
 /// What to do with one current mapping.
 enum Plan {
     Track,
@@ -635,7 +652,7 @@ impl RemoteTracker {
     /// On error nothing is known about this interval: take a full dump after the next
     /// successful collect (or attach again).
     pub fn collect(&mut self) -> Result<Collection, RemoteError> {
-        if self.has_exited() {
+        if self.pidfd_exited() {
             return Err(RemoteError::TargetExited {
                 pid: self.pid,
                 during: "collect",
@@ -656,11 +673,12 @@ impl RemoteTracker {
                     change: Change::Untracked { reason: why },
                 }),
                 Plan::Track => match self.collect_mapping(&m)? {
-                    Ok(report) => {
+                    Outcome::Tracked(report) => {
                         tracked_now.push(report.mapping.clone());
                         out.mappings.push(report);
                     }
-                    Err(why) => out.skipped.push((m, why)),
+                    Outcome::Whole(report) => out.mappings.push(report),
+                    Outcome::Skip(why) => out.skipped.push((m, why)),
                 },
             }
         }
@@ -678,7 +696,7 @@ impl RemoteTracker {
             }
         }
         out.children = proc::children(self.pid).unwrap_or_default();
-        if self.has_exited() {
+        if self.pidfd_exited() {
             return Err(RemoteError::TargetExited {
                 pid: self.pid,
                 during: "collect",
@@ -736,12 +754,18 @@ impl RemoteTracker {
     }
 
     /// Registers and arms `[start, end)`. `Err(reason)` when the kernel refuses this mapping.
-    fn arm(&self, start: usize, end: usize) -> Result<Result<(), String>, RemoteError> {
+    fn arm(&self, start: usize, end: usize) -> Result<Result<(), Refusal>, RemoteError> {
         let fd = self.uffd.as_fd();
         if let Err(e) = uffd::register(fd, start, end - start, uffd::REGISTER_MODE_WP) {
             return match e.raw_os_error() {
-                Some(libc::EBUSY) => Ok(Err("registered with another userfaultfd of the target (its own): not tracked".into())),
-                Some(libc::EINVAL) | Some(libc::EPERM) => Ok(Err(format!("the kernel refuses to write-protect it ({e}): VM_IO/VM_PFNMAP, MAP_DROPPABLE, or no write access"))),
+                Some(libc::EBUSY) => Ok(Err(Refusal {
+                    reason: "registered with another userfaultfd of the target (its own): reported whole at every collect".into(),
+                    readable: true,
+                })),
+                Some(libc::EINVAL) | Some(libc::EPERM) => Ok(Err(Refusal {
+                    reason: format!("the kernel refuses to write-protect it ({e}): VM_IO/VM_PFNMAP, MAP_DROPPABLE, or no write access"),
+                    readable: false,
+                })),
                 _ => Err(self.exit_or(kernel_err(self.pid, "UFFDIO_REGISTER", e), "collect")),
             };
         }
@@ -751,10 +775,7 @@ impl RemoteTracker {
     }
 
     /// One trackable mapping: scan the parts tracked before, register and report whole the rest.
-    fn collect_mapping(
-        &mut self,
-        m: &Mapping,
-    ) -> Result<Result<MappingReport, String>, RemoteError> {
+    fn collect_mapping(&mut self, m: &Mapping) -> Result<Outcome, RemoteError> {
         let ps = self.page_size;
         // Parts of `m` tracked before with the same backing.
         let mut old_parts: Vec<Range<usize>> = self
@@ -827,8 +848,19 @@ impl RemoteTracker {
             new_parts = std::iter::once(m.start..m.end).collect();
         }
         for r in &new_parts {
-            if let Err(why) = self.arm(r.start, r.end)? {
-                return Ok(Err(why));
+            if let Err(refusal) = self.arm(r.start, r.end)? {
+                // Contents that were tracked, or that can be read, are reported whole; a mapping
+                // the kernel refuses from the start (device memory) is skipped.
+                if refusal.readable || !old_parts.is_empty() {
+                    return Ok(Outcome::Whole(MappingReport {
+                        mapping: m.clone(),
+                        change: Change::Untracked {
+                            reason: refusal.reason,
+                        },
+                        dirty: std::iter::once(m.start..m.end).collect(),
+                    }));
+                }
+                return Ok(Outcome::Skip(refusal.reason));
             }
             seg.mark(r.start, r.end, ps);
         }
@@ -837,7 +869,7 @@ impl RemoteTracker {
             (None, true) => Change::Tracked,
             (None, false) => Change::New { new: new_parts },
         };
-        Ok(Ok(MappingReport {
+        Ok(Outcome::Tracked(MappingReport {
             mapping: m.clone(),
             change,
             dirty: runs(&seg, ps),
