@@ -592,3 +592,38 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     s.release()?;
     Ok(ret)
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn stopped_in(nr: i64, ret: i64) -> Regs {
+        // SAFETY: `Regs` is plain old data; all-zero is a valid value.
+        let mut r: Regs = unsafe { std::mem::zeroed() };
+        r.orig_rax = nr as u64;
+        r.rax = ret as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_logic_applied_to_the_saved_registers() {
+        // read(2) interrupted: re-executed (the instruction again, with its number).
+        let r = arch::restorable(&stopped_in(0, -512));
+        assert_eq!((r.rip, r.rax, r.orig_rax), (0x1000, 0, u64::MAX));
+        // nanosleep-like restart block: restart_syscall.
+        let r = arch::restorable(&stopped_in(230, -516));
+        assert_eq!((r.rip, r.rax), (0x1000, libc::SYS_restart_syscall as u64));
+        // A finished call, or user mode: untouched but for orig_rax.
+        let r = arch::restorable(&stopped_in(1, 5));
+        assert_eq!((r.rip, r.rax, r.orig_rax), (0x1002, 5, u64::MAX));
+        let r = arch::restorable(&stopped_in(-1, -512));
+        assert_eq!((r.rip, r.rax), (0x1002, (-512i64) as u64));
+        // The injected registers: orig_rax -1 so no restart logic runs on them.
+        let i = arch::injected(&stopped_in(0, -512), 0x5000, 323, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            (i.rip, i.rax, i.orig_rax, i.rdi, i.r10, i.r9),
+            (0x5000, 323, u64::MAX, 1, 4, 6)
+        );
+    }
+}

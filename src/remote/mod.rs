@@ -1065,3 +1065,52 @@ fn create_in_target(pid: i32) -> Result<i32, RemoteError> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(start: usize, end: usize, perms: &str, offset: u64, inode: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            perms: perms.into(),
+            offset,
+            dev: if inode == 0 { "00:00" } else { "fe:01" }.into(),
+            inode,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn state_lines_round_trip() {
+        for x in [
+            m(0x1000, 0x3000, "rw-p", 0, 0, ""),
+            m(
+                0x7f00_0000,
+                0x7f10_0000,
+                "rw-s",
+                0x2000,
+                42,
+                "/memfd:a b (deleted)",
+            ),
+        ] {
+            assert_eq!(Mapping::from_line(&x.to_line()), Some(x));
+        }
+        assert_eq!(Mapping::from_line("zz"), None);
+    }
+
+    #[test]
+    fn backing_identity() {
+        let anon = m(0x1000, 0x9000, "rw-p", 0, 0, "");
+        // Anonymous memory: the same whatever its name or protection.
+        assert!(anon.same_backing_at(&m(0x3000, 0x5000, "r--p", 0, 0, "[heap]")));
+        assert!(!anon.same_backing_at(&m(0x3000, 0x5000, "rw-s", 0, 0, "")));
+        // A file mapping: same file at the same offset for the same address.
+        let file = m(0x10000, 0x20000, "rw-p", 0x4000, 7, "/lib/x.so");
+        assert!(file.same_backing_at(&m(0x12000, 0x14000, "r--p", 0x6000, 7, "/lib/x.so")));
+        assert!(!file.same_backing_at(&m(0x12000, 0x14000, "rw-p", 0x7000, 7, "/lib/x.so")));
+        assert!(!file.same_backing_at(&m(0x12000, 0x14000, "rw-p", 0x6000, 8, "/lib/x.so")));
+        assert!(!file.same_backing_at(&anon));
+    }
+}
