@@ -731,22 +731,25 @@ print("count %d" % n, flush=True)
     let mut lines = BufReader::new(target.child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().contains("ready"));
     let pid = target.pid();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = {
-        let stop = stop.clone();
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
         std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let ok = Command::new("kill")
-                    .args(["-USR1", &pid.to_string()])
-                    .status();
-                if ok.is_ok_and(|s| s.success()) {
-                    sent += 1;
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                if unsafe { libc::kill(pid, libc::SIGUSR1) } == 0 {
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
+                std::thread::sleep(Duration::from_micros(50));
             }
-            sent
         })
     };
+    // Signals flow before, during and after every attach.
+    while sent.load(Ordering::Relaxed) < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for _ in 0..5 {
         let Some(mut t) = attach_or_skip(pid) else {
             return;
@@ -755,8 +758,9 @@ print("count %d" % n, flush=True)
         t.stop_tracking().unwrap();
         assert_released(pid);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = sent.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let sent = sent.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(100));
     use std::io::Write;
     target.child.stdin.take().unwrap().write_all(b"\n").unwrap();

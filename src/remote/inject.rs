@@ -225,8 +225,9 @@ impl Session {
                 WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Err(self.exited(what)),
                 WaitStatus::Stopped { signal, event } if accept(signal, event) => return Ok(()),
                 WaitStatus::Stopped { signal, event: 0 } => {
-                    // A signal-delivery stop: keep the signal for later, do not deliver it now.
-                    if signal != libc::SIGTRAP && !self.pending.contains(&signal) {
+                    // A signal-delivery stop (the injector causes none: its system call stops
+                    // carry `SIGTRAP | 0x80`): keep the signal for the detach.
+                    if !self.pending.contains(&signal) {
                         self.pending.push(signal);
                     }
                     resume(self.tid, 0).map_err(|e| self.fail(what, e))?;
@@ -259,6 +260,21 @@ impl Session {
                 }
             }
         };
+        if self.stage == Stage::Seized {
+            // Seized but the stop not seen yet (an error while waiting for it): a tracee can only
+            // be detached when stopped. Interrupt it (again; harmless if pending) and wait.
+            let stopped = ptrace::interrupt(self.tid).is_ok()
+                && match ptrace::wait(self.tid) {
+                    Ok(WaitStatus::Stopped { signal, event }) => {
+                        if event == 0 && !self.pending.contains(&signal) {
+                            self.pending.push(signal);
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+            self.stage = if stopped { Stage::Stopped } else { Stage::Done };
+        }
         if self.stage == Stage::AtEntry {
             // Let the injected call finish (its exit stop), so that restoring the registers is
             // not undone by the call's return value.
@@ -276,8 +292,7 @@ impl Session {
                         break;
                     }
                     Ok(WaitStatus::Stopped { signal, event }) => {
-                        if event == 0 && signal != libc::SIGTRAP && !self.pending.contains(&signal)
-                        {
+                        if event == 0 && !self.pending.contains(&signal) {
                             self.pending.push(signal);
                         }
                         note(
