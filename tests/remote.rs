@@ -406,65 +406,57 @@ fn kernel_without_wp_async_is_refused_before_touching_the_target() {
     }
 }
 
-/// Run as an unprivileged user by `unprivileged_tracker_is_refused` (through `setpriv`): tries
-/// to attach to the pid in `DIRTYTRACK_REMOTE_PID` and prints the outcome.
-#[test]
-fn helper_attach_from_env() {
-    let Ok(pid) = std::env::var("DIRTYTRACK_REMOTE_PID") else {
-        return;
-    };
-    match RemoteTracker::attach(pid.parse().unwrap()) {
-        Ok(_) => println!("RESULT: attached"),
-        Err(e) => println!("RESULT: {e:?}"),
-    }
-}
-
+/// A tracker without privilege (uid 65534, no capabilities) attaching to a root process: refused,
+/// with the uids named. The attach runs in a forked child that drops its credentials.
 #[test]
 fn unprivileged_tracker_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip("needs root to drop to uid 65534");
+        return;
+    }
     let Some(target) = python_target() else {
         return;
     };
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "helper_attach_from_env",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("DIRTYTRACK_REMOTE_PID", target.pid().to_string())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            common::skip(&format!("setpriv is not available: {e}"));
-            return;
+    let pid = target.pid();
+    // SAFETY: the child only changes its credentials, attaches (allocations are safe after fork
+    // in glibc), and leaves with _exit; it never returns into the test harness.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0);
+    if child == 0 {
+        // SAFETY: changing this child's credentials, then leaving with _exit.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                libc::_exit(2);
+            }
+            // As if started by that user: its own /proc files readable (the capability probe
+            // reads /proc/self/pagemap).
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+            let code = match RemoteTracker::attach(pid) {
+                Err(RemoteError::PtraceRefused { reason, .. })
+                    if reason.contains("uid 0") && reason.contains("uid 65534") =>
+                {
+                    0
+                }
+                Err(RemoteError::PtraceRefused { .. }) => 3,
+                Err(_) => 4,
+                Ok(_) => 5,
+            };
+            libc::_exit(code);
         }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let result = text
-        .lines()
-        .find(|l| l.contains("RESULT: "))
-        .unwrap_or_else(|| {
-            panic!(
-                "helper printed no result: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    assert!(result.contains("PtraceRefused"), "{result}");
-    assert!(
-        result.contains("uid 0"),
-        "the reason names the uids: {result}"
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    let code = libc::WEXITSTATUS(status);
+    assert_eq!(
+        code, 0,
+        "2: could not drop privileges, 3: refusal without the uids, 4: another error, 5: attached"
     );
-    assert_released(target.pid());
+    assert_released(pid);
 }
 
 #[test]
