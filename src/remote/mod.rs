@@ -661,6 +661,13 @@ impl RemoteTracker {
         self.check_fd()?;
         let current = proc::maps(self.pid)
             .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
+        if current.is_empty() {
+            // A live process always has mappings: its address space is already released.
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "collect",
+            });
+        }
         let mut out = Collection::default();
         let mut tracked_now = Vec::new();
         for e in &current {
@@ -751,6 +758,16 @@ impl RemoteTracker {
             );
         }
         Plan::Track
+    }
+
+    /// Whether `m` is still exactly one mapping of the target (same bounds and backing).
+    fn still_mapped_as(&self, m: &Mapping) -> Result<bool, RemoteError> {
+        let now = proc::maps(self.pid)
+            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
+        Ok(now.iter().any(|e| {
+            let n = Mapping::from_entry(e);
+            n.start == m.start && n.end == m.end && n.same_backing_at(m)
+        }))
     }
 
     /// Registers and arms `[start, end)`. `Err(reason)` when the kernel refuses this mapping.
@@ -846,6 +863,20 @@ impl RemoteTracker {
             // Register again (same uffd: allowed over registered parts) and arm the whole
             // mapping; everything was marked dirty above or below.
             new_parts = std::iter::once(m.start..m.end).collect();
+        }
+        // Registering a range that is not a whole mapping splits the target's mapping, which
+        // can make a later mremap of it fail in the target (EFAULT: mremap needs one mapping).
+        // Registration of a part only ever happens inside a mapping that is registered whole
+        // already (grown in place: the kernel skips it), unless the mapping changed since maps
+        // was read; so check it is still the same, right before registering.
+        if !new_parts.is_empty() && !self.still_mapped_as(m)? {
+            return Ok(Outcome::Whole(MappingReport {
+                mapping: m.clone(),
+                change: Change::Untracked {
+                    reason: "changed while being registered: registered at the next collect".into(),
+                },
+                dirty: std::iter::once(m.start..m.end).collect(),
+            }));
         }
         for r in &new_parts {
             if let Err(refusal) = self.arm(r.start, r.end)? {
