@@ -119,12 +119,35 @@ impl Image {
         let ps = self.page_size;
         let mut out = Vec::new();
         let mut page = vec![0u8; ps];
+        // Read 1 MiB at a time; page by page only where a chunk cannot be read whole.
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut chunk_at = usize::MAX;
+        let mut chunk_ok = false;
         for m in &c.mappings {
             for a in (m.mapping.start..m.mapping.end).step_by(ps) {
                 if out.len() >= 100 {
                     return Ok(out);
                 }
-                let live = t.read_memory(a, &mut page).ok().map(|()| &page[..]);
+                if !(chunk_at <= a && a < chunk_at.saturating_add(chunk.len()))
+                    || chunk_at == usize::MAX
+                {
+                    let n = (m.mapping.end - a).min(1 << 20);
+                    chunk.resize(n, 0);
+                    chunk_at = a;
+                    chunk_ok = match t.read_memory(a, &mut chunk) {
+                        Ok(()) => true,
+                        Err(
+                            e @ (RemoteError::TargetExited { .. }
+                            | RemoteError::TrackingLost { .. }),
+                        ) => return Err(e),
+                        Err(_) => false,
+                    };
+                }
+                let live = if chunk_ok {
+                    Some(&chunk[a - chunk_at..a - chunk_at + ps])
+                } else {
+                    t.read_memory(a, &mut page).ok().map(|()| &page[..])
+                };
                 match (self.pages.get(&a), live) {
                     (None, _) => out.push(Mismatch {
                         page: a,
