@@ -410,47 +410,53 @@ fn rebuild(dir: &Path) -> Result<Image, Fail> {
         .rposition(|(_, p)| fs::read_to_string(p.join("kind")).is_ok_and(|k| k.trim() == "full"))
         .ok_or_else(|| Fail(3, format!("no full dump in {}", dir.display())))?;
     let mut image = Image::new();
-    let ps = dirtytrack::page_size();
     for (_, p) in &dumps[first..] {
-        let maps: Vec<Mapping> = fs::read_to_string(p.join("maps"))?
-            .lines()
-            .filter_map(Mapping::from_line)
-            .collect();
-        image.retain_ranges(&maps.iter().map(|m| m.start..m.end).collect::<Vec<_>>());
-        let mut data = Vec::new();
-        File::open(p.join("pages"))?.read_to_end(&mut data)?;
-        let mut at = 0;
-        while at < data.len() {
-            let bad = || Fail(3, format!("{} is truncated", p.join("pages").display()));
-            let word = |i: usize| -> Option<u64> {
-                Some(u64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?))
-            };
-            let addr = word(at).ok_or_else(bad)? as usize;
-            let len = word(at + 8).ok_or_else(bad)? as usize;
-            let bytes = data.get(at + 16..at + 16 + len).ok_or_else(bad)?;
-            for (i, page) in bytes.chunks(ps).enumerate() {
-                image.set_page(addr + i * ps, Some(page.to_vec()));
-            }
-            at += 16 + len;
-        }
-        for line in fs::read_to_string(p.join("unreadable"))
-            .unwrap_or_default()
-            .lines()
-        {
-            let mut it = line.split_whitespace();
-            let (Some(a), Some(l)) = (it.next(), it.next()) else {
-                continue;
-            };
-            let (Ok(a), Ok(l)) = (usize::from_str_radix(a, 16), usize::from_str_radix(l, 16))
-            else {
-                continue;
-            };
-            for pg in (a..a + l).step_by(ps) {
-                image.set_page(pg, None);
-            }
-        }
+        apply_dump(&mut image, p)?;
     }
     Ok(image)
+}
+
+/// Applies one dump directory to `image`: drops the pages outside its `maps`, then sets its
+/// `pages` and `unreadable` pages.
+fn apply_dump(image: &mut Image, p: &Path) -> Result<(), Fail> {
+    let ps = dirtytrack::page_size();
+    let maps: Vec<Mapping> = fs::read_to_string(p.join("maps"))?
+        .lines()
+        .filter_map(Mapping::from_line)
+        .collect();
+    image.retain_ranges(&maps.iter().map(|m| m.start..m.end).collect::<Vec<_>>());
+    let mut data = Vec::new();
+    File::open(p.join("pages"))?.read_to_end(&mut data)?;
+    let mut at = 0;
+    while at < data.len() {
+        let bad = || Fail(3, format!("{} is truncated", p.join("pages").display()));
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?))
+        };
+        let addr = word(at).ok_or_else(bad)? as usize;
+        let len = word(at + 8).ok_or_else(bad)? as usize;
+        let bytes = data.get(at + 16..at + 16 + len).ok_or_else(bad)?;
+        for (i, page) in bytes.chunks(ps).enumerate() {
+            image.set_page(addr + i * ps, Some(page.to_vec()));
+        }
+        at += 16 + len;
+    }
+    for line in fs::read_to_string(p.join("unreadable"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut it = line.split_whitespace();
+        let (Some(a), Some(l)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let (Ok(a), Ok(l)) = (usize::from_str_radix(a, 16), usize::from_str_radix(l, 16)) else {
+            continue;
+        };
+        for pg in (a..a + l).step_by(ps) {
+            image.set_page(pg, None);
+        }
+    }
+    Ok(())
 }
 
 fn describe(c: &Collection) -> String {
@@ -521,12 +527,19 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     let mut progress = Progress::new();
     let total_rounds = iterations + 1 + usize::from(o.flag("verify"));
     let mut last_collection = None;
+    let mut verify_image = None;
+    let mut stopped_at = Instant::now();
+    let mut last_dump = PathBuf::new();
     for (round, next) in (0..total_rounds).zip(first_number..) {
         let verify_round = o.flag("verify") && round == total_rounds - 1;
         if round > 0 && !verify_round {
             std::thread::sleep(interval);
         }
         if verify_round {
+            // Rebuild from the dumps so far while the target still runs; only the last
+            // increment is applied with it stopped.
+            verify_image = Some(rebuild(&dir)?);
+            stopped_at = Instant::now();
             t.stop_target()?;
         }
         let collect_started = Instant::now();
@@ -557,6 +570,7 @@ fn predump(args: &[String]) -> Result<(), Fail> {
             }
         };
         write_state(&dir, &t)?;
+        last_dump = path.clone();
         println!(
             "dump {next:04} {kind:<11} {:>8} pages {:>9.1} MiB  collect {collect_ms:>7.2} ms  write {:>8.1} ms  {}{}",
             written / ps,
@@ -576,12 +590,17 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     if o.flag("verify") {
         let c = last_collection.expect("at least one round ran");
         let started = Instant::now();
-        let result = rebuild(&dir).and_then(|image| Ok(image.verify(&t, &c)?));
+        let result = match verify_image.take() {
+            Some(mut image) => apply_dump(&mut image, &last_dump).map(|()| image),
+            None => rebuild(&dir),
+        }
+        .and_then(|image| Ok(image.verify(&t, &c)?));
         let _ = t.continue_target();
+        let stopped_ms = stopped_at.elapsed().as_secs_f64() * 1e3;
         let mismatches = result?;
         if mismatches.is_empty() {
             println!(
-                "verify: the image rebuilt from the dumps equals the memory of process {} ({:.1} MiB compared in {:.0} ms)",
+                "verify: the image rebuilt from the dumps equals the memory of process {} ({:.1} MiB compared in {:.0} ms; the process was stopped for {stopped_ms:.0} ms)",
                 o.pid,
                 mib(c.mappings.iter().map(|m| m.mapping.len()).sum()),
                 started.elapsed().as_secs_f64() * 1e3
