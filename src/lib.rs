@@ -41,6 +41,7 @@
 //! | `core` | the state the tracker, the backends and the monitor share; the lock table |
 //! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there), `live` (live snapshots) |
 //! | `tracker` | [`Tracker`], [`TrackerBuilder`], [`RangeInfo`]: the API on top |
+//! | `remote/` | tracking another process: the system-call injector, [`RemoteTracker`], pre-dump images (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -54,6 +55,8 @@ mod dirty_set;
 mod error;
 pub mod probe;
 mod range;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub mod remote;
 #[allow(missing_docs)]
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -77,6 +80,8 @@ pub use dirty_set::BitmapTooSmall;
 pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
 pub use probe::Capabilities;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use remote::{RemoteError, RemoteTracker};
 pub use tracker::{RangeInfo, Tracker, TrackerBuilder};
 pub use types::{Backing, FdSource, Mode, Prefault, RangeId, Thp};
 

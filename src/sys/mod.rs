@@ -27,6 +27,10 @@
 pub mod maps;
 pub mod mem;
 pub mod pagemap;
+pub mod pidfd;
+pub mod proc;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub mod ptrace;
 pub mod uffd;
 
 use std::io;

@@ -1,0 +1,180 @@
+//! [`Image`]: a memory image rebuilt from a full dump and increments, and the byte-for-byte check
+//! against the live (stopped) target. The test oracle of remote tracking, and the CLI's
+//! `predump --verify`.
+
+use super::{Collection, RemoteError, RemoteTracker};
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+/// Page address → contents (`None`: the page could not be read, e.g. beyond the end of a file).
+#[derive(Debug, Default, Clone)]
+pub struct Image {
+    page_size: usize,
+    pages: BTreeMap<usize, Option<Vec<u8>>>,
+}
+
+/// One difference between an [`Image`] and the target's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Page address.
+    pub page: usize,
+    /// What differs.
+    pub what: String,
+}
+
+impl Image {
+    /// An empty image with this process's page size.
+    pub fn new() -> Image {
+        Image {
+            page_size: crate::page_size(),
+            pages: BTreeMap::new(),
+        }
+    }
+
+    /// Number of pages held.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether no page is held.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Sets one page (`None`: unreadable).
+    pub fn set_page(&mut self, addr: usize, bytes: Option<Vec<u8>>) {
+        self.pages.insert(addr, bytes);
+    }
+
+    /// Drops the pages of `range`.
+    pub fn remove(&mut self, range: Range<usize>) {
+        let keys: Vec<usize> = self.pages.range(range).map(|(k, _)| *k).collect();
+        for k in keys {
+            self.pages.remove(&k);
+        }
+    }
+
+    /// Drops every page outside `ranges`.
+    pub fn retain_ranges(&mut self, ranges: &[Range<usize>]) {
+        self.pages
+            .retain(|&a, _| ranges.iter().any(|r| r.start <= a && a < r.end));
+    }
+
+    /// Drops every page outside the mappings of `c` (gone, or no longer dumped).
+    pub fn retain_mappings(&mut self, c: &Collection) {
+        self.pages.retain(|&a, _| {
+            c.mappings
+                .iter()
+                .any(|m| m.mapping.start <= a && a < m.mapping.end)
+        });
+    }
+
+    /// Applies one collection: drops what is gone, then copies every dirty page from the target.
+    /// Returns the number of pages copied.
+    pub fn apply(&mut self, t: &RemoteTracker, c: &Collection) -> Result<usize, RemoteError> {
+        self.retain_mappings(c);
+        let mut copied = 0;
+        for m in &c.mappings {
+            for r in &m.dirty {
+                copied += self.copy_range(t, r.clone())?;
+            }
+        }
+        Ok(copied)
+    }
+
+    fn copy_range(&mut self, t: &RemoteTracker, r: Range<usize>) -> Result<usize, RemoteError> {
+        let ps = self.page_size;
+        let mut buf = vec![0u8; (r.end - r.start).min(1 << 20)];
+        let mut at = r.start;
+        while at < r.end {
+            let n = (r.end - at).min(buf.len());
+            match t.read_memory(at, &mut buf[..n]) {
+                Ok(()) => {
+                    for (i, chunk) in buf[..n].chunks(ps).enumerate() {
+                        self.pages.insert(at + i * ps, Some(chunk.to_vec()));
+                    }
+                }
+                // Only a page-level failure (`Kernel`) is recorded as unreadable; an exit or a
+                // lost userfaultfd (exec) voids the dump.
+                Err(e @ (RemoteError::TargetExited { .. } | RemoteError::TrackingLost { .. })) => {
+                    return Err(e)
+                }
+                Err(_) => {
+                    // Page by page, to tell readable from unreadable pages.
+                    for p in (at..at + n).step_by(ps) {
+                        let mut page = vec![0u8; ps];
+                        let v = t.read_memory(p, &mut page).ok().map(|()| page);
+                        self.pages.insert(p, v);
+                    }
+                }
+            }
+            at += n;
+        }
+        Ok((r.end - r.start) / ps)
+    }
+
+    /// Compares the image with the target's memory over every mapping of `c` (the last
+    /// collection, taken with the target stopped). Returns the differences (at most 100).
+    pub fn verify(&self, t: &RemoteTracker, c: &Collection) -> Result<Vec<Mismatch>, RemoteError> {
+        let ps = self.page_size;
+        let mut out = Vec::new();
+        let mut page = vec![0u8; ps];
+        // Read 1 MiB at a time; page by page only where a chunk cannot be read whole.
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut chunk_at = usize::MAX;
+        let mut chunk_ok = false;
+        for m in &c.mappings {
+            for a in (m.mapping.start..m.mapping.end).step_by(ps) {
+                if out.len() >= 100 {
+                    return Ok(out);
+                }
+                if !(chunk_at <= a && a < chunk_at.saturating_add(chunk.len()))
+                    || chunk_at == usize::MAX
+                {
+                    let n = (m.mapping.end - a).min(1 << 20);
+                    chunk.resize(n, 0);
+                    chunk_at = a;
+                    chunk_ok = match t.read_memory(a, &mut chunk) {
+                        Ok(()) => true,
+                        Err(
+                            e @ (RemoteError::TargetExited { .. }
+                            | RemoteError::TrackingLost { .. }),
+                        ) => return Err(e),
+                        Err(_) => false,
+                    };
+                }
+                let live = if chunk_ok {
+                    Some(&chunk[a - chunk_at..a - chunk_at + ps])
+                } else {
+                    t.read_memory(a, &mut page).ok().map(|()| &page[..])
+                };
+                match (self.pages.get(&a), live) {
+                    (None, _) => out.push(Mismatch {
+                        page: a,
+                        what: format!("page of {} missing from the dumps", m.mapping),
+                    }),
+                    (Some(Some(img)), Some(live)) if img[..] != *live => {
+                        let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);
+                        out.push(Mismatch {
+                            page: a,
+                            what: format!(
+                                "differs from the dumps at byte {first} ({:#04x} dumped, {:#04x} live) in {}",
+                                img[first], live[first], m.mapping
+                            ),
+                        })
+                    }
+                    (Some(None), Some(_)) => out.push(Mismatch {
+                        page: a,
+                        what: "unreadable when dumped, readable now".into(),
+                    }),
+                    (Some(Some(_)), None) => out.push(Mismatch {
+                        page: a,
+                        what: "readable when dumped, unreadable now".into(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+}

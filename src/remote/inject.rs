@@ -1,0 +1,644 @@
+//! Running one system call inside another process with ptrace.
+//!
+//! The target must create the userfaultfd itself: a userfaultfd acts on the memory of the
+//! process that created it. So the tracker makes one thread of the target execute
+//! `userfaultfd(2)` (and, on detach, `close(2)`).
+//!
+//! # How, and why no code is written into the target
+//!
+//! CRIU's compel writes a `syscall; int3` sequence over the target's code, which forces it to
+//! stop *every* thread (another thread could run into the modified bytes). This injector writes
+//! nothing: every program has a system call instruction somewhere in its executable mappings
+//! (libc, the vDSO, the program itself). The injector finds one by reading `/proc/PID/mem`, points
+//! one stopped thread's program counter at it, and uses `PTRACE_SYSCALL` to stop the thread at
+//! the system call's entry and again at its exit, before the instruction after it can run. Only
+//! that one thread's registers and signal mask are touched, and the other threads keep running.
+//!
+//! The steps, each undone on every path (including errors, see [`Session`]'s `Drop`):
+//! 1. `PTRACE_SEIZE` the thread (the group leader, or the first live thread), `PTRACE_INTERRUPT`
+//!    it, wait for its `PTRACE_EVENT_STOP`;
+//! 2. save its registers (`PTRACE_GETREGSET NT_PRSTATUS`) and signal mask, block every signal;
+//! 3. set the system call number and arguments, program counter = the found instruction;
+//!    `PTRACE_SYSCALL` to the entry stop, `PTRACE_SYSCALL` to the exit stop, read the result;
+//! 4. restore the registers and the mask; `PTRACE_DETACH`, delivering any signal that arrived
+//!    meanwhile (signals other than `SIGKILL`/`SIGSTOP` stay pending behind the blocked mask).
+//!
+//! # Interrupted system calls
+//!
+//! A thread stopped inside a blocking system call (`futex`, `nanosleep`, `read`...) has not yet
+//! gone through the kernel's restart logic. On x86_64 that logic runs *after* the stop, on
+//! whatever registers the thread then has; the injector therefore applies it to the saved
+//! registers itself (back the program counter up by the instruction's length, and put the call
+//! number back, or `restart_syscall` for a restart block) and runs the injected call with
+//! `orig_rax = -1` so the kernel applies nothing. The thread re-enters its interrupted call after
+//! the detach, as after any signal. On aarch64 the kernel applies the restart before the stop;
+//! the injector only makes sure the instruction it uses is not the one being restarted, and
+//! clears the system call number before detaching.
+
+use super::error::RemoteError;
+use crate::sys::proc;
+use crate::sys::ptrace::{self, Regs, WaitStatus};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes of executable mappings searched for a system call instruction, at most.
+const SEARCH_LIMIT: usize = 64 << 20;
+/// Stops handled while waiting for one expected stop before giving up.
+const MAX_STOPS: usize = 64;
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    use super::Regs;
+    /// `syscall` (0f 05), 2 bytes, any alignment.
+    pub(super) const INSN: &[u8] = &[0x0f, 0x05];
+    /// x86 instructions have no alignment.
+    pub(super) fn aligned(_addr: usize) -> bool {
+        true
+    }
+    /// 64-bit user code segment selector (`__USER_CS`).
+    const USER_CS_64: u64 = 0x33;
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+
+    pub(super) fn pc(r: &Regs) -> u64 {
+        r.rip
+    }
+    pub(super) fn check_abi(r: &Regs) -> Result<(), String> {
+        if r.cs != USER_CS_64 {
+            return Err(format!(
+                "the thread runs in a non-64-bit code segment (cs {:#x}): 32-bit targets are not supported",
+                r.cs
+            ));
+        }
+        Ok(())
+    }
+    /// The registers to restore: the kernel's restart logic applied (it would otherwise run on
+    /// the injected registers), and `orig_rax = -1` so that it does not run again.
+    pub(super) fn restorable(saved: &Regs) -> Regs {
+        let mut r = *saved;
+        if (r.orig_rax as i64) >= 0 {
+            match r.rax as i64 {
+                ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                    r.rax = r.orig_rax;
+                    r.rip -= 2;
+                }
+                ERESTART_RESTARTBLOCK => {
+                    r.rax = libc::SYS_restart_syscall as u64;
+                    r.rip -= 2;
+                }
+                _ => {}
+            }
+        }
+        r.orig_rax = u64::MAX;
+        r
+    }
+    pub(super) fn injected(saved: &Regs, at: u64, nr: i64, args: &[u64; 6]) -> Regs {
+        let mut r = *saved;
+        r.rip = at;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r
+    }
+    pub(super) fn entered(r: &Regs) -> i64 {
+        r.orig_rax as i64
+    }
+    pub(super) fn result(r: &Regs) -> i64 {
+        r.rax as i64
+    }
+    pub(super) fn before_detach(_tid: i32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    use super::Regs;
+    /// `svc #0` (d4000001, little endian), 4 bytes, 4-aligned.
+    pub(super) const INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4];
+    /// A64 instructions are 4-byte aligned.
+    pub(super) fn aligned(addr: usize) -> bool {
+        addr % 4 == 0
+    }
+    /// `PSR_MODE32_BIT`: the thread runs AArch32 code.
+    const PSR_MODE32_BIT: u64 = 0x10;
+
+    pub(super) fn pc(r: &Regs) -> u64 {
+        r.pc
+    }
+    pub(super) fn check_abi(r: &Regs) -> Result<(), String> {
+        if r.pstate & PSR_MODE32_BIT != 0 {
+            return Err("the thread runs AArch32 code: 32-bit targets are not supported".into());
+        }
+        Ok(())
+    }
+    /// The kernel applied its restart logic before the stop: the saved registers are final.
+    pub(super) fn restorable(saved: &Regs) -> Regs {
+        *saved
+    }
+    pub(super) fn injected(saved: &Regs, at: u64, nr: i64, args: &[u64; 6]) -> Regs {
+        let mut r = *saved;
+        r.pc = at;
+        r.regs[8] = nr as u64;
+        r.regs[..6].copy_from_slice(args);
+        r
+    }
+    pub(super) fn entered(r: &Regs) -> i64 {
+        r.regs[8] as i64
+    }
+    pub(super) fn result(r: &Regs) -> i64 {
+        r.regs[0] as i64
+    }
+    /// No system call in progress as far as the signal code is concerned.
+    pub(super) fn before_detach(tid: i32) -> std::io::Result<()> {
+        crate::sys::ptrace::set_syscall_number(tid, -1)
+    }
+}
+
+/// Where one ptrace session on one thread stands; what `Drop` must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Seized, maybe not yet stopped: detach is enough.
+    Seized,
+    /// Stopped; registers and mask may have been changed (see the `saved_*` fields).
+    Stopped,
+    /// Stopped at the injected call's entry: it must run to its exit before anything else.
+    AtEntry,
+    /// The thread is gone or released: nothing to undo.
+    Done,
+}
+
+/// One thread under ptrace. Dropping it restores the thread and detaches, whatever happened.
+struct Session {
+    pid: i32,
+    tid: i32,
+    stage: Stage,
+    /// Registers to put back (set once they were read).
+    restore_regs: Option<Regs>,
+    /// Signal mask to put back (set once it was read).
+    restore_mask: Option<u64>,
+    /// Signals that arrived while the thread was ours, delivered again on detach.
+    pending: Vec<i32>,
+}
+
+impl Session {
+    fn exited(&mut self, during: &'static str) -> RemoteError {
+        self.stage = Stage::Done;
+        RemoteError::TargetExited {
+            pid: self.pid,
+            during,
+        }
+    }
+
+    fn fail(&self, step: &'static str, e: io::Error) -> RemoteError {
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return RemoteError::TargetExited {
+                pid: self.pid,
+                during: step,
+            };
+        }
+        RemoteError::Injection {
+            pid: self.pid,
+            step,
+            detail: e.to_string(),
+        }
+    }
+
+    /// Waits for the next stop that `accept` takes; signal-delivery stops in between are
+    /// suppressed (recorded for the detach) and the thread is resumed with `resume`.
+    fn wait_for(
+        &mut self,
+        what: &'static str,
+        accept: impl Fn(i32, i32) -> bool,
+        resume: fn(i32, i32) -> io::Result<()>,
+    ) -> Result<(), RemoteError> {
+        for _ in 0..MAX_STOPS {
+            match ptrace::wait(self.tid).map_err(|e| self.fail(what, e))? {
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Err(self.exited(what)),
+                WaitStatus::Stopped { signal, event } if accept(signal, event) => return Ok(()),
+                WaitStatus::Stopped { signal, event: 0 } => {
+                    // A signal-delivery stop (the injector causes none: its system call stops
+                    // carry `SIGTRAP | 0x80`): keep the signal for the detach.
+                    if !self.pending.contains(&signal) {
+                        self.pending.push(signal);
+                    }
+                    resume(self.tid, 0).map_err(|e| self.fail(what, e))?;
+                }
+                WaitStatus::Stopped { .. } => {
+                    // A group stop (someone sent SIGSTOP): the stop signal was recorded when it
+                    // was delivered; keep going.
+                    resume(self.tid, 0).map_err(|e| self.fail(what, e))?;
+                }
+            }
+        }
+        Err(RemoteError::Injection {
+            pid: self.pid,
+            step: what,
+            detail: format!("no {what} after {MAX_STOPS} stops"),
+        })
+    }
+
+    /// Undoes everything and detaches. Errors are returned but every step is attempted.
+    fn release(&mut self) -> Result<(), RemoteError> {
+        let mut first_error = None;
+        let mut note = |r: io::Result<()>, step: &'static str| {
+            if let Err(e) = r {
+                if first_error.is_none() && e.raw_os_error() != Some(libc::ESRCH) {
+                    first_error = Some(RemoteError::Injection {
+                        pid: self.pid,
+                        step,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        };
+        if self.stage == Stage::Seized {
+            // Seized but the stop not seen yet (an error while waiting for it): a tracee can only
+            // be detached when stopped. Interrupt it (again; harmless if pending) and wait.
+            let stopped = ptrace::interrupt(self.tid).is_ok()
+                && match ptrace::wait(self.tid) {
+                    Ok(WaitStatus::Stopped { signal, event }) => {
+                        if event == 0 && !self.pending.contains(&signal) {
+                            self.pending.push(signal);
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+            self.stage = if stopped { Stage::Stopped } else { Stage::Done };
+        }
+        if self.stage == Stage::AtEntry {
+            // Let the injected call finish (its exit stop), so that restoring the registers is
+            // not undone by the call's return value.
+            note(
+                ptrace::resume_to_syscall(self.tid, 0),
+                "PTRACE_SYSCALL (cleanup)",
+            );
+            let mut reached = false;
+            for _ in 0..MAX_STOPS {
+                match ptrace::wait(self.tid) {
+                    Ok(WaitStatus::Stopped { signal, event: 0 })
+                        if signal == libc::SIGTRAP | 0x80 =>
+                    {
+                        reached = true;
+                        break;
+                    }
+                    Ok(WaitStatus::Stopped { signal, event }) => {
+                        if event == 0 && !self.pending.contains(&signal) {
+                            self.pending.push(signal);
+                        }
+                        note(
+                            ptrace::resume_to_syscall(self.tid, 0),
+                            "PTRACE_SYSCALL (cleanup)",
+                        );
+                    }
+                    _ => {
+                        self.stage = Stage::Done;
+                        break;
+                    }
+                }
+            }
+            if self.stage != Stage::Done {
+                self.stage = if reached { Stage::Stopped } else { Stage::Done };
+            }
+        }
+        if self.stage == Stage::Stopped {
+            if let Some(regs) = self.restore_regs.take() {
+                note(
+                    ptrace::set_regs(self.tid, &regs),
+                    "PTRACE_SETREGSET (restore)",
+                );
+                note(
+                    arch::before_detach(self.tid),
+                    "NT_ARM_SYSTEM_CALL (restore)",
+                );
+            }
+            if let Some(mask) = self.restore_mask.take() {
+                note(
+                    ptrace::set_sigmask(self.tid, mask),
+                    "PTRACE_SETSIGMASK (restore)",
+                );
+            }
+        }
+        if self.stage != Stage::Done {
+            let first = self.pending.first().copied().unwrap_or(0);
+            note(ptrace::detach(self.tid, first), "PTRACE_DETACH");
+            for &sig in self.pending.iter().skip(1) {
+                note(
+                    ptrace::tgkill(self.pid, self.tid, sig),
+                    "tgkill (re-deliver)",
+                );
+            }
+            self.stage = Stage::Done;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// Addresses of system call instructions in the executable mappings of `pid` (vDSO first), at
+/// most `want` of them.
+fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {
+    let mut maps: Vec<_> = proc::maps(pid)?
+        .into_iter()
+        .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x' && m.path != "[vsyscall]")
+        .collect();
+    maps.sort_by_key(|m| m.path != "[vdso]");
+    let mut found = Vec::new();
+    let mut searched = 0usize;
+    let mappings = maps.len();
+    let mut read_error = None;
+    let mut buf = vec![0u8; 1 << 20];
+    for m in maps {
+        let mut at = m.start;
+        while at < m.end && searched < SEARCH_LIMIT {
+            let n = (m.end - at).min(buf.len());
+            let got = match mem.read_at(&mut buf[..n], at as u64) {
+                Ok(got) => got,
+                Err(e) => {
+                    read_error.get_or_insert(e);
+                    break;
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            searched += got;
+            let mut i = 0;
+            while i + arch::INSN.len() <= got {
+                if arch::aligned(at + i) && &buf[i..i + arch::INSN.len()] == arch::INSN {
+                    found.push((at + i) as u64);
+                    if found.len() == want {
+                        return Ok(Search {
+                            found,
+                            mappings,
+                            read_error,
+                        });
+                    }
+                    i += arch::INSN.len();
+                } else {
+                    i += 1;
+                }
+            }
+            // An instruction split across two reads is simply not found; there are others.
+            at += got;
+        }
+    }
+    Ok(Search {
+        found,
+        mappings,
+        read_error,
+    })
+}
+
+/// What [`find_syscall_insns`] found, and why it may have found too little.
+struct Search {
+    found: Vec<u64>,
+    /// Executable mappings searched.
+    mappings: usize,
+    /// The first read of `/proc/PID/mem` that failed.
+    read_error: Option<io::Error>,
+}
+
+/// Whether `pid` is gone or exiting (zombie, or its address space already released).
+pub(crate) fn exiting(pid: i32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        });
+    match state {
+        None | Some('Z') | Some('X') => true,
+        Some(_) => proc::maps(pid).map_or(true, |m| m.is_empty()),
+    }
+}
+
+/// Why ptrace of `pid` was refused, as far as `/proc` tells, with what to do.
+pub(crate) fn explain_refusal(pid: i32) -> String {
+    if let Ok(Some(tracer)) = proc::status_field(pid, "TracerPid") {
+        if tracer != "0" {
+            return format!("it is already traced by process {tracer} (a debugger, strace, or a checkpoint tool): only one tracer at a time; detach that one first");
+        }
+    }
+    let my_uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| {
+                    l.strip_prefix("Uid:")
+                        .map(|v| v.split_whitespace().nth(1).map(str::to_string))
+                })
+                .flatten()
+        });
+    let target_uid = proc::status_field(pid, "Uid")
+        .ok()
+        .flatten()
+        .and_then(|v| v.split_whitespace().next().map(str::to_string));
+    let mut why = String::new();
+    if let (Some(me), Some(it)) = (&my_uid, &target_uid) {
+        if me != it {
+            why = format!("it runs as uid {it} and this process as uid {me}: run as that user, or as root (CAP_SYS_PTRACE). ");
+        }
+    }
+    match proc::yama_ptrace_scope() {
+        Some(1) => why.push_str("Yama ptrace_scope is 1 (only ancestors may trace): run as root, have the target call prctl(PR_SET_PTRACER), or set kernel.yama.ptrace_scope=0"),
+        Some(2) => why.push_str("Yama ptrace_scope is 2 (only CAP_SYS_PTRACE may trace): run with CAP_SYS_PTRACE"),
+        Some(3) => why.push_str("Yama ptrace_scope is 3 (no ptrace at all until reboot)"),
+        _ if why.is_empty() => why.push_str("this process lacks the permission (CAP_SYS_PTRACE or the same uid; a non-dumpable target, or one in another user namespace, needs CAP_SYS_PTRACE there)"),
+        _ => {}
+    }
+    why.trim_end().to_string()
+}
+
+/// Maps an error from seizing, or from opening the target's `/proc` files, to a typed error.
+pub(crate) fn access_error(pid: i32, op: &'static str, e: io::Error) -> RemoteError {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) | Some(libc::ENOENT) => RemoteError::NoSuchProcess { pid },
+        Some(libc::EPERM) | Some(libc::EACCES) => RemoteError::PtraceRefused {
+            pid,
+            reason: explain_refusal(pid),
+            source: e,
+        },
+        _ => RemoteError::Kernel { pid, op, source: e },
+    }
+}
+
+/// Runs system call `nr` with `args` in one thread of process `pid`; returns its raw result
+/// (`-errno` on failure). See the module docs for how, and what is guaranteed.
+pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, RemoteError> {
+    // Permission problems show up here, typed, before the target is touched.
+    drop(
+        File::open(format!("/proc/{pid}/mem"))
+            .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?,
+    );
+    // The group leader, unless it already exited (a zombie leader with live threads).
+    let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
+    let leader_zombie = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    let tid = if leader_zombie {
+        tids.into_iter()
+            .find(|&t| t != pid)
+            .ok_or(RemoteError::NoSuchProcess { pid })?
+    } else {
+        pid
+    };
+
+    ptrace::seize(tid, ptrace::O_TRACESYSGOOD).map_err(|e| access_error(pid, "PTRACE_SEIZE", e))?;
+    let mut s = Session {
+        pid,
+        tid,
+        stage: Stage::Seized,
+        restore_regs: None,
+        restore_mask: None,
+        pending: Vec::new(),
+    };
+    ptrace::interrupt(tid).map_err(|e| s.fail("PTRACE_INTERRUPT", e))?;
+    s.wait_for(
+        "PTRACE_EVENT_STOP",
+        |_, ev| ev == ptrace::EVENT_STOP,
+        ptrace::resume,
+    )?;
+    s.stage = Stage::Stopped;
+
+    // Search with the thread stopped, in a `/proc/PID/mem` opened now: the file binds the
+    // address space at open, and a process spawned a moment ago may still be inside execve
+    // (its parent is released before the new program is mapped), so only now is it final.
+    let mem = File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
+    let search =
+        find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
+    drop(mem);
+    let candidates = search.found;
+    if candidates.len() < 3 && exiting(pid) {
+        return Err(RemoteError::TargetExited {
+            pid,
+            during: "find a system call instruction",
+        });
+    }
+    if candidates.len() < 3 {
+        return Err(RemoteError::Injection {
+            pid,
+            step: "find a system call instruction",
+            detail: format!(
+                "found {} system call instruction(s) in {} executable mapping(s), need 3{}",
+                candidates.len(),
+                search.mappings,
+                search
+                    .read_error
+                    .map(|e| format!(" (reading /proc/PID/mem: {e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    let saved = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
+    arch::check_abi(&saved).map_err(|detail| RemoteError::Injection {
+        pid,
+        step: "check the thread's ABI",
+        detail,
+    })?;
+    let mask = ptrace::get_sigmask(tid).map_err(|e| s.fail("PTRACE_GETSIGMASK", e))?;
+    s.restore_regs = Some(arch::restorable(&saved));
+    s.restore_mask = Some(mask);
+    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| s.fail("PTRACE_SETSIGMASK", e))?;
+
+    // Not the instruction the thread stopped at or right after (aarch64 restart logic compares
+    // the program counter with the interrupted call's address).
+    let pc = arch::pc(&saved);
+    let insn_len = arch::INSN.len() as u64;
+    let at = candidates
+        .into_iter()
+        .find(|&a| a != pc && a + insn_len != pc)
+        .ok_or(RemoteError::Injection {
+            pid,
+            step: "find a system call instruction",
+            detail: "every candidate is at the thread's program counter".into(),
+        })?;
+    ptrace::set_regs(tid, &arch::injected(&saved, at, nr, &args))
+        .map_err(|e| s.fail("PTRACE_SETREGSET", e))?;
+    let syscall_stop = |sig: i32, ev: i32| ev == 0 && sig == libc::SIGTRAP | 0x80;
+    ptrace::resume_to_syscall(tid, 0).map_err(|e| s.fail("PTRACE_SYSCALL", e))?;
+    s.wait_for(
+        "system call entry stop",
+        syscall_stop,
+        ptrace::resume_to_syscall,
+    )?;
+    s.stage = Stage::AtEntry;
+    let entry = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
+    if arch::entered(&entry) != nr {
+        return Err(RemoteError::Injection {
+            pid,
+            step: "system call entry stop",
+            detail: format!(
+                "the thread entered system call {} instead of {nr}",
+                arch::entered(&entry)
+            ),
+        });
+    }
+    ptrace::resume_to_syscall(tid, 0).map_err(|e| s.fail("PTRACE_SYSCALL", e))?;
+    s.wait_for(
+        "system call exit stop",
+        syscall_stop,
+        ptrace::resume_to_syscall,
+    )?;
+    s.stage = Stage::Stopped;
+    let exit = ptrace::get_regs(tid).map_err(|e| s.fail("PTRACE_GETREGSET", e))?;
+    let ret = arch::result(&exit);
+    s.release()?;
+    Ok(ret)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn stopped_in(nr: i64, ret: i64) -> Regs {
+        // SAFETY: `Regs` is plain old data; all-zero is a valid value.
+        let mut r: Regs = unsafe { std::mem::zeroed() };
+        r.orig_rax = nr as u64;
+        r.rax = ret as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_logic_applied_to_the_saved_registers() {
+        // read(2) interrupted: re-executed (the instruction again, with its number).
+        let r = arch::restorable(&stopped_in(0, -512));
+        assert_eq!((r.rip, r.rax, r.orig_rax), (0x1000, 0, u64::MAX));
+        // nanosleep-like restart block: restart_syscall.
+        let r = arch::restorable(&stopped_in(230, -516));
+        assert_eq!((r.rip, r.rax), (0x1000, libc::SYS_restart_syscall as u64));
+        // A finished call, or user mode: untouched but for orig_rax.
+        let r = arch::restorable(&stopped_in(1, 5));
+        assert_eq!((r.rip, r.rax, r.orig_rax), (0x1002, 5, u64::MAX));
+        let r = arch::restorable(&stopped_in(-1, -512));
+        assert_eq!((r.rip, r.rax), (0x1002, (-512i64) as u64));
+        // The injected registers: orig_rax -1 so no restart logic runs on them.
+        let i = arch::injected(&stopped_in(0, -512), 0x5000, 323, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            (i.rip, i.rax, i.orig_rax, i.rdi, i.r10, i.r9),
+            (0x5000, 323, u64::MAX, 1, 4, 6)
+        );
+    }
+}

@@ -1,0 +1,1147 @@
+//! Tracking another process: which pages of process PID were written since the last collect.
+//!
+//! This is what CRIU's pre-dump does with soft-dirty (`echo 4 > /proc/PID/clear_refs`, then read
+//! `/proc/PID/pagemap`), done with userfaultfd write-protection instead, so it works on kernels
+//! and architectures without `CONFIG_MEM_SOFT_DIRTY` and does not reset the whole process.
+//!
+//! # How
+//!
+//! 1. **A userfaultfd inside the target.** A userfaultfd acts on the memory of the process that
+//!    created it, so the target must create it: the `inject` module makes one of its threads execute
+//!    `userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)` under ptrace, then moves it to
+//!    fd [`MARK_FD_BASE`] or above (`fcntl(F_DUPFD_CLOEXEC)` + `close`), which is how a later
+//!    attach recognises it. `pidfd_getfd` gives the tracker its own copy.
+//! 2. **Async write-protection, no events.** `UFFDIO_API` asks for `WP_ASYNC` and *no* event
+//!    feature: an event (`REMOVE`, `UNMAP`, `REMAP`, `FORK`) blocks the target thread that caused
+//!    it until someone reads it, and nobody does between two invocations of a tool. The
+//!    registration lives as long as the target holds the fd: the tracker can exit, and the next
+//!    attach finds the fd again ([`RemoteTracker::resumed`]), so pre-dumps chain across runs.
+//! 3. **Harvest** with `PAGEMAP_SCAN` (`WP_MATCHING | CHECK_WPASYNC`) on `/proc/PID/pagemap`,
+//!    mapping by mapping, with the library's scan loop (`backend::async_wp::scan_loop`: every
+//!    region the kernel wrote is kept, a failed call marks the rest dirty).
+//!
+//! # What replaces the events
+//!
+//! - **Discards** (`MADV_DONTNEED`, `MADV_FREE` + reclaim, guard pages) of private anonymous
+//!   memory: `PAGEMAP_SCAN` reports a zapped page as written on kernels with the 2026 fixes
+//!   (`Capabilities::scan_reports_discards`); attaching on a kernel without them fails unless the
+//!   caller accepts the loss ([`RemoteBuilder::accept_missed_discards`]).
+//! - **Mapping changes**: each collect reads `/proc/PID/maps` and compares it with the mappings
+//!   tracked so far. Address ranges not tracked before, or now backed by another object, are
+//!   reported whole ([`Change::New`]) and registered; tracked ranges no longer mapped are reported
+//!   [`Collection::gone`]. A mapping replaced in place (`munmap` + `mmap`, `mremap`, `mmap`
+//!   `MAP_FIXED`) has lost its registration, so its scan fails with `EPERM`
+//!   (`CHECK_WPASYNC`): it is reported whole ([`Change::Lost`]) and registered again.
+//! - **exec**: the fd is close-on-exec; the tracker notices the target no longer holds it
+//!   ([`RemoteError::TrackingLost`]).
+//! - **fork**: children are not tracked (without `EVENT_FORK` the kernel drops the registration
+//!   in the child); [`Collection::children`] lists them.
+//!
+//! # What is tracked
+//!
+//! Every mapping the target could write without changing its protection first: writable ones,
+//! and private non-executable read-only ones (`r--p`, which `mprotect` can make writable between
+//! two collects). Shared mappings (`MAP_SHARED`, memfd, shmem) are by default reported whole at
+//! every collect ([`Change::Untracked`]): other processes, fork children and writes through the
+//! file change them without a fault in this process. hugetlbfs mappings too (a discarded huge
+//! page reads as clean). Code (`r-xp`), inaccessible (`---p`) and kernel-provided mappings
+//! (`[vdso]`, `[vvar]`, `[vsyscall]`) are listed in [`Collection::skipped`].
+
+mod error;
+mod image;
+mod inject;
+
+pub use error::RemoteError;
+pub use image::{Image, Mismatch};
+
+use crate::backend::async_wp::{scan_loop, ScanError};
+use crate::bitmap::Segment;
+use crate::probe::Capabilities;
+use crate::sys::pagemap::{self, PageRegion, ScanRequest};
+use crate::sys::proc::{self, MapsEntry};
+use crate::sys::{pidfd, uffd};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// The tracking userfaultfd is moved to this fd number or the lowest free one above it, which is
+/// how a later attach tells it from a userfaultfd of the target's own.
+pub const MARK_FD_BASE: i32 = 900;
+
+/// `uffdio_api.features` of the remote userfaultfd: async write-protect, no events.
+const FEATURES: u64 =
+    uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+/// Features that would make the target block on an unread message.
+const EVENT_FEATURES: u64 = uffd::FEATURE_EVENT_FORK
+    | uffd::FEATURE_EVENT_REMAP
+    | uffd::FEATURE_EVENT_REMOVE
+    | uffd::FEATURE_EVENT_UNMAP;
+/// Anonymous `PROT_NONE` mappings larger than this are not tracked (they are address-space
+/// reservations; their few written pages, if any, are not worth the page tables).
+const MAX_INACCESSIBLE: usize = 1 << 30;
+/// Regions per `PAGEMAP_SCAN` call.
+const VEC_LEN: usize = 1024;
+
+/// One mapping of the target, as `/proc/PID/maps` printed it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// `rwxp` / `rwxs`.
+    pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// `major:minor` of the backing file's device.
+    pub dev: String,
+    /// Inode of the backing file (0 for anonymous memory).
+    pub inode: u64,
+    /// Path or pseudo-path (`[heap]`, `/memfd:x (deleted)`), may be empty.
+    pub path: String,
+}
+
+impl Mapping {
+    fn from_entry(e: &MapsEntry) -> Mapping {
+        Mapping {
+            start: e.start,
+            end: e.end,
+            perms: String::from_utf8_lossy(&e.perms).into_owned(),
+            offset: e.offset,
+            dev: e.dev.clone(),
+            inode: e.inode,
+            path: e.path.clone(),
+        }
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+    /// Whether the mapping is empty (never, for a parsed mapping).
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+    /// `MAP_SHARED`.
+    pub fn is_shared(&self) -> bool {
+        self.perms.as_bytes().get(3) == Some(&b's')
+    }
+    /// Whether the bytes at `addr` of `self` and of `other` come from the same object: same
+    /// sharing, same backing file at the same offset (anonymous memory: only the sharing).
+    fn same_backing_at(&self, other: &Mapping) -> bool {
+        if self.is_shared() != other.is_shared()
+            || self.inode != other.inode
+            || self.dev != other.dev
+        {
+            return false;
+        }
+        if self.inode == 0 {
+            return true;
+        }
+        let base = |m: &Mapping| m.offset as i128 - m.start as i128;
+        base(self) == base(other) && self.path == other.path
+    }
+    /// The one-line form used by the CLI's state files: `start end perms offset dev inode path`.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{:x} {:x} {} {:x} {} {} {}",
+            self.start, self.end, self.perms, self.offset, self.dev, self.inode, self.path
+        )
+    }
+    /// Parses [`Mapping::to_line`].
+    pub fn from_line(line: &str) -> Option<Mapping> {
+        let mut it = line.splitn(7, ' ');
+        Some(Mapping {
+            start: usize::from_str_radix(it.next()?, 16).ok()?,
+            end: usize::from_str_radix(it.next()?, 16).ok()?,
+            perms: it.next()?.to_string(),
+            offset: u64::from_str_radix(it.next()?, 16).ok()?,
+            dev: it.next()?.to_string(),
+            inode: it.next()?.parse().ok()?,
+            path: it.next().unwrap_or("").to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x} {} {}",
+            self.start,
+            self.end,
+            self.perms,
+            if self.path.is_empty() {
+                "[anon]"
+            } else {
+                &self.path
+            }
+        )
+    }
+}
+
+/// How a mapping's report came about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Tracked since the last collect: `dirty` holds exactly the pages written since then.
+    Tracked,
+    /// Not tracked before (new, grown, or replaced by another object): the new part is reported
+    /// whole, and is tracked from now on. `new` holds the address ranges that were new.
+    New {
+        /// The ranges reported whole.
+        new: Vec<Range<usize>>,
+    },
+    /// Its registration vanished (replaced in place, moved): reported whole, registered again.
+    Lost {
+        /// What the library saw.
+        reason: String,
+    },
+    /// Not tracked by write-protection; reported whole at every collect.
+    Untracked {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One mapping's part of a [`Collection`].
+#[derive(Debug, Clone)]
+pub struct MappingReport {
+    /// The mapping now.
+    pub mapping: Mapping,
+    /// How the report came about.
+    pub change: Change,
+    /// Page runs to copy (written since the last collect, or reported whole), ascending.
+    pub dirty: Vec<Range<usize>>,
+}
+
+impl MappingReport {
+    /// Bytes in `dirty`.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// What one [`RemoteTracker::collect`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Collection {
+    /// Every mapping whose contents a dump must hold, ascending, with the pages to copy.
+    pub mappings: Vec<MappingReport>,
+    /// Tracked address ranges (as they were) that are no longer mapped.
+    pub gone: Vec<Mapping>,
+    /// Mappings not dumped at all, and why (code, inaccessible, kernel-provided, refused).
+    pub skipped: Vec<(Mapping, String)>,
+    /// Child processes of the target. They are **not tracked**.
+    pub children: Vec<i32>,
+}
+
+impl Collection {
+    /// Total bytes to copy.
+    pub fn dirty_bytes(&self) -> usize {
+        self.mappings.iter().map(|m| m.dirty_bytes()).sum()
+    }
+}
+
+/// Options for [`RemoteTracker`].
+#[derive(Debug, Clone)]
+pub struct RemoteBuilder {
+    pid: i32,
+    track_shared: bool,
+    accept_missed_discards: bool,
+    hide_features: u64,
+    previous: Option<Vec<Mapping>>,
+    expect: Option<(i32, u64)>,
+    fresh: bool,
+}
+
+impl RemoteBuilder {
+    /// Track shared mappings by write-protection too, instead of reporting them whole at every
+    /// collect. Only correct if nothing else writes the shared object (no other process, no fork
+    /// child, no `write(2)` to the file, no hole punching): such changes are not seen.
+    pub fn track_shared(mut self, yes: bool) -> Self {
+        self.track_shared = yes;
+        self
+    }
+    /// Attach even if this kernel's `PAGEMAP_SCAN` does not report discarded anonymous pages
+    /// (kernels before the 2026 fixes): pages the target discards with `MADV_DONTNEED` are then
+    /// missed (they read back as zero but are not reported).
+    pub fn accept_missed_discards(mut self, yes: bool) -> Self {
+        self.accept_missed_discards = yes;
+        self
+    }
+    /// Pretend the kernel lacks these `UFFD_FEATURE_*` bits (tests of the error path).
+    #[doc(hidden)]
+    pub fn hide_features(mut self, mask: u64) -> Self {
+        self.hide_features = mask;
+        self
+    }
+    /// The tracked mappings of the previous tracker on this target ([`RemoteTracker::tracked`],
+    /// saved by the caller), used when an existing userfaultfd is reused. Without it, the
+    /// mappings the kernel shows registered (`uw` in `/proc/PID/smaps`) are used.
+    pub fn previous(mut self, tracked: Vec<Mapping>) -> Self {
+        self.previous = Some(tracked);
+        self
+    }
+    /// Reuse exactly this userfaultfd (fd number and inode, from [`RemoteTracker::target_fd`]
+    /// and [`RemoteTracker::uffd_inode`] of a previous run) if the target still holds it.
+    pub fn expect_fd(mut self, fd: i32, inode: u64) -> Self {
+        self.expect = Some((fd, inode));
+        self
+    }
+    /// Start a new chain: the first collect reports every mapping whole, even if the target
+    /// still holds an earlier tracker's userfaultfd (which is then reused, since memory
+    /// registered with it cannot be registered with another).
+    pub fn fresh(mut self, yes: bool) -> Self {
+        self.fresh = yes;
+        self
+    }
+    /// Attaches.
+    pub fn attach(self) -> Result<RemoteTracker, RemoteError> {
+        RemoteTracker::attach_with(self)
+    }
+}
+
+/// Tracks the writes of another process. See the [module docs](self).
+///
+/// Dropping it (or [`RemoteTracker::detach`]) leaves the tracking in place in the target;
+/// [`RemoteTracker::stop_tracking`] removes it.
+pub struct RemoteTracker {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// This process's copy of the target's userfaultfd.
+    uffd: OwnedFd,
+    uffd_ino: u64,
+    /// The fd number in the target.
+    target_fd: i32,
+    pagemap: File,
+    mem: File,
+    page_size: usize,
+    track_shared: bool,
+    /// Address ranges registered and armed as of the last collect, ascending, disjoint.
+    tracked: Vec<Mapping>,
+    resumed: bool,
+    /// Descendants stopped by `stop_target`, to resume (pidfds: immune to pid reuse).
+    stopped_descendants: Vec<(i32, OwnedFd)>,
+    /// `stop_target` stopped the target and `continue_target` has not resumed it yet (`Drop`
+    /// resumes it).
+    stopped: bool,
+    buf: Vec<PageRegion>,
+    buf_used: usize,
+}
+
+impl fmt::Debug for RemoteTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteTracker")
+            .field("pid", &self.pid)
+            .field("target_fd", &self.target_fd)
+            .field("resumed", &self.resumed)
+            .field("tracked", &self.tracked.len())
+            .finish()
+    }
+}
+
+fn kernel_err(pid: i32, op: &'static str, e: io::Error) -> RemoteError {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => RemoteError::TargetExited { pid, during: op },
+        _ => RemoteError::Kernel { pid, op, source: e },
+    }
+}
+
+/// Why the kernel would not register a mapping.
+struct Refusal {
+    reason: String,
+    /// Whether its contents can still be read and dumped (it is owned by another userfaultfd).
+    readable: bool,
+}
+
+/// What became of one trackable mapping in a collect.
+enum Outcome {
+    /// Registered and armed: its report is exact from now on.
+    Tracked(MappingReport),
+    /// Not trackable: reported whole.
+    Whole(MappingReport),
+    /// Not trackable nor dumpable.
+    Skip(String),
+}
+
+/// What to do with one current mapping.
+enum Plan {
+    Track,
+    Whole(String),
+    Skip(String),
+}
+
+impl RemoteTracker {
+    /// Options for attaching to `pid`.
+    pub fn builder(pid: i32) -> RemoteBuilder {
+        RemoteBuilder {
+            pid,
+            track_shared: false,
+            accept_missed_discards: false,
+            hide_features: 0,
+            previous: None,
+            expect: None,
+            fresh: false,
+        }
+    }
+
+    /// Attaches to `pid` with default options: reuses a tracking userfaultfd the target already
+    /// holds, or creates one. Needs ptrace permission over the target.
+    pub fn attach(pid: i32) -> Result<RemoteTracker, RemoteError> {
+        Self::builder(pid).attach()
+    }
+
+    fn attach_with(b: RemoteBuilder) -> Result<RemoteTracker, RemoteError> {
+        let pid = b.pid;
+        if pid <= 0 {
+            return Err(RemoteError::NoSuchProcess { pid });
+        }
+        // The process first: "no such process" is the more useful answer on any kernel.
+        let pidfd = pidfd::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::EINVAL) => RemoteError::NoSuchProcess { pid },
+            _ => RemoteError::Kernel {
+                pid,
+                op: "pidfd_open",
+                source: e,
+            },
+        })?;
+        let caps = Capabilities::probe().without_features(b.hide_features);
+        let mut missing = Vec::new();
+        if !caps.has(uffd::FEATURE_WP_ASYNC) {
+            missing.push("UFFD_FEATURE_WP_ASYNC");
+        }
+        if !caps.pagemap_scan {
+            missing.push("PAGEMAP_SCAN");
+        }
+        if !missing.is_empty() {
+            return Err(RemoteError::KernelTooOld {
+                kernel: caps.kernel_release.clone(),
+                missing: missing.join(" and "),
+            });
+        }
+        if caps.scan_reports_discards != Some(true) && !b.accept_missed_discards {
+            return Err(RemoteError::KernelTooOld {
+                kernel: caps.kernel_release.clone(),
+                missing: "a PAGEMAP_SCAN that reports discarded pages (2026 fixes \"fix PAGEMAP_SCAN written state for unpopulated ptes\"; or pass accept_missed_discards)".into(),
+            });
+        }
+        // Opening these checks PTRACE_MODE_READ / ATTACH: refusals show up here, typed.
+        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+            .map_err(|e| inject::access_error(pid, "open /proc/PID/pagemap", e))?;
+        let mem = File::open(format!("/proc/{pid}/mem"))
+            .map_err(|e| inject::access_error(pid, "open /proc/PID/mem", e))?;
+
+        let (target_fd, resumed) = match find_tracking_fd(pid, b.expect)? {
+            Some(Found::Expected(fd)) => (fd, !b.fresh),
+            // Another chain's fd (or no expectation given): reuse it, with its history only
+            // when the caller did not expect a specific one.
+            Some(Found::Marked(fd)) => (fd, !b.fresh && b.expect.is_none()),
+            None => (create_in_target(pid)?, false),
+        };
+        let uffd =
+            pidfd::pidfd_getfd(pidfd.as_fd(), target_fd).map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => RemoteError::PtraceRefused {
+                    pid,
+                    reason: inject::explain_refusal(pid),
+                    source: e,
+                },
+                _ => kernel_err(pid, "pidfd_getfd", e),
+            })?;
+        let uffd_ino =
+            std::fs::File::from(uffd.try_clone().map_err(|e| kernel_err(pid, "dup", e))?)
+                .metadata()
+                .map(|m| m.ino())
+                .map_err(|e| kernel_err(pid, "fstat", e))?;
+        if !resumed {
+            let api =
+                uffd::api(uffd.as_fd(), FEATURES).map_err(|e| kernel_err(pid, "UFFDIO_API", e))?;
+            if api.features & uffd::FEATURE_WP_ASYNC == 0 {
+                return Err(RemoteError::KernelTooOld {
+                    kernel: caps.kernel_release,
+                    missing: "UFFD_FEATURE_WP_ASYNC".into(),
+                });
+            }
+        }
+        let mut t = RemoteTracker {
+            pid,
+            pidfd,
+            uffd,
+            uffd_ino,
+            target_fd,
+            pagemap,
+            mem,
+            page_size: crate::page_size(),
+            track_shared: b.track_shared,
+            tracked: Vec::new(),
+            resumed,
+            stopped_descendants: Vec::new(),
+            stopped: false,
+            buf: vec![PageRegion::default(); VEC_LEN],
+            buf_used: 0,
+        };
+        if resumed {
+            t.tracked = match b.previous {
+                Some(p) => p,
+                None => registered_now(pid)?,
+            };
+        }
+        Ok(t)
+    }
+
+    /// Builder-free form of [`RemoteBuilder::track_shared`] etc. is [`RemoteTracker::builder`].
+    /// The target's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+    /// Whether attaching reused a userfaultfd an earlier tracker left in the target (so the
+    /// first collect reports only what changed since that tracker's last collect).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+    /// The tracking userfaultfd's number in the target.
+    pub fn target_fd(&self) -> i32 {
+        self.target_fd
+    }
+    /// The tracking userfaultfd's inode number (unique per userfaultfd), for
+    /// [`RemoteBuilder::expect_fd`].
+    pub fn uffd_inode(&self) -> u64 {
+        self.uffd_ino
+    }
+    /// The address ranges tracked as of the last collect (save them for
+    /// [`RemoteBuilder::previous`]).
+    pub fn tracked(&self) -> &[Mapping] {
+        &self.tracked
+    }
+
+    /// Reads the target's memory at `addr` (through `/proc/PID/mem`; does not fault pages in
+    /// for the target and is not reported as a write).
+    pub fn read_memory(&self, addr: usize, buf: &mut [u8]) -> Result<(), RemoteError> {
+        self.mem.read_exact_at(buf, addr as u64).map_err(|e| {
+            self.exit_or(
+                kernel_err(self.pid, "read /proc/PID/mem", e),
+                "read /proc/PID/mem",
+            )
+        })
+    }
+
+    /// Whether the target has exited (or is exiting: its address space is already released).
+    pub fn has_exited(&self) -> bool {
+        self.pidfd_exited() || inject::exiting(self.pid)
+    }
+
+    /// Whether the pidfd says the target exited (cheap; misses the start of an exit).
+    fn pidfd_exited(&self) -> bool {
+        pidfd::has_exited(self.pidfd.as_fd()).unwrap_or(true)
+    }
+
+    /// Names the cause of a failure: the target exited, or it no longer holds the userfaultfd
+    /// (exec: the old address space is gone, so the kernel answers `ESRCH`), or else `e`.
+    fn exit_or(&self, e: RemoteError, during: &'static str) -> RemoteError {
+        if self.has_exited() {
+            return RemoteError::TargetExited {
+                pid: self.pid,
+                during,
+            };
+        }
+        match self.check_fd() {
+            Err(lost) => lost,
+            Ok(()) => e,
+        }
+    }
+
+    /// Stops the target and all its descendants (`SIGSTOP`) and waits until every thread of
+    /// each is stopped (at most 10 s each). Descendants are included because fork children can
+    /// still write memory they share with the target.
+    pub fn stop_target(&mut self) -> Result<(), RemoteError> {
+        self.stopped = true;
+        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGSTOP).map_err(|e| {
+            self.exit_or(
+                kernel_err(self.pid, "pidfd_send_signal(SIGSTOP)", e),
+                "stop_target",
+            )
+        })?;
+        if !wait_stopped(self.pid)? {
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "stop_target",
+            });
+        }
+        // Descendants, to a fixed point: a child may fork before it is stopped.
+        loop {
+            let mut new = Vec::new();
+            let mut todo = vec![self.pid];
+            while let Some(p) = todo.pop() {
+                for c in proc::children(p).unwrap_or_default() {
+                    todo.push(c);
+                    if !self.stopped_descendants.iter().any(|(pid, _)| *pid == c) {
+                        new.push(c);
+                    }
+                }
+            }
+            if new.is_empty() {
+                return Ok(());
+            }
+            for c in new {
+                // A child that exits meanwhile is simply not stopped.
+                let Ok(fd) = pidfd::pidfd_open(c) else {
+                    continue;
+                };
+                if pidfd::send_signal(fd.as_fd(), libc::SIGSTOP).is_ok() {
+                    let _ = wait_stopped(c);
+                }
+                self.stopped_descendants.push((c, fd));
+            }
+        }
+    }
+
+    /// Resumes the target and the descendants [`RemoteTracker::stop_target`] stopped
+    /// (`SIGCONT`).
+    pub fn continue_target(&mut self) -> Result<(), RemoteError> {
+        self.stopped = false;
+        for (_, fd) in self.stopped_descendants.drain(..) {
+            let _ = pidfd::send_signal(fd.as_fd(), libc::SIGCONT);
+        }
+        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGCONT)
+            .map_err(|e| kernel_err(self.pid, "pidfd_send_signal(SIGCONT)", e))
+    }
+
+    /// Whether the target still holds our userfaultfd at the same number.
+    fn check_fd(&self) -> Result<(), RemoteError> {
+        let lost = |reason: String| RemoteError::TrackingLost {
+            pid: self.pid,
+            fd: self.target_fd,
+            reason,
+        };
+        match std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", self.pid, self.target_fd)) {
+            Ok(info) => {
+                let ino = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ino:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if ino == Some(self.uffd_ino) {
+                    Ok(())
+                } else if self.has_exited() {
+                    Err(RemoteError::TargetExited {
+                        pid: self.pid,
+                        during: "collect",
+                    })
+                } else {
+                    Err(lost("the fd now refers to another file (the target closed it and reused the number, or executed a new program)".into()))
+                }
+            }
+            // exit releases the address space before the fd table: an exiting target has
+            // empty maps and closed fds before its pidfd polls readable.
+            Err(_) if self.has_exited() || inject::exiting(self.pid) => {
+                Err(RemoteError::TargetExited {
+                    pid: self.pid,
+                    during: "collect",
+                })
+            }
+            Err(_) => Err(lost(
+                "the fd is closed (the target executed a new program, or closed its fds)".into(),
+            )),
+        }
+    }
+
+    /// Reports what the target wrote since the last collect (the first collect reports every
+    /// tracked mapping whole, unless the tracker [resumed](RemoteTracker::resumed)), and re-arms.
+    ///
+    /// On error nothing is known about this interval: take a full dump after the next
+    /// successful collect (or attach again).
+    pub fn collect(&mut self) -> Result<Collection, RemoteError> {
+        if self.pidfd_exited() {
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "collect",
+            });
+        }
+        self.check_fd()?;
+        let current = proc::maps(self.pid)
+            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
+        if current.is_empty() {
+            // A live process always has mappings: its address space is already released.
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "collect",
+            });
+        }
+        let mut out = Collection::default();
+        let mut tracked_now = Vec::new();
+        for e in &current {
+            let m = Mapping::from_entry(e);
+            match self.plan(e, &m) {
+                Plan::Skip(why) => out.skipped.push((m, why)),
+                Plan::Whole(why) => out.mappings.push(MappingReport {
+                    dirty: std::iter::once(m.start..m.end).collect(),
+                    mapping: m,
+                    change: Change::Untracked { reason: why },
+                }),
+                Plan::Track => match self.collect_mapping(&m)? {
+                    Outcome::Tracked(report) => {
+                        tracked_now.push(report.mapping.clone());
+                        out.mappings.push(report);
+                    }
+                    Outcome::Whole(report) => out.mappings.push(report),
+                    Outcome::Skip(why) => out.skipped.push((m, why)),
+                },
+            }
+        }
+        // Tracked ranges no longer covered by any tracked mapping.
+        for old in &self.tracked {
+            let mut covered = 0;
+            for m in &tracked_now {
+                let (s, e) = (old.start.max(m.start), old.end.min(m.end));
+                if s < e {
+                    covered += e - s;
+                }
+            }
+            if covered < old.len() {
+                out.gone.push(old.clone());
+            }
+        }
+        out.children = proc::children(self.pid).unwrap_or_default();
+        if self.pidfd_exited() {
+            return Err(RemoteError::TargetExited {
+                pid: self.pid,
+                during: "collect",
+            });
+        }
+        self.check_fd()?;
+        self.tracked = tracked_now;
+        Ok(out)
+    }
+
+    fn plan(&self, e: &MapsEntry, m: &Mapping) -> Plan {
+        let [r, w, x, p] = e.perms;
+        if matches!(
+            m.path.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" | "[uprobes]"
+        ) {
+            return Plan::Skip("kernel-provided mapping".into());
+        }
+        let file = e.inode != 0;
+        if w != b'w' {
+            if p == b's' {
+                return Plan::Skip("read-only shared mapping".into());
+            }
+            if file && x == b'x' {
+                return Plan::Skip("code from a file (not writable)".into());
+            }
+            if file && r != b'r' {
+                return Plan::Skip("inaccessible file mapping (an ELF segment gap)".into());
+            }
+            if !file && r != b'r' && m.len() > MAX_INACCESSIBLE {
+                return Plan::Skip(format!(
+                    "inaccessible (PROT_NONE) reservation larger than {} GiB: not tracked (arming it would cost 2 MiB of page tables per GiB in the target)",
+                    MAX_INACCESSIBLE >> 30
+                ));
+            }
+        }
+        let vma = crate::sys::maps::Vma {
+            start: e.start,
+            end: e.end,
+            perms: e.perms,
+            inode: e.inode,
+            path: e.path.clone(),
+        };
+        if crate::sys::maps::looks_hugetlb(&vma) {
+            return Plan::Whole(
+                "hugetlbfs: a discarded huge page reads as clean to PAGEMAP_SCAN".into(),
+            );
+        }
+        if p == b's' && !self.track_shared {
+            return Plan::Whole(
+                "shared mapping: other processes, fork children and writes to the file change it without a fault here".into(),
+            );
+        }
+        Plan::Track
+    }
+
+    /// Whether `m` is still exactly one mapping of the target (same bounds and backing).
+    fn still_mapped_as(&self, m: &Mapping) -> Result<bool, RemoteError> {
+        let now = proc::maps(self.pid)
+            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
+        Ok(now.iter().any(|e| {
+            let n = Mapping::from_entry(e);
+            n.start == m.start && n.end == m.end && n.same_backing_at(m)
+        }))
+    }
+
+    /// Registers and arms `[start, end)`. `Err(reason)` when the kernel refuses this mapping.
+    fn arm(&self, start: usize, end: usize) -> Result<Result<(), Refusal>, RemoteError> {
+        let fd = self.uffd.as_fd();
+        if let Err(e) = uffd::register(fd, start, end - start, uffd::REGISTER_MODE_WP) {
+            return match e.raw_os_error() {
+                Some(libc::EBUSY) => Ok(Err(Refusal {
+                    reason: "registered with another userfaultfd of the target (its own): reported whole at every collect".into(),
+                    readable: true,
+                })),
+                Some(libc::EINVAL) | Some(libc::EPERM) => Ok(Err(Refusal {
+                    reason: format!("the kernel refuses to write-protect it ({e}): VM_IO/VM_PFNMAP, MAP_DROPPABLE, or no write access"),
+                    readable: false,
+                })),
+                _ => Err(self.exit_or(kernel_err(self.pid, "UFFDIO_REGISTER", e), "collect")),
+            };
+        }
+        uffd::writeprotect(fd, start, end - start, uffd::WRITEPROTECT_MODE_WP)
+            .map_err(|e| self.exit_or(kernel_err(self.pid, "UFFDIO_WRITEPROTECT", e), "collect"))?;
+        Ok(Ok(()))
+    }
+
+    /// One trackable mapping: scan the parts tracked before, register and report whole the rest.
+    fn collect_mapping(&mut self, m: &Mapping) -> Result<Outcome, RemoteError> {
+        let ps = self.page_size;
+        // Parts of `m` tracked before with the same backing.
+        let mut old_parts: Vec<Range<usize>> = self
+            .tracked
+            .iter()
+            .filter(|o| o.start < m.end && m.start < o.end && o.same_backing_at(m))
+            .map(|o| o.start.max(m.start)..o.end.min(m.end))
+            .collect();
+        old_parts.sort_by_key(|r| r.start);
+        let mut new_parts = Vec::new();
+        let mut at = m.start;
+        for r in &old_parts {
+            if r.start > at {
+                new_parts.push(at..r.start);
+            }
+            at = at.max(r.end);
+        }
+        if at < m.end {
+            new_parts.push(at..m.end);
+        }
+
+        let mut seg = Segment::new(m.start, m.len() / ps);
+        let mut lost = None;
+        for r in &old_parts {
+            let pagemap = &self.pagemap;
+            let end = r.end;
+            let result = scan_loop(
+                r.start,
+                r.end,
+                &mut seg,
+                ps,
+                &mut self.buf,
+                &mut self.buf_used,
+                |at, buf| {
+                    let req = ScanRequest {
+                        flags: pagemap::PM_SCAN_WP_MATCHING | pagemap::PM_SCAN_CHECK_WPASYNC,
+                        start: at as u64,
+                        end: end as u64,
+                        category_mask: pagemap::PAGE_IS_WRITTEN,
+                        return_mask: pagemap::PAGE_IS_WRITTEN,
+                        ..Default::default()
+                    };
+                    pagemap::scan(pagemap, &req, buf)
+                },
+            );
+            match result {
+                Ok(()) => {}
+                // The whole rest of the part is already marked dirty by the loop.
+                Err(ScanError::Kernel(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                    lost = Some(format!("its registration vanished at {:#x}..{:#x} (munmap + mmap, mremap, or MAP_FIXED over it): reported whole", r.start, r.end));
+                    seg.mark(r.start, r.end, ps);
+                }
+                Err(ScanError::Kernel(e)) => {
+                    return Err(self.exit_or(kernel_err(self.pid, "PAGEMAP_SCAN", e), "collect"))
+                }
+                Err(ScanError::NoProgress { at, walk_end }) => {
+                    return Err(RemoteError::Kernel {
+                        pid: self.pid,
+                        op: "PAGEMAP_SCAN",
+                        source: io::Error::other(format!(
+                            "no progress at {at:#x} (walk_end {walk_end:#x})"
+                        )),
+                    })
+                }
+            }
+        }
+        if lost.is_some() {
+            // Register again (same uffd: allowed over registered parts) and arm the whole
+            // mapping; everything was marked dirty above or below.
+            new_parts = std::iter::once(m.start..m.end).collect();
+        }
+        // Registering a range that is not a whole mapping splits the target's mapping, which
+        // can make a later mremap of it fail in the target (EFAULT: mremap needs one mapping).
+        // Registration of a part only ever happens inside a mapping that is registered whole
+        // already (grown in place: the kernel skips it), unless the mapping changed since maps
+        // was read; so check it is still the same, right before registering.
+        if !new_parts.is_empty() && !self.still_mapped_as(m)? {
+            return Ok(Outcome::Whole(MappingReport {
+                mapping: m.clone(),
+                change: Change::Untracked {
+                    reason: "changed while being registered: registered at the next collect".into(),
+                },
+                dirty: std::iter::once(m.start..m.end).collect(),
+            }));
+        }
+        for r in &new_parts {
+            if let Err(refusal) = self.arm(r.start, r.end)? {
+                // Contents that were tracked, or that can be read, are reported whole; a mapping
+                // the kernel refuses from the start (device memory) is skipped.
+                if refusal.readable || !old_parts.is_empty() {
+                    return Ok(Outcome::Whole(MappingReport {
+                        mapping: m.clone(),
+                        change: Change::Untracked {
+                            reason: refusal.reason,
+                        },
+                        dirty: std::iter::once(m.start..m.end).collect(),
+                    }));
+                }
+                return Ok(Outcome::Skip(refusal.reason));
+            }
+            seg.mark(r.start, r.end, ps);
+        }
+        let change = match (lost, new_parts.is_empty()) {
+            (Some(reason), _) => Change::Lost { reason },
+            (None, true) => Change::Tracked,
+            (None, false) => Change::New { new: new_parts },
+        };
+        Ok(Outcome::Tracked(MappingReport {
+            mapping: m.clone(),
+            change,
+            dirty: runs(&seg, ps),
+        }))
+    }
+
+    /// Leaves tracking in place in the target (a later attach resumes it) and releases this
+    /// tracker. Same as dropping it (which also resumes a target left stopped).
+    pub fn detach(self) {}
+
+    /// Removes tracking from the target: unregisters every tracked range and closes the
+    /// userfaultfd in the target (one more injected system call).
+    pub fn stop_tracking(self) -> Result<(), RemoteError> {
+        for m in &self.tracked {
+            // Ranges unmapped meanwhile give EINVAL; nothing to undo there.
+            let _ = uffd::unregister(self.uffd.as_fd(), m.start, m.len());
+        }
+        if self.has_exited() {
+            return Ok(());
+        }
+        self.check_fd()?;
+        let ret = inject::syscall_in(
+            self.pid,
+            libc::SYS_close,
+            [self.target_fd as u64, 0, 0, 0, 0, 0],
+        )?;
+        if ret < 0 {
+            return Err(RemoteError::Kernel {
+                pid: self.pid,
+                op: "close (injected)",
+                source: io::Error::from_raw_os_error(-ret as i32),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RemoteTracker {
+    /// Resumes what [`RemoteTracker::stop_target`] stopped; tracking stays in the target.
+    fn drop(&mut self) {
+        if self.stopped {
+            let _ = self.continue_target();
+        }
+    }
+}
+
+/// Waits until every thread of `pid` is stopped (or gone); `false` if the process is gone.
+fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(tids) = proc::threads(pid) else {
+            return Ok(false);
+        };
+        let states: Vec<Option<char>> = tids
+            .iter()
+            .map(|t| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .and_then(|(_, r)| r.trim_start().chars().next())
+                    })
+            })
+            .collect();
+        if states
+            .iter()
+            .all(|s| matches!(s, None | Some('Z') | Some('X')))
+        {
+            return Ok(false);
+        }
+        if states
+            .iter()
+            .all(|s| matches!(s, None | Some('T') | Some('t') | Some('Z') | Some('X')))
+        {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Err(RemoteError::Usage(format!(
+                "process {pid} did not stop within 10 s of SIGSTOP"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The page runs marked in `seg`.
+fn runs(seg: &Segment, ps: usize) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for i in seg.bits.iter_ones() {
+        let a = seg.start + i * ps;
+        match out.last_mut() {
+            Some(last) if last.end == a => last.end = a + ps,
+            _ => out.push(a..a + ps),
+        }
+    }
+    out
+}
+
+/// A userfaultfd an earlier tracker left in the target.
+enum Found {
+    /// Exactly the one the caller expected (fd number and inode).
+    Expected(i32),
+    /// One that looks like a tracker's: at or above [`MARK_FD_BASE`], async features, no events.
+    Marked(i32),
+}
+
+/// The userfaultfd an earlier tracker left in `pid`, if any.
+fn find_tracking_fd(pid: i32, expect: Option<(i32, u64)>) -> Result<Option<Found>, RemoteError> {
+    let fds =
+        proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+    if let Some((fd, ino)) = expect {
+        if let Some(u) = fds.iter().find(|u| u.fd == fd && u.ino == ino) {
+            return Ok(Some(Found::Expected(u.fd)));
+        }
+    }
+    Ok(fds
+        .iter()
+        .find(|u| u.fd >= MARK_FD_BASE && u.features & (FEATURES | EVENT_FEATURES) == FEATURES)
+        .map(|u| Found::Marked(u.fd)))
+}
+
+/// The mappings registered for write-protect right now (`uw` in smaps), as tracked mappings.
+fn registered_now(pid: i32) -> Result<Vec<Mapping>, RemoteError> {
+    let flags = proc::vm_flags(pid).map_err(|e| kernel_err(pid, "read /proc/PID/smaps", e))?;
+    let maps = proc::maps(pid).map_err(|e| kernel_err(pid, "read /proc/PID/maps", e))?;
+    Ok(maps
+        .iter()
+        .filter(|e| {
+            flags
+                .iter()
+                .any(|(s, f)| *s == e.start && f.iter().any(|x| x == "uw"))
+        })
+        .map(Mapping::from_entry)
+        .collect())
+}
+
+/// Creates the tracking userfaultfd in the target; returns its fd number there.
+fn create_in_target(pid: i32) -> Result<i32, RemoteError> {
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY) as u64;
+    let ret = inject::syscall_in(pid, libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+    if ret < 0 {
+        let errno = (-ret) as i32;
+        let source = io::Error::from_raw_os_error(errno);
+        let filters = proc::status_field(pid, "Seccomp_filters")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let seccomp = proc::status_field(pid, "Seccomp").ok().flatten();
+        if seccomp.as_deref() == Some("2")
+            && matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS)
+        {
+            return Err(RemoteError::SeccompDenied {
+                pid,
+                filters,
+                source,
+            });
+        }
+        let hint = match errno {
+            libc::ENOSYS => "the kernel is built without CONFIG_USERFAULTFD",
+            libc::EMFILE | libc::ENFILE => "the target is out of file descriptors (RLIMIT_NOFILE)",
+            libc::EPERM => {
+                "the kernel refuses user-mode-only userfaultfds to the target (an LSM policy?)"
+            }
+            _ => "see userfaultfd(2)",
+        };
+        return Err(RemoteError::UserfaultfdFailed { pid, source, hint });
+    }
+    let fd = ret as i32;
+    // Move it to MARK_FD_BASE or above, so a later attach recognises it.
+    let moved = inject::syscall_in(
+        pid,
+        libc::SYS_fcntl,
+        [
+            fd as u64,
+            libc::F_DUPFD_CLOEXEC as u64,
+            MARK_FD_BASE as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    match moved {
+        Ok(new_fd) if new_fd >= 0 => {
+            // Close the original; if that fails the target keeps a second reference (harmless,
+            // closed on exec).
+            let _ = inject::syscall_in(pid, libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+            Ok(new_fd as i32)
+        }
+        // RLIMIT_NOFILE below MARK_FD_BASE: keep the fd where it is (a later attach will not
+        // recognise it without RemoteBuilder::expect_fd).
+        Ok(_) => Ok(fd),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(start: usize, end: usize, perms: &str, offset: u64, inode: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            perms: perms.into(),
+            offset,
+            dev: if inode == 0 { "00:00" } else { "fe:01" }.into(),
+            inode,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn state_lines_round_trip() {
+        for x in [
+            m(0x1000, 0x3000, "rw-p", 0, 0, ""),
+            m(
+                0x7f00_0000,
+                0x7f10_0000,
+                "rw-s",
+                0x2000,
+                42,
+                "/memfd:a b (deleted)",
+            ),
+        ] {
+            assert_eq!(Mapping::from_line(&x.to_line()), Some(x));
+        }
+        assert_eq!(Mapping::from_line("zz"), None);
+    }
+
+    #[test]
+    fn backing_identity() {
+        let anon = m(0x1000, 0x9000, "rw-p", 0, 0, "");
+        // Anonymous memory: the same whatever its name or protection.
+        assert!(anon.same_backing_at(&m(0x3000, 0x5000, "r--p", 0, 0, "[heap]")));
+        assert!(!anon.same_backing_at(&m(0x3000, 0x5000, "rw-s", 0, 0, "")));
+        // A file mapping: same file at the same offset for the same address.
+        let file = m(0x10000, 0x20000, "rw-p", 0x4000, 7, "/lib/x.so");
+        assert!(file.same_backing_at(&m(0x12000, 0x14000, "r--p", 0x6000, 7, "/lib/x.so")));
+        assert!(!file.same_backing_at(&m(0x12000, 0x14000, "rw-p", 0x7000, 7, "/lib/x.so")));
+        assert!(!file.same_backing_at(&m(0x12000, 0x14000, "rw-p", 0x6000, 8, "/lib/x.so")));
+        assert!(!file.same_backing_at(&anon));
+    }
+}

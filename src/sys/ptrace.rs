@@ -1,0 +1,234 @@
+//! `ptrace(2)` and `waitpid(2)` for injecting one system call into another process
+//! (`<linux/ptrace.h>`, `<linux/elf.h>`, the architectures' `struct user_pt_regs`).
+//!
+//! Only what `remote::inject` needs: `PTRACE_SEIZE` (3.4), `PTRACE_INTERRUPT` (3.4),
+//! `PTRACE_SYSCALL`, `PTRACE_GETREGSET`/`PTRACE_SETREGSET` with `NT_PRSTATUS` (2.6.34),
+//! `PTRACE_GETSIGMASK`/`PTRACE_SETSIGMASK` (3.11) and `PTRACE_DETACH`. Requests are defined here
+//! with their values from `include/uapi/linux/ptrace.h` so that they do not depend on the libc
+//! crate's version.
+//!
+//! None of these wrappers can break this process's memory safety: they only pass the kernel
+//! pointers to exclusively borrowed, correctly sized buffers. They change *another* process's
+//! registers and signal mask, which its tracer (this process, after `seize`) is allowed to do;
+//! restoring them is the caller's job (see `remote::inject`).
+
+use super::cvt;
+use std::io;
+
+/// `PTRACE_SYSCALL` (resume, stop at the next system call entry or exit).
+const PTRACE_SYSCALL: libc::c_uint = 24;
+/// `PTRACE_DETACH`.
+const PTRACE_DETACH: libc::c_uint = 17;
+/// `PTRACE_CONT`.
+const PTRACE_CONT: libc::c_uint = 7;
+/// `PTRACE_GETREGSET` (2.6.34).
+const PTRACE_GETREGSET: libc::c_uint = 0x4204;
+/// `PTRACE_SETREGSET` (2.6.34).
+const PTRACE_SETREGSET: libc::c_uint = 0x4205;
+/// `PTRACE_SEIZE` (3.4): attach without stopping the tracee.
+const PTRACE_SEIZE: libc::c_uint = 0x4206;
+/// `PTRACE_INTERRUPT` (3.4): stop a seized tracee (it reports `PTRACE_EVENT_STOP`).
+const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+/// `PTRACE_GETSIGMASK` (3.11).
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+/// `PTRACE_SETSIGMASK` (3.11).
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+
+/// `PTRACE_O_TRACESYSGOOD`: system call stops report `SIGTRAP | 0x80`.
+pub const O_TRACESYSGOOD: u64 = 1;
+/// `PTRACE_EVENT_STOP` (3.4): the stop `PTRACE_INTERRUPT` or a group stop produces.
+pub const EVENT_STOP: i32 = 128;
+
+/// `NT_PRSTATUS`: the general-purpose register set.
+const NT_PRSTATUS: libc::c_int = 1;
+
+/// The general-purpose registers (`struct user_regs_struct` on x86_64, `struct user_pt_regs` on
+/// aarch64), as `PTRACE_GETREGSET NT_PRSTATUS` returns them.
+#[cfg(target_arch = "x86_64")]
+pub type Regs = libc::user_regs_struct;
+/// The general-purpose registers (`struct user_pt_regs`: x0..x30, sp, pc, pstate).
+#[cfg(target_arch = "aarch64")]
+pub type Regs = libc::user_regs_struct;
+
+/// `PTRACE_SEIZE` the thread `tid` with `options` (`PTRACE_O_*`). The thread keeps running.
+pub fn seize(tid: i32, options: u64) -> io::Result<()> {
+    // SAFETY: PTRACE_SEIZE takes the options by value in `data`; no pointer is passed.
+    cvt(unsafe { libc::ptrace(PTRACE_SEIZE, tid, 0usize, options as usize) })?;
+    Ok(())
+}
+
+/// `PTRACE_INTERRUPT`: asks a seized thread to stop (it reports `PTRACE_EVENT_STOP`).
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    // SAFETY: no pointers are passed.
+    cvt(unsafe { libc::ptrace(PTRACE_INTERRUPT, tid, 0usize, 0usize) })?;
+    Ok(())
+}
+
+/// `PTRACE_SYSCALL`: resumes the stopped thread until the next system call entry or exit,
+/// delivering `signal` (0 for none).
+pub fn resume_to_syscall(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: the signal number is passed by value; no pointers.
+    cvt(unsafe { libc::ptrace(PTRACE_SYSCALL, tid, 0usize, signal as usize) })?;
+    Ok(())
+}
+
+/// `PTRACE_CONT`: resumes the stopped thread, delivering `signal` (0 for none).
+pub fn resume(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: the signal number is passed by value; no pointers.
+    cvt(unsafe { libc::ptrace(PTRACE_CONT, tid, 0usize, signal as usize) })?;
+    Ok(())
+}
+
+/// `PTRACE_DETACH`, delivering `signal` (0 for none) as the thread resumes.
+pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: the signal number is passed by value; no pointers.
+    cvt(unsafe { libc::ptrace(PTRACE_DETACH, tid, 0usize, signal as usize) })?;
+    Ok(())
+}
+
+/// `PTRACE_GETREGSET NT_PRSTATUS` of a stopped thread.
+pub fn get_regs(tid: i32) -> io::Result<Regs> {
+    // SAFETY: `Regs` is plain old data; all-zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: (&mut regs as *mut Regs).cast(),
+        iov_len: std::mem::size_of::<Regs>(),
+    };
+    // SAFETY: `iov` describes `regs`, an exclusively borrowed buffer of exactly its size; the
+    // kernel writes at most `iov_len` bytes and updates `iov_len`.
+    cvt(unsafe {
+        libc::ptrace(
+            PTRACE_GETREGSET,
+            tid,
+            NT_PRSTATUS as usize,
+            &mut iov as *mut libc::iovec,
+        )
+    })?;
+    if iov.iov_len != std::mem::size_of::<Regs>() {
+        return Err(io::Error::other(format!(
+            "PTRACE_GETREGSET returned {} bytes of registers, expected {}",
+            iov.iov_len,
+            std::mem::size_of::<Regs>()
+        )));
+    }
+    Ok(regs)
+}
+
+/// `PTRACE_SETREGSET NT_PRSTATUS` of a stopped thread.
+pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
+    let mut copy = *regs;
+    let mut iov = libc::iovec {
+        iov_base: (&mut copy as *mut Regs).cast(),
+        iov_len: std::mem::size_of::<Regs>(),
+    };
+    // SAFETY: `iov` describes `copy`, a buffer of exactly `Regs`' size that outlives the call;
+    // the kernel only reads it.
+    cvt(unsafe {
+        libc::ptrace(
+            PTRACE_SETREGSET,
+            tid,
+            NT_PRSTATUS as usize,
+            &mut iov as *mut libc::iovec,
+        )
+    })?;
+    Ok(())
+}
+
+/// `PTRACE_GETSIGMASK`: the blocked-signal mask of a stopped thread (bit `n - 1` = signal `n`).
+pub fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    // SAFETY: `addr` is the size of the kernel's sigset (8 bytes) and `data` points to an
+    // exclusively borrowed `u64` of that size.
+    cvt(unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) })?;
+    Ok(mask)
+}
+
+/// `PTRACE_SETSIGMASK` of a stopped thread (`SIGKILL` and `SIGSTOP` stay unblockable).
+pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    let mut copy = mask;
+    // SAFETY: `addr` is the sigset size (8) and `data` points to an 8-byte value the kernel reads.
+    cvt(unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mut copy as *mut u64) })?;
+    Ok(())
+}
+
+/// What `waitpid` reported about one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    /// Exited with this status.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// Stopped: `signal` is `WSTOPSIG`, `event` is `status >> 16` (`PTRACE_EVENT_*`, 0 for a
+    /// signal-delivery stop).
+    Stopped {
+        /// `WSTOPSIG(status)` (`SIGTRAP | 0x80` for a system call stop with `TRACESYSGOOD`).
+        signal: i32,
+        /// `status >> 16`.
+        event: i32,
+    },
+}
+
+/// `waitpid(tid, __WALL)`, retried on `EINTR`.
+pub fn wait(tid: i32) -> io::Result<WaitStatus> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is an exclusively borrowed int the kernel writes.
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if ret == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(if libc::WIFEXITED(status) {
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            WaitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            WaitStatus::Stopped {
+                signal: libc::WSTOPSIG(status),
+                event: (status >> 16) & 0xffff,
+            }
+        });
+    }
+}
+
+/// `NT_ARM_SYSTEM_CALL` (3.19): the system call number the kernel sees for a stopped thread.
+#[cfg(target_arch = "aarch64")]
+const NT_ARM_SYSTEM_CALL: libc::c_int = 0x404;
+
+/// Sets the system call number of a stopped aarch64 thread (`-1`: not in a system call, so no
+/// restart logic runs on its way back to user mode).
+#[cfg(target_arch = "aarch64")]
+pub fn set_syscall_number(tid: i32, nr: i32) -> io::Result<()> {
+    let mut value: libc::c_int = nr;
+    let mut iov = libc::iovec {
+        iov_base: (&mut value as *mut libc::c_int).cast(),
+        iov_len: std::mem::size_of::<libc::c_int>(),
+    };
+    // SAFETY: `iov` describes `value`, an int that outlives the call; the kernel only reads it.
+    cvt(unsafe {
+        libc::ptrace(
+            PTRACE_SETREGSET,
+            tid,
+            NT_ARM_SYSTEM_CALL as usize,
+            &mut iov as *mut libc::iovec,
+        )
+    })?;
+    Ok(())
+}
+
+/// `tgkill(tgid, tid, signal)`: sends `signal` to one thread.
+pub fn tgkill(tgid: i32, tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes three integers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            tgid as libc::c_long,
+            tid as libc::c_long,
+            signal as libc::c_long,
+        )
+    })?;
+    Ok(())
+}
