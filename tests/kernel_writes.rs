@@ -166,7 +166,7 @@ per_mode! {
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
         write_all(&a, &pattern(500, 13));
         let mut iov = [
-            libc::iovec { iov_base: (r.page_addr(1) + 4000) as *mut libc::c_void, iov_len: 200 },
+            libc::iovec { iov_base: (r.page_addr(1) + page() - 96) as *mut libc::c_void, iov_len: 200 },
             libc::iovec { iov_base: (r.page_addr(6) + 8) as *mut libc::c_void, iov_len: 300 },
         ];
         // SAFETY: zeroed msghdr with our iovecs; both point into the tracked mapping.
@@ -177,7 +177,7 @@ per_mode! {
         let n = unsafe { libc::recvmsg(b.as_raw_fd(), &mut msg, libc::MSG_WAITALL) };
         assert_eq!(n, 500, "recvmsg: errno {}", errno());
         let d = t.collect().unwrap();
-        // 4000 + 200 crosses from page 1 into page 2.
+        // page() - 96 + 200 crosses from page 1 into page 2.
         assert_eq!(r.check(&d, true), (3, 3));
         assert_eq!(pages_of(&d, &r), vec![1, 2, 6]);
     }
