@@ -42,7 +42,7 @@ impl Cow {
     pub(crate) fn copy_page(&self, i: usize, addr: usize, page_size: usize) {
         let mut st = self.state.lock();
         let st = &mut *st;
-        if st.failed.is_some() || st.copied.get(i).map_or(true, |b| *b) {
+        if st.failed.is_some() || st.copied.get(i).is_none_or(|b| *b) {
             return;
         }
         let dst = &mut st.data[i * page_size..(i + 1) * page_size];

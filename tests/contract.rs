@@ -18,7 +18,10 @@ use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const HUGE: usize = 2 << 20;
+/// A PMD-sized transparent huge page (2 MiB with 4 KiB base pages, 32 MiB with 16 KiB).
+fn huge() -> usize {
+    common::thp_size()
+}
 
 fn madvise_raw(addr: usize, len: usize, advice: i32) -> io::Result<()> {
     // SAFETY: advice on a mapping the test owns; the test's Regions only use raw pointers.
@@ -396,10 +399,10 @@ per_case! { pageout_exact:
 // ---------------------------------------------------------------------------------------------
 // MADV_COLLAPSE (†): the kernel refuses to collapse protected pages into a huge page.
 
-/// 2 MiB-aligned, `MADV_HUGEPAGE`, every page written while small pages were forced: 512 small
-/// pages that `MADV_COLLAPSE` can turn into one huge page.
+/// THP-aligned, `MADV_HUGEPAGE`, every page written while small pages were forced: one THP
+/// size of small pages (512 with 4 KiB pages) that `MADV_COLLAPSE` can turn into one huge page.
 fn small_pages_collapsible() -> Region {
-    let r = Region::anon_aligned(HUGE / page(), HUGE);
+    let r = Region::anon_aligned(huge() / page(), huge());
     madvise(r.addr, r.len, libc::MADV_NOHUGEPAGE);
     for i in 0..r.pages() {
         r.write(i, 0, 1 + (i % 200) as u8);
@@ -417,7 +420,7 @@ per_mode! {
             common::skip(&format!("MADV_COLLAPSE of untracked memory fails here: {e}"));
             return;
         }
-        assert_eq!(smaps_kb(control.addr, control.len, "AnonHugePages"), 2048);
+        assert_eq!(smaps_kb(control.addr, control.len, "AnonHugePages"), huge() / 1024);
         drop(control);
 
         let mut r = small_pages_collapsible();

@@ -49,20 +49,23 @@ per_mode! {
 per_mode! {
     fn discarding_a_whole_page_table_is_reported(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
-        // 4 MiB, so that at least one 2 MiB-aligned page table lies inside.
-        let mut r = Region::anon(1024);
-        for p in 0..1024 { r.write(p, 0, 1); }
+        // One last-level page table maps page() / 8 pages (8-byte entries): 2 MiB with 4 KiB
+        // pages, 32 MiB with 16 KiB (arm64), 512 MiB with 64 KiB. Twice that, so that at least
+        // one table-aligned span lies inside.
+        let per_table = page() / 8;
+        let mut r = Region::anon(2 * per_table);
+        for p in 0..2 * per_table { r.write(p, 0, 1); }
         t.register(r.ptr(), r.len).unwrap();
         r.rebase();
-        let two_mib = 2 << 20;
-        let first = (r.addr + two_mib - 1) & !(two_mib - 1);
-        madvise(first, two_mib, libc::MADV_DONTNEED);
+        let span = per_table * page();
+        let first = (r.addr + span - 1) & !(span - 1);
+        madvise(first, span, libc::MADV_DONTNEED);
         let d = t.collect().unwrap();
-        assert_eq!(r.check(&d, false).0, 512);
+        assert_eq!(r.check(&d, false).0, per_table);
         let base = (first - r.addr) / page();
         r.touch(base + 7);
         let d = t.collect().unwrap();
-        only_pages(&r, &d, |p| (base..base + 512).contains(&p));
+        only_pages(&r, &d, |p| (base..base + per_table).contains(&p));
         assert_eq!(r.check(&d, common::EXACT_AFTER_DISCARD).0, 1, "a write after the discard and a collect is seen");
         r.touch(base + 9);
         assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1));

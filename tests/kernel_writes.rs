@@ -199,7 +199,7 @@ fn by_readv(r: &Region, _: Mode) {
     assert_eq!(n, 300, "readv: errno {}", errno());
 }
 
-/// `recvmsg(2)` from a socketpair into pages 1 and 2 (4000 + 200 crosses from page 1 into
+/// `recvmsg(2)` from a socketpair into pages 1 and 2 (page - 96 + 200 crosses from page 1 into
 /// page 2) and 6.
 fn by_recvmsg(r: &Region, _: Mode) {
     let mut sv = [0; 2];
@@ -217,7 +217,7 @@ fn by_recvmsg(r: &Region, _: Mode) {
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
     write_all(&a, &pattern(500, 13));
     let mut iov = [
-        iovec(r.page_addr(1) + 4000, 200),
+        iovec(r.page_addr(1) + page() - 96, 200), // crosses into page 2 at any page size
         iovec(r.page_addr(6) + 8, 300),
     ];
     // SAFETY: zeroed msghdr with our iovecs; both point into the tracked mapping.

@@ -237,25 +237,29 @@ per_case! { discard_after_collect:
 // ---------------------------------------------------------------------------------------------
 // Transparent huge pages.
 
-const HUGE: usize = 2 << 20;
+/// A PMD-sized transparent huge page (2 MiB with 4 KiB base pages, 32 MiB with 16 KiB).
+fn huge() -> usize {
+    common::thp_size()
+}
 
 /// AnonHugePages (kB) of the VMAs overlapping `[addr, addr + len)`, from `/proc/self/smaps`.
 fn anon_huge_kb(addr: usize, len: usize) -> usize {
     smaps_kb(addr, len, "AnonHugePages")
 }
 
-/// 4 MiB of 2 MiB-aligned anonymous memory, `MADV_HUGEPAGE`, every base page written with 1:
+/// Two THP sizes of THP-aligned anonymous memory (4 MiB with 4 KiB pages), `MADV_HUGEPAGE`, every base page written with 1:
 /// two transparent huge pages, or `None` after a skip when the kernel gave none.
 fn thp_region() -> Option<Region> {
-    let r = Region::anon_aligned(2 * HUGE / page(), HUGE);
+    let r = Region::anon_aligned(2 * huge() / page(), huge());
     madvise(r.addr, r.len, libc::MADV_HUGEPAGE);
     for i in 0..r.pages() {
         r.write(i, 0, 1);
     }
     let kb = anon_huge_kb(r.addr, r.len);
-    if kb < 2 * HUGE / 1024 {
+    if kb < 2 * huge() / 1024 {
         common::skip(&format!(
-            "no transparent huge pages (AnonHugePages {kb} kB of 4096)"
+            "no transparent huge pages (AnonHugePages {kb} kB of {})",
+            2 * huge() / 1024
         ));
         return None;
     }
@@ -286,13 +290,14 @@ fn thp_one_byte(mode: Mode, builder: fn(Mode) -> TrackerBuilder) {
         anon_huge_kb(r.addr, r.len)
     );
     // A second huge page, and a page of the first one again.
+    let per = huge() / page();
     bounded(t, id, "writes to a THP", || {
-        r.write(512 + 77, 5, 9);
+        r.write(per + 77, 5, 9);
         r.write(3, 5, 9);
     });
     let d = t.collect().unwrap();
     assert_eq!(r.check(&d, true), (2, 2));
-    assert_eq!(r.reported_pages(&d), vec![3, 512 + 77]);
+    assert_eq!(r.reported_pages(&d), vec![3, per + 77]);
 }
 
 per_case! { thp_one_byte:
@@ -306,7 +311,7 @@ per_mode! {
     /// every write is reported exactly.
     fn thp_disable_keeps_new_memory_small(mode: Mode) {
         let Some(t) = tracker_with(Tracker::builder().mode(mode).thp(Thp::Disable)) else { return };
-        let mut r = Region::anon_aligned(2 * HUGE / page(), HUGE);
+        let mut r = Region::anon_aligned(2 * huge() / page(), huge());
         madvise(r.addr, r.len, libc::MADV_HUGEPAGE);
         let id = t.register(r.ptr(), r.len).unwrap();
         r.rebase();
@@ -322,22 +327,23 @@ per_mode! {
 }
 
 per_mode! {
-    /// `MADV_DONTNEED` of a whole protected THP (the PMD is freed): all 512 pages now read as
-    /// zero and all are reported.
+    /// `MADV_DONTNEED` of a whole protected THP (the PMD is freed): all its base pages (512 with
+    /// 4 KiB pages) now read as zero and all are reported.
     fn thp_dontneed_whole_huge_page(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
         let Some(mut r) = thp_region() else { return };
         let id = t.register(r.ptr(), r.len).unwrap();
         r.rebase();
-        bounded(&t, id, "a write to a THP", || r.write(600, 0, 7));
+        let per = huge() / page();
+        bounded(&t, id, "a write to a THP", || r.write(per + 88, 0, 7));
         assert_eq!(r.check(&t.collect().unwrap(), true), (1, 1));
-        madvise(r.addr, HUGE, libc::MADV_DONTNEED);
+        madvise(r.addr, huge(), libc::MADV_DONTNEED);
         let d = t.collect().unwrap();
-        eprintln!("THP DONTNEED of 2 MiB: reported {}", d.len());
-        assert_eq!(r.check(&d, true), (512, 512));
+        eprintln!("THP DONTNEED of {} KiB: reported {}", huge() / 1024, d.len());
+        assert_eq!(r.check(&d, true), (per, per));
         bounded(&t, id, "writes", || {
             r.write(5, 0, 7);
-            r.write(700, 0, 7);
+            r.write(per + 188, 0, 7);
         });
         let exact = common::EXACT_AFTER_DISCARD;
         assert_eq!(r.check(&t.collect().unwrap(), exact).0, 2);

@@ -11,7 +11,8 @@
 #              below); "?" if that cannot be told
 #   passed, failed, ignored   sums of libtest "test result:" lines; for a
 #              binary that never printed one (killed, crashed), its
-#              "test ... ok" / "... ignored" lines are counted instead
+#              "test ... ok" / "... ignored" lines are counted instead; a
+#              program (END line with kind=program) counts as one test
 #   skipped    number of distinct <binary>::<test> with a DIRTYTRACK-SKIP line
 #   skip_reasons   distinct skip reasons, "; " separated
 #   failures   failing tests, and binaries that crashed, did not finish or
@@ -68,6 +69,17 @@ in_stderr && /^(memory allocation of [0-9]+ bytes failed|fatal runtime error: )/
     name = f[1]; rc = f[2]; secs = f[3]
     sub(/^rc=/, "", rc); sub(/^secs=/, "", secs)
     ended[name] = 1
+    # A program (/programs, not a libtest harness) is one check: exit
+    # status 0 passes, anything else fails.
+    if (f[4] == "kind=program") {
+        if (rc == 0) passed++
+        else {
+            failed++
+            failures = add_list(failures, name ": exit status " rc " after " secs " s")
+        }
+        cur = ""; in_stderr = 0
+        next
+    }
     if (has_result[name]) {
         passed += res_p[name]; failed += res_f[name]; ignored += res_i[name]
     } else {

@@ -709,6 +709,16 @@ pub fn huge_page_size() -> usize {
         .map_or(2 << 20, |kb| kb * 1024)
 }
 
+/// Size of a PMD-mapped transparent huge page, from
+/// `/sys/kernel/mm/transparent_hugepage/hpage_pmd_size`: 2 MiB with 4 KiB base pages, 32 MiB
+/// with 16 KiB (arm64), 512 MiB with 64 KiB. 2 MiB if the file is missing (no THP).
+pub fn thp_size() -> usize {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(2 << 20)
+}
+
 impl Region {
     /// `pages` pages of a fresh (zero-filled) memfd, mapped `MAP_SHARED` (`shared`) or
     /// `MAP_PRIVATE`. Returns the fd too, for `pwrite`s and second mappings.
