@@ -9,7 +9,10 @@ use dirtytrack::{features, Error, Prefault, Tracker};
 per_mode! {
     fn bad_ranges_are_refused(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
-        let r = Region::anon(8);
+        // Far below every other mapping (see `Region::anon_near`), one place per mode: the hole
+        // punched below must not be filled by another test thread's `mmap` before `register`.
+        let hint = 0x1000_0000_0000 + usize::from(mode == Mode::Sync) * 0x10_0000_0000;
+        let r = Region::anon_near(8, hint);
         let ps = page();
         let e = t.register((r.addr + 1) as *mut u8, ps).unwrap_err();
         assert!(matches!(e, Error::Unaligned { what: "address", .. }), "{e}");
