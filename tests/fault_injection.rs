@@ -30,9 +30,22 @@ enum Outcome {
     Died(String),
 }
 
+/// Serialises [`in_child`] (see there).
+static FORKS: Mutex<()> = Mutex::new(());
+
 /// Runs `body` in a forked child and returns its outcome. The child writes its report to a pipe
 /// and leaves with `_exit` (no harness, no destructors of the parent's state).
+///
+/// Forking a multi-threaded process is only safe if no other thread holds a process-wide lock at
+/// the instant of the fork (std's and glibc's thread start/exit bookkeeping, parking_lot's
+/// parking table): the child would inherit it locked, and every thread it starts would wait on
+/// it forever (seen under TCG: a child with all ten threads in `futex_wait`, none past start).
+/// So the tests of this binary create no thread in the parent except here, and this function
+/// runs one child at a time ([`FORKS`]): at a fork, the other test threads are waiting for
+/// `FORKS`, not starting or ending threads. On a hang, each child thread's state and kernel
+/// stack are printed (`thread_states`) before it is killed.
 fn in_child(timeout: Duration, body: impl FnOnce() -> Result<String, String>) -> Outcome {
+    let _one_child_at_a_time = FORKS.lock().unwrap_or_else(|e| e.into_inner());
     let mut fds = [0; 2];
     // SAFETY: a fresh pipe.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -98,6 +111,10 @@ fn in_child(timeout: Duration, body: impl FnOnce() -> Result<String, String>) ->
             break false;
         }
         if Instant::now() > deadline {
+            eprintln!(
+                "HANG: child {pid} still running; its threads:\n{}",
+                thread_states(pid)
+            );
             // SAFETY: killing and reaping our own child.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -123,6 +140,37 @@ fn in_child(timeout: Duration, body: impl FnOnce() -> Result<String, String>) ->
             libc::WTERMSIG(status)
         ))
     }
+}
+
+/// What each thread of `pid` is doing (name, state, kernel wait channel, kernel stack when
+/// readable): the evidence a hang report needs to tell a kernel stall from a user-space deadlock.
+fn thread_states(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(no /proc entry)".into();
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("")
+            .to_string();
+        out += &format!(
+            "  tid {} {} {} wchan={}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan"),
+            read("stack")
+                .lines()
+                .take(12)
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        );
+    }
+    out
 }
 
 /// Asserts a child passed and prints its report (`--nocapture` shows it; TESTING.md cites it).
@@ -224,6 +272,24 @@ fn drop_privileges(dumpable: bool) -> Result<(), String> {
     check(unsafe { libc::geteuid() } == 65534, || {
         "still privileged".into()
     })
+}
+
+/// Whether this kernel and process can run `mode` (after reporting a skip if not), found out
+/// without starting a thread in this process (a `Tracker` would start its monitor thread; see
+/// [`in_child`] for why the parent must not).
+fn mode_available(mode: Mode) -> bool {
+    let caps = dirtytrack::Capabilities::probe();
+    let check = match mode {
+        Mode::Sync => caps.check_sync(),
+        _ => caps.check_async(),
+    };
+    match check {
+        Ok(()) => true,
+        Err(e) => {
+            common::skip(&e.to_string());
+            false
+        }
+    }
 }
 
 /// `false` (after reporting a skip) when this kernel cannot run async mode at all (e.g. 6.1).
@@ -559,7 +625,7 @@ fn no_userfaultfd_at_all_is_a_permission_error_naming_the_fixes() {
 
 per_mode! {
     fn fds_exhausted_after_build(mode: Mode) {
-        if common::tracker(mode).is_none() { return; }
+        if !mode_available(mode) { return; }
         expect_pass(&format!("{mode:?}: fds exhausted"), in_child(Duration::from_secs(30), move || {
             let t = Tracker::builder().mode(mode).build().map_err(|e| e.to_string())?;
             let mut a = Region::anon(16);
@@ -665,7 +731,7 @@ fn vma_limit_error(e: &Error) -> Result<String, String> {
 
 per_mode! {
     fn vma_limit_is_a_clear_resource_error(mode: Mode) {
-        if common::tracker(mode).is_none() { return; }
+        if !mode_available(mode) { return; }
         let max: usize = sysctl("vm.max_map_count").and_then(|s| s.parse().ok()).unwrap_or(65530);
         expect_pass(&format!("{mode:?}: VMA limit {max}"), in_child(Duration::from_secs(120), move || {
             let started = Instant::now();
@@ -723,7 +789,7 @@ fn vma_limit_reached_by_registrations_alone() {
     // when DIRTYTRACK_VMA_LIMIT_FULL=1 (see TESTING.md for its duration); otherwise a bounded
     // run of 1000 registrations that reports its rate.
     let full = std::env::var("DIRTYTRACK_VMA_LIMIT_FULL").as_deref() == Ok("1");
-    let Some(_) = common::tracker(Mode::Async) else {
+    let Some(()) = mode_available(Mode::Async).then_some(()) else {
         return;
     };
     let max: usize = sysctl("vm.max_map_count")
@@ -792,7 +858,7 @@ per_mode! {
         // appear (UnknownRange, Overlap). Then the tracker is dropped while the writers are
         // still writing (Drop on another thread than the writers; the next test drops it on a
         // thread that just collected).
-        if common::tracker(mode).is_none() { return; }
+        if !mode_available(mode) { return; }
         let secs = stress_secs();
         let report = expect_pass(&format!("{mode:?}: everything at once"), in_child(Duration::from_secs_f64(60.0 + 4.0 * secs), move || {
             const SLOTS: usize = 8;
@@ -904,7 +970,7 @@ fn writers_faulting_while_another_thread_drops_the_tracker() {
     // right after it (that thread holds the last handle), while four writers hammer the pages and
     // are therefore mid-fault (blocked until the monitor un-protects). Every writer must finish,
     // and every write must land. 20 rounds.
-    if common::tracker(Mode::Sync).is_none() {
+    if !mode_available(Mode::Sync) {
         return;
     }
     expect_pass(
