@@ -7,7 +7,7 @@
 
 mod common;
 use common::{
-    bounded, huge_page_size, page, smaps_kb, tracker, vma_bounds, Mapped, Memory, Region,
+    bounded, huge_page_size, page, smaps_kb, tracker, vma_bounds, Mapped, Memory, PinCpu, Region,
     MEMFD_PRIVATE, MEMFD_SHARED, PRIVATE_ANONYMOUS, SHARED_ANONYMOUS,
 };
 #[allow(unused_imports)]
@@ -73,31 +73,6 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn system_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps the calling thread on the CPU it runs on; the old affinity comes back on drop.
-struct PinCpu(libc::cpu_set_t);
-
-impl PinCpu {
-    fn new() -> PinCpu {
-        // SAFETY: cpu_set_t is plain data; the calls get and set this thread's affinity.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut one);
-            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
-            PinCpu(old)
-        }
-    }
-}
-
-impl Drop for PinCpu {
-    fn drop(&mut self) {
-        // SAFETY: restores this thread's affinity.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -232,32 +232,6 @@ per_mode! {
     }
 }
 
-/// Keeps the calling thread on the CPU it runs on (MADV_FREE and MADV_PAGEOUT drain per-CPU LRU
-/// batches only on their own CPU); the old affinity comes back on drop.
-struct PinCpu(libc::cpu_set_t);
-
-impl PinCpu {
-    fn new() -> PinCpu {
-        // SAFETY: cpu_set_t is plain data; the calls get and set this thread's affinity.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut one);
-            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
-            PinCpu(old)
-        }
-    }
-}
-
-impl Drop for PinCpu {
-    fn drop(&mut self) {
-        // SAFETY: restores this thread's affinity.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
-    }
-}
-
 per_mode! {
     /// A sparse range: pages freed with MADV_FREE and reclaimed three collects later (their
     /// contents turn to zero, with no event then) are still reported.

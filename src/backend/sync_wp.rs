@@ -122,21 +122,9 @@ pub(crate) fn harvest_into(
         r.marks.copy_into(&mut seg.bits);
         return Ok(());
     }
+    let fallback = core.prefault != Prefault::Unpopulated;
     loop {
-        if r.lost.lock().is_some() {
-            return Err(lost_error(r));
-        }
-        let start = r.start();
-        let fallback = core.prefault != Prefault::Unpopulated;
-        if fallback {
-            // See `reprotect_then`.
-            core.barrier();
-            repopulate_discarded(core, r, start)?;
-        }
-        let batch = core.batch.lock();
-        if r.start() != start {
-            continue; // moved (mremap) while we populated: start again at the new address
-        }
+        let (batch, start) = lock_batch_at_start(core, r)?;
         seg.reset(start, r.pages(ps));
         // Pages changed with no event (not write-protected, not marked): reported and
         // re-protected like marked ones (a clear forgets them, but re-protects them too).
@@ -225,22 +213,9 @@ pub(crate) fn reprotect_then(
     mut zaps: Option<&mut Scanner>,
     at_instant: impl FnOnce(&mut Segment) -> Result<(), Error>,
 ) -> Result<Segment, Error> {
+    let fallback = core.prefault != Prefault::Unpopulated;
     loop {
-        if r.lost.lock().is_some() {
-            return Err(lost_error(r));
-        }
-        let start = r.start();
-        let fallback = core.prefault != Prefault::Unpopulated;
-        if fallback {
-            // Apply the discards the monitor has read but not yet applied (the madvising thread
-            // is released when the event is read), then populate them again.
-            core.barrier();
-            repopulate_discarded(core, r, start)?;
-        }
-        let batch = core.batch.lock();
-        if r.start() != start {
-            continue; // moved (mremap) while we populated: start again at the new address
-        }
+        let (batch, start) = lock_batch_at_start(core, r)?;
         let mut seg = r.segment(core.page_size);
         if let Some(scanner) = zaps.as_deref_mut() {
             scan_unprotected(scanner, r, &mut seg, core.page_size);
@@ -267,6 +242,31 @@ pub(crate) fn reprotect_then(
                 return Err(range_error(core, r, "UFFDIO_WRITEPROTECT", e));
             }
         }
+    }
+}
+
+/// Takes `batch` with `r` at a settled address, ready to re-protect: fails if the range is lost;
+/// without `WP_UNPOPULATED`, first applies the discards the monitor has read but not yet applied
+/// (the madvising thread is released when the event is read) and populates them again; retries
+/// if an `mremap` moved the range meanwhile. Returns the guard and the range's start.
+fn lock_batch_at_start<'a>(
+    core: &'a Core,
+    r: &RangeState,
+) -> Result<(parking_lot::MutexGuard<'a, ()>, usize), Error> {
+    loop {
+        if r.lost.lock().is_some() {
+            return Err(lost_error(r));
+        }
+        let start = r.start();
+        if core.prefault != Prefault::Unpopulated {
+            core.barrier();
+            repopulate_discarded(core, r, start)?;
+        }
+        let batch = core.batch.lock();
+        if r.start() == start {
+            return Ok((batch, start));
+        }
+        // Moved (mremap) while we populated: start again at the new address.
     }
 }
 
