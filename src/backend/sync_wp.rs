@@ -245,10 +245,14 @@ pub(crate) fn reprotect_then(
     }
 }
 
-/// Takes `batch` with `r` at a settled address, ready to re-protect: fails if the range is lost;
-/// without `WP_UNPOPULATED`, first applies the discards the monitor has read but not yet applied
-/// (the madvising thread is released when the event is read) and populates them again; retries
-/// if an `mremap` moved the range meanwhile. Returns the guard and the range's start.
+/// Takes `batch` with `r` at a settled address, ready to re-protect. Without `WP_UNPOPULATED`,
+/// first applies the discards the monitor has read but not yet applied (the madvising thread is
+/// released when the event is read) and populates them again. Then, under `batch` — so every
+/// event the monitor has read is applied, and an `munmap`/`mremap` that has returned is seen —
+/// fails if the range is lost, and retries if an `mremap` moved it meanwhile. (Checking before
+/// taking `batch` let a collect that raced a partial `mremap` succeed: it re-protects only
+/// marked pages, so no ioctl hit the hole; seen on 6.18.15 under TCG.) Returns the guard and
+/// the range's start.
 fn lock_batch_at_start<'a>(
     core: &'a Core,
     r: &RangeState,
@@ -263,6 +267,10 @@ fn lock_batch_at_start<'a>(
             repopulate_discarded(core, r, start)?;
         }
         let batch = core.batch.lock();
+        if r.lost.lock().is_some() {
+            drop(batch);
+            return Err(lost_error(r));
+        }
         if r.start() == start {
             return Ok((batch, start));
         }
