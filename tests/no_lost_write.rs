@@ -64,12 +64,15 @@ fn live_snapshot_that_fails_hands_pre_instant_writes_back() {
     let Some(t) = tracker(Mode::Sync) else { return };
     // 256 MiB: the background copy (from the start) takes long enough for a discard of the
     // last pages to land first. Retried a few times in case the copy wins the race.
-    let (mut r, id) = pre_instant_writes(&t, 64 * 1024, &WRITTEN);
+    // Sized in bytes, not pages: 16 KiB-page kernels would otherwise map (and copy) 1 GiB.
+    let (mut r, id) = pre_instant_writes(&t, (256 << 20) / page(), &WRITTEN);
     let mut failed = false;
     for _ in 0..5 {
         let snap = t.live_snapshot(id).unwrap();
-        let tail = r.pages() - 1024;
-        madvise(r.page_addr(tail), 1024 * page(), libc::MADV_DONTNEED).unwrap();
+        // The last 4 MiB.
+        let tail_pages = (4 << 20) / page();
+        let tail = r.pages() - tail_pages;
+        madvise(r.page_addr(tail), tail_pages * page(), libc::MADV_DONTNEED).unwrap();
         match snap.wait() {
             Err(Error::LiveSnapshotFailed { reason, .. }) => {
                 eprintln!("failed as expected: {reason}");
