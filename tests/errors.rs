@@ -279,3 +279,22 @@ per_mode! {
         unsafe { libc::munmap(p, 4 * page()) };
     }
 }
+
+/// The gate area (`[vsyscall]` on x86_64) is listed in `/proc/self/maps` but is no VMA that
+/// `PROCMAP_QUERY` returns: registering it must be refused as a mapping that cannot be tracked,
+/// not as unmapped memory (found by fuzzing).
+#[test]
+fn the_vsyscall_page_is_mapped_but_not_trackable() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let Some(line) = maps.lines().find(|l| l.ends_with("[vsyscall]")) else {
+        common::skip("no [vsyscall] mapping in this process (not x86_64, or vsyscall=none)");
+        return;
+    };
+    let start = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+    let Some(t) = tracker(Mode::Auto) else { return };
+    let e = t.register(start as *mut u8, page()).unwrap_err();
+    assert!(
+        matches!(e, Error::MappingNotSupported { .. }),
+        "registering [vsyscall] at {start:#x}: {e}"
+    );
+}

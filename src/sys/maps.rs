@@ -142,11 +142,17 @@ fn query_covering_or_next(
 
 /// The mappings of this process that overlap `[start, end)`, ascending: by `PROCMAP_QUERY`
 /// (6.11+, one query per mapping), else by reading `/proc/self/maps`.
+///
+/// `PROCMAP_QUERY` does not return the gate area (`[vsyscall]`), which `/proc/self/maps` lists:
+/// when the query leaves a hole, the file is read to confirm it (an error path, so its cost does
+/// not matter), and both ways give the same answer (found by fuzzing: `[vsyscall]` was "not
+/// mapped" by query, "mapped but not registrable" by the file).
 pub fn vmas_in(start: usize, end: usize) -> io::Result<Vec<Vma>> {
     match vmas_in_by_query(start, end) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
             vmas_in_by_parsing(start, end)
         }
+        Ok(vmas) if first_hole(&vmas, start, end).is_some() => vmas_in_by_parsing(start, end),
         other => other,
     }
 }
