@@ -228,7 +228,7 @@ per_mode! {
         if again.addr == a.addr {
             t.register(again.ptr(), 8 * ps).expect("the old place is free");
         }
-        std::mem::forget(a); // its addresses were moved away; `again` owns them now
+        let _ = a.disown(); // its addresses were moved away; `again` owns them now
     }
 }
 
