@@ -623,7 +623,8 @@ impl Tracker {
         core.barrier();
         let ranges = core.ranges.read();
         // Check first, then mark: an error marks nothing.
-        let mut covering = Vec::new();
+        // Check every covering range first, then mark (walking twice allocates nothing): an
+        // error marks nothing.
         let mut at = start;
         while at < end {
             let r = Core::range_at(&ranges, at).ok_or(Error::NotTracked {
@@ -634,13 +635,14 @@ impl Tracker {
             if r.lost.lock().is_some() {
                 return Err(backend::lost_error(r));
             }
-            covering.push(r);
             at = r.end();
         }
-        for r in covering {
+        let mut at = start;
+        while let Some(r) = Core::range_at(&ranges, at).filter(|_| at < end) {
             let base = r.start();
             let (a, b) = (start.max(base), end.min(r.end()));
             r.marks.set_range((a - base) / ps, (b - base) / ps);
+            at = r.end();
         }
         Ok(())
     }
