@@ -286,10 +286,11 @@ impl Tracker {
     /// What changes compared with [`Tracker::register`]:
     /// - a first write into a range of transparent huge pages may populate (and report) a whole
     ///   2 MiB huge page (over-report; use [`Thp::Disable`] to avoid it);
-    /// - discarded pages are reported from `UFFD_EVENT_REMOVE`, not from the page tables: a page
-    ///   freed with `MADV_FREE` and reclaimed by the kernel later than the collect after the next
-    ///   one changes to zero unreported (as in sync mode). Do not use `MADV_FREE` on such ranges,
-    ///   or use [`Tracker::register`].
+    /// - discarded pages are reported from `UFFD_EVENT_REMOVE`, not from the page tables, and
+    ///   stay watched until their page-table entry is gone: a page freed with `MADV_FREE` and
+    ///   reclaimed by the kernel many collects later is reported then (tested three collects
+    ///   later). Each collect looks at every watched page, so many lazily freed, never-reclaimed
+    ///   pages cost a little per collect.
     ///
     /// Errors: those of [`Tracker::register`], and [`Error::MappingNotSupported`] in sync mode or
     /// for memory other than private anonymous.
