@@ -302,6 +302,50 @@ fn churning_c_program_predump_matches_memory() {
     );
 }
 
+/// Registering a mapping must not split it: the target may grow it (mremap) between the
+/// tracker's read of `/proc/PID/maps` and its `UFFDIO_REGISTER`, and a split mapping can no longer
+/// be moved with one mremap (EFAULT in the target). The target moves one mapping to a fresh place
+/// (so the tracker registers it again) and grows it in place, round after round, as fast as it
+/// can; the tracker collects as fast as it can. The target exits with status 2 if a move fails.
+#[test]
+fn registering_never_splits_a_mapping_the_target_resizes() {
+    let Some(exe) = compile("resize") else { return };
+    let mut target = Target::spawn(Command::new(&exe));
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let (mut collects, mut registered, mut deferred) = (0usize, 0usize, 0usize);
+    while started.elapsed() < Duration::from_secs(3) {
+        match t.collect() {
+            Ok(c) => {
+                collects += 1;
+                for m in &c.mappings {
+                    match m.change {
+                        Change::New { .. } | Change::Lost { .. } => registered += 1,
+                        Change::Untracked { .. } if !m.mapping.is_shared() => deferred += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let status = target.child.try_wait().ok().flatten();
+                panic!("collect {collects} failed: {e}; the target: {status:?}");
+            }
+        }
+    }
+    let status = target.child.try_wait().expect("try_wait");
+    assert!(
+        status.is_none(),
+        "the target exited ({status:?}) after {collects} collects: a registration split its mapping"
+    );
+    eprintln!("resize: {collects} collects, {registered} mappings registered while the target resized them, {deferred} deferred (changed between the scan and the stop)");
+    assert!(
+        registered > 0 && registered + deferred > 20,
+        "{registered} registrations and {deferred} deferred ones in {collects} collects: the race was not exercised"
+    );
+}
+
 #[test]
 fn target_exiting_mid_dump_is_reported() {
     let Some(exe) = compile("churn") else { return };

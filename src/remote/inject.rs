@@ -352,6 +352,102 @@ impl Drop for Session {
     }
 }
 
+/// Every thread of a process held in a ptrace stop, so that its address space cannot change
+/// (no thread of it can run `mmap`, `mremap`, `munmap`...). Dropping it lets every thread go,
+/// with any signal that arrived meanwhile. Nothing of the threads is changed: no registers, no
+/// signal mask; an interrupted system call restarts as after a signal.
+///
+/// Memory shared by `CLONE_VM` without `CLONE_THREAD` (a `vfork` child before its `exec`) is
+/// not covered: such a process is not a thread of `pid`.
+pub(crate) struct Freeze {
+    threads: Vec<Session>,
+}
+
+/// Rounds of listing `/proc/PID/task` before [`freeze`] gives up on threads that keep appearing.
+const FREEZE_ROUNDS: usize = 64;
+
+/// Stops every thread of `pid` (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`, each waited for), to a fixed
+/// point: a thread that ran while the others were being stopped may have created another, so
+/// the thread list is read again until it holds no thread not stopped yet.
+///
+/// `PTRACE_SEIZE` fails with `EPERM` when another tracer holds a thread (a debugger):
+/// [`RemoteError::PtraceRefused`]. Threads that exit meanwhile are skipped; the process
+/// exiting is [`RemoteError::TargetExited`].
+pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
+    let mut f = Freeze {
+        threads: Vec::new(),
+    };
+    for _ in 0..FREEZE_ROUNDS {
+        let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
+        let mut stopped_one = false;
+        for tid in tids {
+            // A zombie (a leader that exited before its threads) cannot stop, nor run.
+            if f.threads.iter().any(|s| s.tid == tid) || thread_state(pid, tid) == Some('Z') {
+                continue;
+            }
+            match ptrace::seize(tid, 0) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(e) => return Err(access_error(pid, "PTRACE_SEIZE", e)),
+            }
+            let mut s = Session {
+                pid,
+                tid,
+                stage: Stage::Seized,
+                restore_regs: None,
+                restore_mask: None,
+                pending: Vec::new(),
+            };
+            let stopped = ptrace::interrupt(tid)
+                .map_err(|e| s.fail("PTRACE_INTERRUPT", e))
+                .and_then(|()| {
+                    s.wait_for(
+                        "PTRACE_EVENT_STOP",
+                        |_, ev| ev == ptrace::EVENT_STOP,
+                        ptrace::resume,
+                    )
+                });
+            match stopped {
+                Ok(()) => {
+                    s.stage = Stage::Stopped;
+                    f.threads.push(s);
+                    stopped_one = true;
+                }
+                // This thread exited; the process may live on.
+                Err(RemoteError::TargetExited { .. }) if !exiting(pid) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !stopped_one {
+            if f.threads.is_empty() {
+                return Err(RemoteError::TargetExited {
+                    pid,
+                    during: "stop its threads",
+                });
+            }
+            return Ok(f);
+        }
+    }
+    Err(RemoteError::Injection {
+        pid,
+        step: "stop its threads",
+        detail: format!(
+            "new threads kept appearing after {FREEZE_ROUNDS} rounds ({} stopped)",
+            f.threads.len()
+        ),
+    })
+}
+
+/// The state letter of thread `tid` of `pid` (`R`, `S`, `T`, `Z`...), if it still exists.
+fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+}
+
 /// Addresses of system call instructions in the executable mappings of `pid` (vDSO first), at
 /// most `want` of them.
 fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {

@@ -32,6 +32,10 @@
 //!   [`Collection::gone`]. A mapping replaced in place (`munmap` + `mmap`, `mremap`, `mmap`
 //!   `MAP_FIXED`) has lost its registration, so its scan fails with `EPERM`
 //!   (`CHECK_WPASYNC`): it is reported whole ([`Change::Lost`]) and registered again.
+//! - **Registration without splitting**: registering part of a mapping splits it, and the target
+//!   could then no longer move or grow it with one `mremap` (`EFAULT`). A mapping read from
+//!   `/proc/PID/maps` may grow before it is registered, so registration happens with every
+//!   thread of the target in a ptrace stop, against maps read again then (`settle`).
 //! - **exec**: the fd is close-on-exec; the tracker notices the target no longer holds it
 //!   ([`RemoteError::TrackingLost`]).
 //! - **fork**: children are not tracked (without `EVENT_FORK` the kernel drops the registration
@@ -357,6 +361,38 @@ struct Refusal {
     readable: bool,
 }
 
+/// A trackable mapping after [`RemoteTracker::scan_mapping`]; registering its new parts is left.
+struct Scanned {
+    mapping: Mapping,
+    /// Whether parts of it were tracked before (and scanned).
+    had_old_parts: bool,
+    /// Ranges to register and arm (the whole mapping when its registration was lost).
+    new_parts: Vec<Range<usize>>,
+    /// Pages found written by the scan.
+    seg: Segment,
+    /// Why its registration vanished, if it did.
+    lost: Option<String>,
+}
+
+impl Scanned {
+    /// The report of a mapping with nothing new: exactly what the scan found.
+    fn report(self, page_size: usize) -> MappingReport {
+        MappingReport {
+            dirty: runs(&self.seg, page_size),
+            mapping: self.mapping,
+            change: Change::Tracked,
+        }
+    }
+}
+
+/// One current mapping during a collect.
+enum Step {
+    /// Settled.
+    Done(Mapping, Outcome),
+    /// Scanned; its new parts are to be registered.
+    Register(Scanned),
+}
+
 /// What became of one trackable mapping in a collect.
 enum Outcome {
     /// Registered and armed: its report is exact from now on.
@@ -365,6 +401,17 @@ enum Outcome {
     Whole(MappingReport),
     /// Not trackable nor dumpable.
     Skip(String),
+}
+
+impl Outcome {
+    /// Reported whole, not tracked, for `reason`.
+    fn whole(mapping: Mapping, reason: String) -> Outcome {
+        Outcome::Whole(MappingReport {
+            dirty: std::iter::once(mapping.start..mapping.end).collect(),
+            mapping,
+            change: Change::Untracked { reason },
+        })
+    }
 }
 
 /// What to do with one current mapping.
@@ -668,25 +715,33 @@ impl RemoteTracker {
                 during: "collect",
             });
         }
-        let mut out = Collection::default();
-        let mut tracked_now = Vec::new();
+        // Scan first, with the target running; register what is new afterwards, all at once,
+        // with every thread of the target stopped (see `register`).
+        let mut steps = Vec::with_capacity(current.len());
         for e in &current {
             let m = Mapping::from_entry(e);
-            match self.plan(e, &m) {
-                Plan::Skip(why) => out.skipped.push((m, why)),
-                Plan::Whole(why) => out.mappings.push(MappingReport {
-                    dirty: std::iter::once(m.start..m.end).collect(),
-                    mapping: m,
-                    change: Change::Untracked { reason: why },
-                }),
-                Plan::Track => match self.collect_mapping(&m)? {
-                    Outcome::Tracked(report) => {
-                        tracked_now.push(report.mapping.clone());
-                        out.mappings.push(report);
+            let step = match self.plan(e, &m) {
+                Plan::Skip(why) => Step::Done(m, Outcome::Skip(why)),
+                Plan::Whole(why) => Step::Done(m.clone(), Outcome::whole(m, why)),
+                Plan::Track => match self.scan_mapping(&m)? {
+                    s if s.new_parts.is_empty() => {
+                        Step::Done(m, Outcome::Tracked(s.report(self.page_size)))
                     }
-                    Outcome::Whole(report) => out.mappings.push(report),
-                    Outcome::Skip(why) => out.skipped.push((m, why)),
+                    s => Step::Register(s),
                 },
+            };
+            steps.push(step);
+        }
+        let mut out = Collection::default();
+        let mut tracked_now = Vec::new();
+        for (m, outcome) in self.settle(steps)? {
+            match outcome {
+                Outcome::Skip(why) => out.skipped.push((m, why)),
+                Outcome::Whole(report) => out.mappings.push(report),
+                Outcome::Tracked(report) => {
+                    tracked_now.push(report.mapping.clone());
+                    out.mappings.push(report);
+                }
             }
         }
         // Tracked ranges no longer covered by any tracked mapping.
@@ -760,16 +815,6 @@ impl RemoteTracker {
         Plan::Track
     }
 
-    /// Whether `m` is still exactly one mapping of the target (same bounds and backing).
-    fn still_mapped_as(&self, m: &Mapping) -> Result<bool, RemoteError> {
-        let now = proc::maps(self.pid)
-            .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
-        Ok(now.iter().any(|e| {
-            let n = Mapping::from_entry(e);
-            n.start == m.start && n.end == m.end && n.same_backing_at(m)
-        }))
-    }
-
     /// Registers and arms `[start, end)`. `Err(reason)` when the kernel refuses this mapping.
     fn arm(&self, start: usize, end: usize) -> Result<Result<(), Refusal>, RemoteError> {
         let fd = self.uffd.as_fd();
@@ -791,8 +836,9 @@ impl RemoteTracker {
         Ok(Ok(()))
     }
 
-    /// One trackable mapping: scan the parts tracked before, register and report whole the rest.
-    fn collect_mapping(&mut self, m: &Mapping) -> Result<Outcome, RemoteError> {
+    /// One trackable mapping, first half: scans the parts tracked before, and lists the rest,
+    /// to be registered (by [`RemoteTracker::settle`]) and reported whole.
+    fn scan_mapping(&mut self, m: &Mapping) -> Result<Scanned, RemoteError> {
         let ps = self.page_size;
         // Parts of `m` tracked before with the same backing.
         let mut old_parts: Vec<Range<usize>> = self
@@ -861,49 +907,109 @@ impl RemoteTracker {
         }
         if lost.is_some() {
             // Register again (same uffd: allowed over registered parts) and arm the whole
-            // mapping; everything was marked dirty above or below.
+            // mapping; everything was marked dirty above or when it is armed.
             new_parts = std::iter::once(m.start..m.end).collect();
         }
-        // Registering a range that is not a whole mapping splits the target's mapping, which
-        // can make a later mremap of it fail in the target (EFAULT: mremap needs one mapping).
-        // Registration of a part only ever happens inside a mapping that is registered whole
-        // already (grown in place: the kernel skips it), unless the mapping changed since maps
-        // was read; so check it is still the same, right before registering.
-        if !new_parts.is_empty() && !self.still_mapped_as(m)? {
-            return Ok(Outcome::Whole(MappingReport {
-                mapping: m.clone(),
-                change: Change::Untracked {
-                    reason: "changed while being registered: registered at the next collect".into(),
-                },
-                dirty: std::iter::once(m.start..m.end).collect(),
-            }));
+        Ok(Scanned {
+            mapping: m.clone(),
+            had_old_parts: !old_parts.is_empty(),
+            new_parts,
+            seg,
+            lost,
+        })
+    }
+
+    /// Second half: registers and arms the new parts of every [`Step::Register`], with every
+    /// thread of the target stopped (only if there is one), and returns every mapping's outcome
+    /// in order.
+    ///
+    /// Registering a range that is not a whole mapping splits the target's mapping, and a split
+    /// mapping can no longer be moved or grown with one `mremap` (`EFAULT` in the target). A
+    /// mapping read from `/proc/PID/maps` while the target runs may have grown or moved by the
+    /// time it is registered; so the target is stopped ([`inject::freeze`]: every thread, in a
+    /// ptrace stop it does not see), its maps read again, and only mappings found unchanged are
+    /// registered, before it runs again. The others are reported whole and registered at the
+    /// next collect.
+    fn settle(&mut self, steps: Vec<Step>) -> Result<Vec<(Mapping, Outcome)>, RemoteError> {
+        let mut out = Vec::with_capacity(steps.len());
+        if !steps.iter().any(|s| matches!(s, Step::Register(_))) {
+            for step in steps {
+                if let Step::Done(m, outcome) = step {
+                    out.push((m, outcome));
+                }
+            }
+            return Ok(out);
         }
+        // Stopped by `stop_target` already, or stopped now; or another tracer (a debugger
+        // attached after us) holds a thread, and nothing is registered this time.
+        let frozen = if self.stopped {
+            Ok(None)
+        } else {
+            match inject::freeze(self.pid) {
+                Ok(f) => Ok(Some(f)),
+                Err(RemoteError::PtraceRefused { reason, .. }) => Err(reason),
+                Err(e) => return Err(self.exit_or(e, "collect")),
+            }
+        };
+        let now = match &frozen {
+            Ok(_) => proc::maps(self.pid).map_err(|e| {
+                self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect")
+            })?,
+            Err(_) => Vec::new(),
+        };
+        for step in steps {
+            let s = match step {
+                Step::Done(m, outcome) => {
+                    out.push((m, outcome));
+                    continue;
+                }
+                Step::Register(s) => s,
+            };
+            let m = s.mapping.clone();
+            let unchanged = now.iter().any(|e| {
+                let n = Mapping::from_entry(e);
+                n.start == m.start && n.end == m.end && n.same_backing_at(&m)
+            });
+            let outcome = match &frozen {
+                Err(reason) => Outcome::whole(m.clone(), format!("not registered: the target could not be stopped for it ({reason}); registered at a later collect")),
+                Ok(_) if !unchanged => Outcome::whole(m.clone(), "changed while being registered: registered at the next collect".into()),
+                Ok(_) => self.arm_scanned(s)?,
+            };
+            out.push((m, outcome));
+        }
+        drop(frozen);
+        Ok(out)
+    }
+
+    /// Registers and arms the new parts of one scanned mapping (the target is stopped).
+    fn arm_scanned(&mut self, s: Scanned) -> Result<Outcome, RemoteError> {
+        let ps = self.page_size;
+        let Scanned {
+            mapping: m,
+            had_old_parts,
+            new_parts,
+            mut seg,
+            lost,
+        } = s;
         for r in &new_parts {
             if let Err(refusal) = self.arm(r.start, r.end)? {
                 // Contents that were tracked, or that can be read, are reported whole; a mapping
                 // the kernel refuses from the start (device memory) is skipped.
-                if refusal.readable || !old_parts.is_empty() {
-                    return Ok(Outcome::Whole(MappingReport {
-                        mapping: m.clone(),
-                        change: Change::Untracked {
-                            reason: refusal.reason,
-                        },
-                        dirty: std::iter::once(m.start..m.end).collect(),
-                    }));
+                if refusal.readable || had_old_parts {
+                    return Ok(Outcome::whole(m, refusal.reason));
                 }
                 return Ok(Outcome::Skip(refusal.reason));
             }
             seg.mark(r.start, r.end, ps);
         }
-        let change = match (lost, new_parts.is_empty()) {
-            (Some(reason), _) => Change::Lost { reason },
-            (None, true) => Change::Tracked,
-            (None, false) => Change::New { new: new_parts },
+        let change = match lost {
+            Some(reason) => Change::Lost { reason },
+            None => Change::New { new: new_parts },
         };
         Ok(Outcome::Tracked(MappingReport {
-            mapping: m.clone(),
-            change,
             dirty: runs(&seg, ps),
+            mapping: m,
+            change,
         }))
     }
 
