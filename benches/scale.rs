@@ -247,6 +247,32 @@ fn bench_register(_c: &mut Criterion) {
         t0.elapsed().as_secs_f64() * 1e3,
         d.len()
     );
+    drop(t);
+
+    // Sync first writes: the monitor looks up each fault's range. The same 100 pages (the last
+    // registered) are written with 100 ranges registered, then with all n; ratio in one run.
+    let k = 100.min(n);
+    let first_write_us = |registered: &[(*mut u8, usize)]| -> f64 {
+        let t = tracker(Mode::Sync);
+        t.register_many(registered).expect("register_many");
+        let mut times = Vec::with_capacity(5 * k);
+        for round in 0..5u8 {
+            for &(p, _) in &ranges[n - k..] {
+                let t0 = Instant::now();
+                // SAFETY: `p` is a page of the bench-owned mapping `m`, writable, not aliased.
+                unsafe { p.write_volatile(round) };
+                times.push(t0.elapsed());
+            }
+            black_box(t.collect().expect("collect"));
+        }
+        med(&times)
+    };
+    let few = first_write_us(&ranges[n - k..]);
+    let all = first_write_us(&ranges);
+    println!(
+        "SCALE sync first write with {k} ranges registered: {few:.1} us, with {n}: {all:.1} us (ratio {:.2})",
+        all / few
+    );
 }
 
 /// Heap in use (glibc `mallinfo2`: arena plus mmapped chunks), in bytes.

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `harvest` | `Tracker` | the pagemap scanner; makes collect / snapshot / clear / unregister / live-snapshot instants one at a time | user threads |
 //! | `registry` | `Core` | the overlap check and the register / unregister ioctls; the next range id | user threads |
-//! | `ranges` (RwLock) | `Core` | the list of registered ranges (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
+//! | `ranges` (RwLock) | `Core` | the list of registered ranges and its address index, `RangeList` (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
 //! | `batch` | `Core` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) and "install / remove a range's copy-on-write state"; also orders a live snapshot's hand-back of marks with sync collects | monitor; sync harvest; live snapshots; others as a barrier |
 //! | `RangeState::cow` | per range | which live snapshot (if any) copies the range: set and taken under `batch`; read under `batch` by the monitor and the background pass, and without it only to test for a snapshot in progress (under `harvest`) | under `batch`, or alone for a read |
 //! | `Cow::state` | per snapshot | the copy buffer, the copied bitmap, the failure reason: written only under `batch`; read alone by `LiveSnapshot::progress` and after the state was removed | under `batch`, or alone for a read |
@@ -33,7 +33,7 @@
 //! after a barrier every `madvise`/`munmap`/`mremap` that has returned is visible in the ranges.
 
 use crate::probe::Capabilities;
-use crate::range::RangeState;
+use crate::range::{RangeList, RangeState};
 use crate::sys::uffd;
 use crate::types::Prefault;
 use crate::{Error, Mode};
@@ -57,9 +57,9 @@ pub(crate) struct Core {
     pub(crate) uffd: OwnedFd,
     /// See the module docs.
     pub(crate) registry: Mutex<crate::range::Registry>,
-    /// Registered ranges, in registration order. The overlap check uses the registry's index;
-    /// other lookups are linear.
-    pub(crate) ranges: RwLock<Vec<Arc<RangeState>>>,
+    /// Registered ranges, in registration order, with an address index (see `RangeList`). The
+    /// overlap check uses the registry's index.
+    pub(crate) ranges: RwLock<RangeList>,
     /// See the module docs.
     pub(crate) batch: Mutex<()>,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
@@ -72,9 +72,9 @@ impl Core {
         drop(self.batch.lock());
     }
 
-    /// The range containing `addr`, if any.
-    pub(crate) fn range_at(ranges: &[Arc<RangeState>], addr: usize) -> Option<&Arc<RangeState>> {
-        ranges.iter().find(|r| addr >= r.start() && addr < r.end())
+    /// The range containing `addr`, if any (the live one where a gone range overlaps it).
+    pub(crate) fn range_at(ranges: &RangeList, addr: usize) -> Option<&Arc<RangeState>> {
+        ranges.find(addr)
     }
 
     /// `UFFDIO_WRITEPROTECT` of a range that may span several VMAs. Linux before 6.5 accepts

@@ -161,6 +161,106 @@ impl RangeState {
     }
 }
 
+/// The registered ranges (the `Core::ranges` lock's contents): in registration order, which is
+/// the order collects report them in, plus an index by start address for [`RangeList::find`],
+/// which the monitor calls for every fault (a GC heap registers thousands of ranges).
+///
+/// The index is sorted whenever the list changes (under the write lock). A move (`mremap`,
+/// applied by the monitor under the read lock) can leave it out of order until the next
+/// [`RangeList::resort`]; `find` checks every answer, and falls back to a linear search when
+/// the index gives none, so a stale index costs time, never a wrong answer.
+#[derive(Default)]
+pub(crate) struct RangeList {
+    list: Vec<Arc<RangeState>>,
+    /// The same ranges, by start address as of `moves_seen`.
+    by_start: Vec<Arc<RangeState>>,
+    /// `RANGE_MOVES` when `by_start` was last sorted.
+    moves_seen: u64,
+}
+
+impl std::ops::Deref for RangeList {
+    type Target = [Arc<RangeState>];
+    fn deref(&self) -> &[Arc<RangeState>] {
+        &self.list
+    }
+}
+
+impl RangeList {
+    /// Adds `r` (last in registration order).
+    pub(crate) fn push(&mut self, r: Arc<RangeState>) {
+        self.list.push(r.clone());
+        if self.index_stale() {
+            self.by_start.push(r);
+            self.resort();
+        } else {
+            let key = (r.start(), r.id.0);
+            let i = self.by_start.partition_point(|x| (x.start(), x.id.0) < key);
+            self.by_start.insert(i, r);
+        }
+    }
+
+    /// Removes the ranges `remove` selects (it must answer the same for the same range) and
+    /// returns them, in registration order.
+    pub(crate) fn extract(
+        &mut self,
+        mut remove: impl FnMut(&RangeState) -> bool,
+    ) -> Vec<Arc<RangeState>> {
+        let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list)
+            .into_iter()
+            .partition(|r| remove(r));
+        self.list = keep;
+        self.by_start.retain(|r| !remove(r));
+        out
+    }
+
+    /// Removes the range with id `id`.
+    pub(crate) fn remove_id(&mut self, id: RangeId) -> Option<Arc<RangeState>> {
+        let i = self.list.iter().position(|r| r.id == id)?;
+        let r = self.list.remove(i);
+        self.by_start.retain(|x| !Arc::ptr_eq(x, &r));
+        Some(r)
+    }
+
+    /// Removes every range.
+    pub(crate) fn take_all(&mut self) -> Vec<Arc<RangeState>> {
+        self.by_start.clear();
+        std::mem::take(&mut self.list)
+    }
+
+    /// Whether a range moved since the index was sorted.
+    pub(crate) fn index_stale(&self) -> bool {
+        RANGE_MOVES.load(Ordering::Acquire) != self.moves_seen
+    }
+
+    /// Sorts the index by the ranges' current starts.
+    pub(crate) fn resort(&mut self) {
+        self.moves_seen = RANGE_MOVES.load(Ordering::Acquire);
+        // Keys are unique (ids are); an unstable sort allocates nothing.
+        self.by_start.sort_unstable_by_key(|r| (r.start(), r.id.0));
+    }
+
+    /// The range containing `addr`. Ranges can overlap only when one of them is gone (its memory
+    /// was unmapped, or another range was moved over it): the one whose memory is there wins.
+    pub(crate) fn find(&self, addr: usize) -> Option<&Arc<RangeState>> {
+        let contains = |r: &RangeState| r.start() <= addr && addr < r.end();
+        let i = self.by_start.partition_point(|r| r.start() <= addr);
+        if let Some(r) = i.checked_sub(1).map(|i| &self.by_start[i]) {
+            if contains(r) && !r.gone.load(Ordering::Acquire) {
+                return Some(r);
+            }
+        }
+        // A miss, a gone range, or a stale index.
+        let mut found = None;
+        for r in self.list.iter().filter(|r| contains(r)) {
+            if !r.gone.load(Ordering::Acquire) {
+                return Some(r);
+            }
+            found = found.or(Some(r));
+        }
+        found
+    }
+}
+
 /// Moves of any range of any tracker in the process (see [`RangeState::move_to`]).
 static RANGE_MOVES: AtomicU64 = AtomicU64::new(0);
 
@@ -233,5 +333,68 @@ impl Registry {
     pub(crate) fn clear(&mut self) {
         self.by_start.clear();
         self.max_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::async_wp::Arming;
+
+    fn range(id: u64, start: usize, pages: usize) -> Arc<RangeState> {
+        Arc::new(RangeState::new(
+            RangeId(id),
+            start,
+            pages * 4096,
+            4096,
+            4096,
+            crate::Backing::PrivateAnonymous,
+            Arming::Full,
+        ))
+    }
+
+    #[test]
+    fn find_answers_right_with_a_stale_index_and_prefers_live_ranges() {
+        let mut l = RangeList::default();
+        // Registered high to low, as mmap hands out addresses.
+        let (a, b, c) = (
+            range(1, 0x30_000, 4),
+            range(2, 0x20_000, 4),
+            range(3, 0x10_000, 4),
+        );
+        for r in [&a, &b, &c] {
+            l.push(r.clone());
+        }
+        assert_eq!(l.iter().map(|r| r.id.0).collect::<Vec<_>>(), [1, 2, 3]);
+        for (addr, id) in [(0x10_000, 3), (0x13_fff, 3), (0x20_000, 2), (0x33_000, 1)] {
+            assert_eq!(l.find(addr).map(|r| r.id.0), Some(id), "{addr:#x}");
+        }
+        assert!(l.find(0x14_000).is_none() && l.find(0x34_000).is_none());
+        // c moves above a (mremap): the index is stale, answers stay right.
+        c.move_to(0x40_000);
+        assert!(l.index_stale());
+        assert_eq!(l.find(0x41_000).map(|r| r.id.0), Some(3));
+        assert!(l.find(0x10_000).is_none());
+        assert_eq!(l.find(0x21_000).map(|r| r.id.0), Some(2));
+        l.resort();
+        assert_eq!(l.find(0x41_000).map(|r| r.id.0), Some(3));
+        // b's memory is unmapped and a moves over it: the live range wins, either order.
+        b.mark_gone("unmapped".into(), 4096);
+        a.move_to(0x20_000);
+        assert_eq!(l.find(0x21_000).map(|r| r.id.0), Some(1));
+        l.resort();
+        assert_eq!(l.find(0x21_000).map(|r| r.id.0), Some(1));
+        // Removal keeps both orders consistent.
+        assert_eq!(l.remove_id(RangeId(1)).map(|r| r.id.0), Some(1));
+        assert_eq!(
+            l.find(0x21_000).map(|r| r.id.0),
+            Some(2),
+            "only the gone one is left"
+        );
+        let out = l.extract(|r| r.id.0 == 2);
+        assert_eq!(out.len(), 1);
+        assert!(l.find(0x21_000).is_none());
+        assert_eq!(l.take_all().len(), 1);
+        assert!(l.find(0x41_000).is_none());
     }
 }

@@ -142,7 +142,7 @@ impl TrackerBuilder {
             owner_pid: sys::getpid(),
             uffd: fd,
             registry: Mutex::new(crate::range::Registry::new()),
-            ranges: RwLock::new(Vec::new()),
+            ranges: RwLock::new(crate::range::RangeList::default()),
             batch: Mutex::new(()),
             poisoned: Mutex::new(None),
         });
@@ -325,14 +325,10 @@ impl Tracker {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     ids.sort_unstable();
-                    let rolled_back: Vec<Arc<RangeState>> = {
-                        let mut all = core.ranges.write();
-                        let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
-                            .into_iter()
-                            .partition(|r| ids.binary_search(&r.id).is_ok());
-                        *all = rest;
-                        ours
-                    };
+                    let rolled_back = core
+                        .ranges
+                        .write()
+                        .extract(|r| ids.binary_search(&r.id).is_ok());
                     for r in rolled_back {
                         registry.remove(&r);
                         core.retire(&r, "rolling back register_many");
@@ -478,7 +474,7 @@ impl Tracker {
                 .map_err(|e| ("PAGEMAP_SCAN (protecting the populated pages)", e)),
         };
         if let Err((op, e)) = armed {
-            core.ranges.write().retain(|r| r.id != id);
+            core.ranges.write().remove_id(id);
             unregister();
             return Err(Error::from_kernel(op, e));
         }
@@ -493,14 +489,11 @@ impl Tracker {
         let core = &*self.core;
         let _harvest = self.harvest.lock();
         let mut registry = core.registry.lock();
-        let r = {
-            let mut ranges = core.ranges.write();
-            let i = ranges
-                .iter()
-                .position(|r| r.id == id)
-                .ok_or(Error::UnknownRange(id))?;
-            ranges.remove(i)
-        };
+        let r = core
+            .ranges
+            .write()
+            .remove_id(id)
+            .ok_or(Error::UnknownRange(id))?;
         registry.remove(&r);
         core.retire(&r, "unregister");
         match core.release_range(&r) {
@@ -639,7 +632,10 @@ impl Tracker {
             at = r.end();
         }
         let mut at = start;
-        while let Some(r) = Core::range_at(&ranges, at).filter(|_| at < end) {
+        while let Some(r) = Some(at)
+            .filter(|&at| at < end)
+            .and_then(|at| Core::range_at(&ranges, at))
+        {
             let base = r.start();
             let (a, b) = (start.max(base), end.min(r.end()));
             r.marks.set_range((a - base) / ps, (b - base) / ps);
@@ -760,6 +756,10 @@ impl Tracker {
         let mut h = self.harvest.lock();
         let h = &mut *h;
         // Both vectors keep their capacity across calls: no allocation in a steady state.
+        if core.ranges.read().index_stale() {
+            // A range moved (mremap): the monitor's address index is sorted again.
+            core.ranges.write().resort();
+        }
         let mut ranges = std::mem::take(&mut h.ranges);
         ranges.clear();
         match only {
@@ -968,7 +968,7 @@ impl Drop for Tracker {
         }
         // Un-protect everything first, so no writer waits on a monitor that is about to stop.
         self.core.registry.lock().clear();
-        let ranges: Vec<_> = self.core.ranges.write().drain(..).collect();
+        let ranges = self.core.ranges.write().take_all();
         for r in ranges {
             self.core.retire(&r, "dropping the tracker");
             let _ = self.core.release_range(&r);

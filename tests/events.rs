@@ -132,6 +132,42 @@ per_mode! {
 }
 
 per_mode! {
+    /// A range moved (`mremap` `MREMAP_FIXED`) over the memory of an older range: the older one
+    /// is lost (unmapped) but still registered, at the same addresses as the moved one. Writes
+    /// there belong to the moved range, also those made before the lost one is unregistered.
+    fn writes_go_to_the_moved_range_not_the_lost_one_it_replaced(mode: Mode) {
+        let Some(t) = tracker(mode) else { return };
+        let victim = Region::anon(8);
+        let mut moving = Region::anon(8);
+        let lost = t.register(victim.ptr(), victim.len).unwrap();
+        let id = t.register(moving.ptr(), moving.len).unwrap();
+        let (to, len) = victim.disown();
+        // SAFETY: moving our own mapping over our own other mapping (which it unmaps).
+        let p = unsafe {
+            libc::mremap(
+                moving.ptr() as *mut libc::c_void,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            )
+        };
+        assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
+        moving.addr = to;
+        // Writes to the moved range while the lost one is still registered, and after.
+        moving.touch(1);
+        moving.touch(6);
+        assert!(matches!(t.collect(), Err(Error::RangeLost { .. })));
+        t.unregister(lost).unwrap();
+        moving.touch(3);
+        let d = t.collect().unwrap();
+        assert_eq!(t.range(id).unwrap().addr, to);
+        assert_eq!(moving.check(&d, true), (3, 3), "{d:?}");
+        t.unregister(id).unwrap();
+    }
+}
+
+per_mode! {
     fn mremap_move_follows_the_range(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
         let ps = page();

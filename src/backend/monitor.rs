@@ -40,7 +40,7 @@
 //! returns `Error::Poisoned`.
 
 use crate::core::Core;
-use crate::range::RangeState;
+use crate::range::{RangeList, RangeState};
 use crate::sys::{mem, uffd};
 use crate::Mode;
 use std::io;
@@ -185,7 +185,7 @@ fn run(
 /// fault to `faults` (one page, or one huge page in a hugetlbfs range).
 fn read_batch(
     core: &Core,
-    ranges: &[Arc<RangeState>],
+    ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
     faults: &mut Vec<(usize, usize)>,
 ) -> io::Result<()> {
@@ -222,7 +222,7 @@ fn read_batch(
             }
             uffd::EVENT_REMOVE => {
                 let (a, b) = m.remove();
-                for r in ranges {
+                for r in ranges.iter() {
                     r.mark_discarded(a as usize, b as usize, ps);
                     disturb_cow(
                         r,
@@ -286,7 +286,7 @@ fn disturb_cow(r: &RangeState, a: usize, b: usize, ps: usize, what: &str) {
 /// messages first. A range that is gone (`ENOENT`, `EINVAL`) is only woken.
 fn unprotect(
     core: &Core,
-    ranges: &[Arc<RangeState>],
+    ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
     faults: &mut Vec<(usize, usize)>,
     start: usize,
