@@ -190,6 +190,30 @@ struct Session {
 }
 
 impl Session {
+    /// The session of a thread just seized (`PTRACE_SEIZE` succeeded).
+    fn seized(pid: i32, tid: i32) -> Session {
+        Session {
+            pid,
+            tid,
+            stage: Stage::Seized,
+            restore_regs: None,
+            restore_mask: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// `PTRACE_INTERRUPT`, then waits for the thread's `PTRACE_EVENT_STOP`.
+    fn stop(&mut self) -> Result<(), RemoteError> {
+        ptrace::interrupt(self.tid).map_err(|e| self.fail("PTRACE_INTERRUPT", e))?;
+        self.wait_for(
+            "PTRACE_EVENT_STOP",
+            |_, ev| ev == ptrace::EVENT_STOP,
+            ptrace::resume,
+        )?;
+        self.stage = Stage::Stopped;
+        Ok(())
+    }
+
     fn exited(&mut self, during: &'static str) -> RemoteError {
         self.stage = Stage::Done;
         RemoteError::TargetExited {
@@ -382,7 +406,7 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
         let mut stopped_one = false;
         for tid in tids {
             // A zombie (a leader that exited before its threads) cannot stop, nor run.
-            if f.threads.iter().any(|s| s.tid == tid) || thread_state(pid, tid) == Some('Z') {
+            if f.threads.iter().any(|s| s.tid == tid) || proc::state(pid, Some(tid)) == Some('Z') {
                 continue;
             }
             match ptrace::seize(tid, 0) {
@@ -390,26 +414,9 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
                 Err(e) => return Err(access_error(pid, "PTRACE_SEIZE", e)),
             }
-            let mut s = Session {
-                pid,
-                tid,
-                stage: Stage::Seized,
-                restore_regs: None,
-                restore_mask: None,
-                pending: Vec::new(),
-            };
-            let stopped = ptrace::interrupt(tid)
-                .map_err(|e| s.fail("PTRACE_INTERRUPT", e))
-                .and_then(|()| {
-                    s.wait_for(
-                        "PTRACE_EVENT_STOP",
-                        |_, ev| ev == ptrace::EVENT_STOP,
-                        ptrace::resume,
-                    )
-                });
-            match stopped {
+            let mut s = Session::seized(pid, tid);
+            match s.stop() {
                 Ok(()) => {
-                    s.stage = Stage::Stopped;
                     f.threads.push(s);
                     stopped_one = true;
                 }
@@ -436,16 +443,6 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
             f.threads.len()
         ),
     })
-}
-
-/// The state letter of thread `tid` of `pid` (`R`, `S`, `T`, `Z`...), if it still exists.
-fn thread_state(pid: i32, tid: i32) -> Option<char> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next())
-        })
 }
 
 /// Addresses of system call instructions in the executable mappings of `pid` (vDSO first), at
@@ -514,13 +511,7 @@ struct Search {
 
 /// Whether `pid` is gone or exiting (zombie, or its address space already released).
 pub(crate) fn exiting(pid: i32) -> bool {
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next())
-        });
-    match state {
+    match proc::state(pid, None) {
         None | Some('Z') | Some('X') => true,
         Some(_) => proc::maps(pid).map_or(true, |m| m.is_empty()),
     }
@@ -586,13 +577,7 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     );
     // The group leader, unless it already exited (a zombie leader with live threads).
     let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
-    let leader_zombie = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false);
-    let tid = if leader_zombie {
+    let tid = if proc::state(pid, Some(pid)) == Some('Z') {
         tids.into_iter()
             .find(|&t| t != pid)
             .ok_or(RemoteError::NoSuchProcess { pid })?
@@ -601,21 +586,8 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     };
 
     ptrace::seize(tid, ptrace::O_TRACESYSGOOD).map_err(|e| access_error(pid, "PTRACE_SEIZE", e))?;
-    let mut s = Session {
-        pid,
-        tid,
-        stage: Stage::Seized,
-        restore_regs: None,
-        restore_mask: None,
-        pending: Vec::new(),
-    };
-    ptrace::interrupt(tid).map_err(|e| s.fail("PTRACE_INTERRUPT", e))?;
-    s.wait_for(
-        "PTRACE_EVENT_STOP",
-        |_, ev| ev == ptrace::EVENT_STOP,
-        ptrace::resume,
-    )?;
-    s.stage = Stage::Stopped;
+    let mut s = Session::seized(pid, tid);
+    s.stop()?;
 
     // Search with the thread stopped, in a `/proc/PID/mem` opened now: the file binds the
     // address space at open, and a process spawned a moment ago may still be inside execve

@@ -1060,17 +1060,7 @@ fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
         let Ok(tids) = proc::threads(pid) else {
             return Ok(false);
         };
-        let states: Vec<Option<char>> = tids
-            .iter()
-            .map(|t| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit_once(')')
-                            .and_then(|(_, r)| r.trim_start().chars().next())
-                    })
-            })
-            .collect();
+        let states: Vec<Option<char>> = tids.iter().map(|&t| proc::state(pid, Some(t))).collect();
         if states
             .iter()
             .all(|s| matches!(s, None | Some('Z') | Some('X')))

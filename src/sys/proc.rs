@@ -84,6 +84,20 @@ pub fn status_field(pid: i32, name: &str) -> io::Result<Option<String>> {
     }))
 }
 
+/// The state letter (`R`, `S`, `D`, `T`, `t`, `Z`, `X`...) of process `pid`, or of its thread
+/// `tid` (`/proc/PID/task/TID/stat`); `None` once it is gone.
+pub fn state(pid: i32, tid: Option<i32>) -> Option<char> {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/stat"),
+        None => format!("/proc/{pid}/stat"),
+    };
+    // The command name (in parentheses) may hold any byte: the state follows its last ')'.
+    fs::read_to_string(path)
+        .ok()?
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next())
+}
+
 /// The thread ids of process `pid` (`/proc/PID/task`), ascending.
 pub fn threads(pid: i32) -> io::Result<Vec<i32>> {
     let mut tids: Vec<i32> = fs::read_dir(proc_path(pid, "task"))?
