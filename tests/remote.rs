@@ -356,6 +356,57 @@ fn registering_never_splits_a_mapping_the_target_resizes() {
     );
 }
 
+/// A target stopped by job control (`SIGSTOP` from someone else) stays stopped through attach
+/// and a collect that registers every mapping (the registration stops every thread under
+/// ptrace and lets it go again), and runs again on `SIGCONT`.
+#[test]
+fn a_stopped_target_stays_stopped_through_attach_and_registration() {
+    let Some(exe) = compile("resize") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let pid = target.pid();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state_of(pid).0 != 'T' {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGSTOP did not stop {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(mut t) = attach_or_skip(pid) else {
+        return;
+    };
+    let c = t.collect().expect("collect");
+    assert!(
+        c.mappings
+            .iter()
+            .any(|m| matches!(m.change, Change::New { .. })),
+        "the first collect registers the mappings"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        state_of(pid),
+        ('T', "0".to_string()),
+        "still stopped, not traced"
+    );
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state_of(pid).0 == 'T' {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGCONT did not resume {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_released(pid);
+    // It runs and moves its mapping: the next collects see it.
+    std::thread::sleep(Duration::from_millis(50));
+    let c = t.collect().expect("collect after SIGCONT");
+    assert!(c.dirty_bytes() > 0);
+}
+
 #[test]
 fn target_exiting_mid_dump_is_reported() {
     let Some(exe) = compile("churn") else { return };
