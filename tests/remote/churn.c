@@ -37,6 +37,7 @@ static long now_ms(void) {
 
 int main(int argc, char **argv) {
     long exit_after = argc > 1 ? atol(argv[1]) : 0;
+    size_t ps = (size_t)sysconf(_SC_PAGESIZE); /* 4 KiB, or 16 KiB on some arm64 kernels */
     size_t a_len = 16 * MIB, b_len = 1 * MIB;
     char *a = map(a_len);
     char *b = map(b_len);
@@ -81,14 +82,14 @@ int main(int argc, char **argv) {
             scribble(c, c_len, 30);
             break;
         case 3: { /* replace part of a in place with fresh memory, then write it */
-            size_t off = (next() % (a_len / 4096 - 16)) * 4096;
-            if (mmap(a + off, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) { perror("MAP_FIXED"); return 1; }
-            scribble(a + off, 16 * 4096, 8);
+            size_t off = (next() % (a_len / ps - 16)) * ps;
+            if (mmap(a + off, 16 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) { perror("MAP_FIXED"); return 1; }
+            scribble(a + off, 16 * ps, 8);
             break;
         }
         case 4: { /* discard part of a */
-            size_t off = (next() % (a_len / 4096 - 32)) * 4096;
-            madvise(a + off, 32 * 4096, MADV_DONTNEED);
+            size_t off = (next() % (a_len / ps - 32)) * ps;
+            if (madvise(a + off, 32 * ps, MADV_DONTNEED)) { perror("madvise"); return 1; }
             break;
         }
         case 5: { /* move b to a new place */
