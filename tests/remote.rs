@@ -513,54 +513,60 @@ fn kernel_without_wp_async_is_refused_before_touching_the_target() {
 }
 
 /// A tracker without privilege (uid 65534, no capabilities) attaching to a root process: refused,
-/// with the uids named. The attach runs in a forked child that drops its credentials.
+/// with the uids named. The attach runs in this test binary started again as uid 65534.
 #[test]
 fn unprivileged_tracker_is_refused() {
-    if unsafe { libc::geteuid() } != 0 {
-        common::skip("needs root to drop to uid 65534");
-        return;
-    }
-    let Some(target) = python_target() else {
-        return;
-    };
-    let pid = target.pid();
-    // SAFETY: the child only changes its credentials, attaches (allocations are safe after fork
-    // in glibc), and leaves with _exit; it never returns into the test harness.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0);
-    if child == 0 {
-        // SAFETY: changing this child's credentials, then leaving with _exit.
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
+    // In the child: this test binary started again as uid 65534 for this one test (a fresh
+    // process rather than a fork of the multi-threaded harness).
+    const CHILD: &str = "DIRTYTRACK_TEST_CHILD_UNPRIVILEGED_TARGET";
+    if let Some(pid) = std::env::var(CHILD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        let code = match RemoteTracker::attach(pid) {
+            Err(RemoteError::PtraceRefused { reason, .. })
+                if reason.contains("uid 0") && reason.contains("uid 65534") =>
             {
-                libc::_exit(2);
+                0
             }
-            // As if started by that user: its own /proc files readable (the capability probe
-            // reads /proc/self/pagemap).
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-            let code = match RemoteTracker::attach(pid) {
-                Err(RemoteError::PtraceRefused { reason, .. })
-                    if reason.contains("uid 0") && reason.contains("uid 65534") =>
-                {
-                    0
-                }
-                Err(RemoteError::PtraceRefused { .. }) => 3,
-                Err(_) => 4,
-                Ok(_) => 5,
-            };
-            libc::_exit(code);
-        }
+            Err(e @ RemoteError::PtraceRefused { .. }) => {
+                eprintln!("refused, but the reason lacks the uids: {e}");
+                3
+            }
+            Err(e) => {
+                eprintln!("another error: {e:?}");
+                4
+            }
+            Ok(_) => 5,
+        };
+        std::process::exit(code);
     }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-    assert!(libc::WIFEXITED(status), "status {status:#x}");
-    let code = libc::WEXITSTATUS(status);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip("needs root to run a process as uid 65534");
+        return;
+    }
+    let Some(exe) = compile("resize") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let pid = target.pid();
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            "unprivileged_tracker_is_refused",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(CHILD, pid.to_string())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("start the test binary again as uid 65534");
     assert_eq!(
-        code, 0,
-        "2: could not drop privileges, 3: refusal without the uids, 4: another error, 5: attached"
+        out.status.code(),
+        Some(0),
+        "3: refusal without the uids, 4: another error, 5: attached; child stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_released(pid);
 }
