@@ -234,6 +234,23 @@ fn compile(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The C target `name` with a pipe for its stdin (`target.child.stdin`), started and ready; its
+/// output lines after "ready".
+fn stdin_target(
+    name: &str,
+) -> Option<(Target, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+    let exe = compile(name)?;
+    let mut cmd = Command::new(&exe);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut target = Target {
+        child: cmd.spawn().unwrap(),
+        ready: String::new(),
+    };
+    let mut lines = BufReader::new(target.child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("ready"));
+    Some((target, lines))
+}
+
 fn state_of(pid: i32) -> (char, String) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let state = stat
@@ -623,17 +640,9 @@ fn reattach_resumes_the_chain_and_stop_tracking_removes_it() {
 /// (a C target, which does not retry on `EINTR` itself, so a call cut short shows).
 #[test]
 fn blocked_system_calls_resume_after_attach() {
-    let Some(exe) = compile("blocked") else {
+    let Some((mut target, mut lines)) = stdin_target("blocked") else {
         return;
     };
-    let mut cmd = Command::new(&exe);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut target = Target {
-        child: cmd.spawn().unwrap(),
-        ready: String::new(),
-    };
-    let mut lines = BufReader::new(target.child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().contains("ready"));
     std::thread::sleep(Duration::from_millis(100));
     let pid = target.pid();
     // The injection stops the main thread (in read); the collect registers every mapping, which
@@ -804,17 +813,9 @@ fn memory_owned_by_the_targets_own_userfaultfd_is_reported_whole() {
 /// and stays healthy.
 #[test]
 fn signals_during_injection_are_kept() {
-    let Some(exe) = compile("signals") else {
+    let Some((mut target, mut lines)) = stdin_target("signals") else {
         return;
     };
-    let mut cmd = Command::new(&exe);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut target = Target {
-        child: cmd.spawn().unwrap(),
-        ready: String::new(),
-    };
-    let mut lines = BufReader::new(target.child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().contains("ready"));
     let pid = target.pid();
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
