@@ -298,14 +298,8 @@ fn churning_c_program_predump_matches_memory() {
         }
         let c = t.collect().expect("collect");
         if i > 0 {
-            for m in &c.mappings {
-                match m.change {
-                    Change::New { .. } => new += 1,
-                    Change::Lost { .. } => lost += 1,
-                    Change::Untracked { .. } => untracked += 1,
-                    Change::Tracked => {}
-                }
-            }
+            let n = c.change_counts();
+            (new, lost, untracked) = (new + n.new, lost + n.lost, untracked + n.untracked);
             gone += c.gone.len();
         }
         children += c.children.len();

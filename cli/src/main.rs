@@ -24,7 +24,7 @@
 //! Rebuilding: start from an empty image at the last `full` dump; for each dump in order, drop
 //! the pages outside its `maps`, then apply its `pages` and `unreadable`.
 
-use dirtytrack::remote::{Change, Collection, Image, Mapping, RemoteTracker};
+use dirtytrack::remote::{Change, ChangeCounts, Collection, Image, Mapping, RemoteTracker};
 use dirtytrack::Capabilities;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -460,15 +460,12 @@ fn apply_dump(image: &mut Image, p: &Path) -> Result<(), Fail> {
 }
 
 fn describe(c: &Collection) -> String {
-    let (mut new, mut lost, mut untracked) = (0, 0, 0);
-    for m in &c.mappings {
-        match m.change {
-            Change::New { .. } => new += 1,
-            Change::Lost { .. } => lost += 1,
-            Change::Untracked { .. } => untracked += 1,
-            Change::Tracked => {}
-        }
-    }
+    let ChangeCounts {
+        new,
+        lost,
+        untracked,
+        ..
+    } = c.change_counts();
     let mut s = format!(
         "{} mappings ({new} new, {lost} replaced, {untracked} untracked, {} gone)",
         c.mappings.len(),

@@ -247,6 +247,33 @@ impl Collection {
     pub fn dirty_bytes(&self) -> usize {
         self.mappings.iter().map(|m| m.dirty_bytes()).sum()
     }
+
+    /// How many of [`Collection::mappings`] came about each way.
+    pub fn change_counts(&self) -> ChangeCounts {
+        let mut n = ChangeCounts::default();
+        for m in &self.mappings {
+            match m.change {
+                Change::Tracked => n.tracked += 1,
+                Change::New { .. } => n.new += 1,
+                Change::Lost { .. } => n.lost += 1,
+                Change::Untracked { .. } => n.untracked += 1,
+            }
+        }
+        n
+    }
+}
+
+/// Mappings of a [`Collection`] per [`Change`] kind ([`Collection::change_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    /// [`Change::Tracked`].
+    pub tracked: usize,
+    /// [`Change::New`].
+    pub new: usize,
+    /// [`Change::Lost`].
+    pub lost: usize,
+    /// [`Change::Untracked`].
+    pub untracked: usize,
 }
 
 /// Options for [`RemoteTracker`].
