@@ -368,6 +368,28 @@ fn registering_never_splits_a_mapping_the_target_resizes() {
     );
 }
 
+/// A target with many threads, some of them created and exiting all the time while collects
+/// register their stacks and mappings (every thread is stopped for that: the stop must reach a
+/// fixed point while threads appear and exit, and let every one go). Dumps match memory, and
+/// the target lives on.
+#[test]
+fn threads_appearing_and_exiting_during_collects() {
+    let Some(exe) = compile("threads") else {
+        return;
+    };
+    let mut target = Target::spawn(Command::new(&exe));
+    let Some(mut t) = attach_or_skip(target.pid()) else {
+        return;
+    };
+    let copied = predump_and_verify(&mut t, 40, Duration::from_millis(10));
+    eprintln!("threads: pages per dump {copied:?}");
+    assert!(
+        target.child.try_wait().expect("try_wait").is_none(),
+        "the target died"
+    );
+    assert_released(target.pid());
+}
+
 /// A target stopped by job control (`SIGSTOP` from someone else) stays stopped through attach
 /// and a collect that registers every mapping (the registration stops every thread under
 /// ptrace and lets it go again), and runs again on `SIGCONT`.

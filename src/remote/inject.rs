@@ -205,6 +205,11 @@ impl Session {
     /// `PTRACE_INTERRUPT`, then waits for the thread's `PTRACE_EVENT_STOP`.
     fn stop(&mut self) -> Result<(), RemoteError> {
         ptrace::interrupt(self.tid).map_err(|e| self.fail("PTRACE_INTERRUPT", e))?;
+        self.wait_stopped()
+    }
+
+    /// Waits for the `PTRACE_EVENT_STOP` a `PTRACE_INTERRUPT` asked for.
+    fn wait_stopped(&mut self) -> Result<(), RemoteError> {
         self.wait_for(
             "PTRACE_EVENT_STOP",
             |_, ev| ev == ptrace::EVENT_STOP,
@@ -404,6 +409,8 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
     for _ in 0..FREEZE_ROUNDS {
         let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
         let mut stopped_one = false;
+        // Interrupt every new thread first, then wait for each: they stop in parallel.
+        let mut interrupted = Vec::new();
         for tid in tids {
             // A zombie (a leader that exited before its threads) cannot stop, nor run.
             if f.threads.iter().any(|s| s.tid == tid) || proc::state(pid, Some(tid)) == Some('Z') {
@@ -414,8 +421,15 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
                 Err(e) => return Err(access_error(pid, "PTRACE_SEIZE", e)),
             }
-            let mut s = Session::seized(pid, tid);
-            match s.stop() {
+            let s = Session::seized(pid, tid);
+            match ptrace::interrupt(tid) {
+                Ok(()) => interrupted.push(s),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(s.fail("PTRACE_INTERRUPT", e)),
+            }
+        }
+        for mut s in interrupted {
+            match s.wait_stopped() {
                 Ok(()) => {
                     f.threads.push(s);
                     stopped_one = true;
