@@ -993,10 +993,12 @@ impl RemoteTracker {
                 Step::Register(s) => s,
             };
             let m = s.mapping.clone();
-            let unchanged = now.iter().any(|e| {
-                let n = Mapping::from_entry(e);
-                n.start == m.start && n.end == m.end && n.same_backing_at(&m)
-            });
+            // `now` is ascending by address (the kernel prints maps in order).
+            let unchanged = now
+                .binary_search_by_key(&m.start, |e| e.start)
+                .ok()
+                .map(|i| Mapping::from_entry(&now[i]))
+                .is_some_and(|n| n.end == m.end && n.same_backing_at(&m));
             let outcome = match &frozen {
                 Err(reason) => Outcome::whole(m.clone(), format!("not registered: the target could not be stopped for it ({reason}); registered at a later collect")),
                 Ok(_) if !unchanged => Outcome::whole(m.clone(), "changed while being registered: registered at the next collect".into()),
