@@ -723,6 +723,10 @@ impl RemoteTracker {
     /// Reports what the target wrote since the last collect (the first collect reports every
     /// tracked mapping whole, unless the tracker [resumed](RemoteTracker::resumed)), and re-arms.
     ///
+    /// The target keeps running, except when there are new mappings to register: then every
+    /// thread of it is held in a ptrace stop for the registration (a few system calls per
+    /// mapping; see the module docs for why), and let go before this returns.
+    ///
     /// On error nothing is known about this interval: take a full dump after the next
     /// successful collect (or attach again).
     pub fn collect(&mut self) -> Result<Collection, RemoteError> {
