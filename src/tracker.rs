@@ -616,7 +616,6 @@ impl Tracker {
         // Moves (`mremap`) the monitor has read are applied before the lookup.
         core.barrier();
         let ranges = core.ranges.read();
-        // Check first, then mark: an error marks nothing.
         // Check every covering range first, then mark (walking twice allocates nothing): an
         // error marks nothing.
         let mut at = start;

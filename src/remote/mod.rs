@@ -561,6 +561,8 @@ impl RemoteTracker {
                 Some(p) => p,
                 None => registered_now(pid)?,
             };
+            // Ascending by start, as collect keeps it (lookups below are by binary search).
+            t.tracked.sort_by_key(|m| m.start);
         }
         Ok(t)
     }
@@ -775,15 +777,12 @@ impl RemoteTracker {
                 }
             }
         }
-        // Tracked ranges no longer covered by any tracked mapping.
+        // Tracked ranges no longer covered by any tracked mapping (both lists ascending and
+        // disjoint: only the mappings overlapping `old` are looked at).
         for old in &self.tracked {
-            let mut covered = 0;
-            for m in &tracked_now {
-                let (s, e) = (old.start.max(m.start), old.end.min(m.end));
-                if s < e {
-                    covered += e - s;
-                }
-            }
+            let covered: usize = overlapping(&tracked_now, old.start, old.end)
+                .map(|m| old.end.min(m.end) - old.start.max(m.start))
+                .sum();
             if covered < old.len() {
                 out.gone.push(old.clone());
             }
@@ -872,13 +871,10 @@ impl RemoteTracker {
     fn scan_mapping(&mut self, m: &Mapping) -> Result<Scanned, RemoteError> {
         let ps = self.page_size;
         // Parts of `m` tracked before with the same backing.
-        let mut old_parts: Vec<Range<usize>> = self
-            .tracked
-            .iter()
-            .filter(|o| o.start < m.end && m.start < o.end && o.same_backing_at(m))
+        let old_parts: Vec<Range<usize>> = overlapping(&self.tracked, m.start, m.end)
+            .filter(|o| o.same_backing_at(m))
             .map(|o| o.start.max(m.start)..o.end.min(m.end))
             .collect();
-        old_parts.sort_by_key(|r| r.start);
         let mut new_parts = Vec::new();
         let mut at = m.start;
         for r in &old_parts {
@@ -1113,6 +1109,12 @@ fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The mappings of `list` (ascending by start, disjoint) that overlap `[start, end)`.
+fn overlapping(list: &[Mapping], start: usize, end: usize) -> impl Iterator<Item = &Mapping> {
+    let first = list.partition_point(|m| m.end <= start);
+    list[first..].iter().take_while(move |m| m.start < end)
 }
 
 /// The page runs marked in `seg`.
