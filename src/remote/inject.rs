@@ -406,6 +406,8 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
     let mut f = Freeze {
         threads: Vec::new(),
     };
+    // The tids in `f.threads` (a process may have thousands of threads).
+    let mut stopped = std::collections::HashSet::new();
     for _ in 0..FREEZE_ROUNDS {
         let tids = proc::threads(pid).map_err(|e| access_error(pid, "read /proc/PID/task", e))?;
         let mut stopped_one = false;
@@ -413,7 +415,7 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
         let mut interrupted = Vec::new();
         for tid in tids {
             // A zombie (a leader that exited before its threads) cannot stop, nor run.
-            if f.threads.iter().any(|s| s.tid == tid) || proc::state(pid, Some(tid)) == Some('Z') {
+            if stopped.contains(&tid) || proc::state(pid, Some(tid)) == Some('Z') {
                 continue;
             }
             match ptrace::seize(tid, 0) {
@@ -431,6 +433,7 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
         for mut s in interrupted {
             match s.wait_stopped() {
                 Ok(()) => {
+                    stopped.insert(s.tid);
                     f.threads.push(s);
                     stopped_one = true;
                 }
