@@ -239,14 +239,7 @@ fn fd_exhaustion_is_reported_as_a_resource_error() {
             Ok(_) => std::process::exit(5),
         }
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "fd_exhaustion_is_reported_as_a_resource_error",
-            "--test-threads=1",
-            "--nocapture",
-        ])
+    let out = common::this_test_again("fd_exhaustion_is_reported_as_a_resource_error")
         .env(CHILD, "1")
         // Under AddressSanitizer: LeakSanitizer's exit check needs fds the lowered limit denies.
         .env(

@@ -610,13 +610,7 @@ fn unprivileged_tracker_is_refused() {
     let target = Target::spawn(Command::new(&exe));
     let pid = target.pid();
     use std::os::unix::process::CommandExt;
-    let out = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([
-            "--exact",
-            "unprivileged_tracker_is_refused",
-            "--test-threads=1",
-            "--nocapture",
-        ])
+    let out = common::this_test_again("unprivileged_tracker_is_refused")
         .env(CHILD, pid.to_string())
         .uid(65534)
         .gid(65534)

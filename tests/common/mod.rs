@@ -992,3 +992,13 @@ impl Drop for PinCpu {
         unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
     }
 }
+
+/// This test binary, set up to run test `name` again in a fresh process (`--exact`, one test
+/// thread, output not captured): for a check that must not change this process (resource limits,
+/// credentials) and must not fork the multi-threaded harness. The caller adds an environment
+/// variable by which the child knows it is the child.
+pub fn this_test_again(name: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args(["--exact", name, "--test-threads=1", "--nocapture"]);
+    cmd
+}
