@@ -526,13 +526,29 @@ struct Search {
     read_error: Option<io::Error>,
 }
 
-/// Whether `pid` is gone or exiting (zombie, or its address space already released).
+/// Whether `pid` is gone or exiting (zombie, or its address space released for good).
+///
+/// Empty maps alone do not tell: `exec` also releases the old address space, and a read of
+/// `/proc/PID/maps` opened before it reads nothing (the mm it holds has no users left). An
+/// exiting process becomes a zombie soon after; an exec'd one has maps again. So empty maps
+/// are looked at again, up to [`EXIT_SETTLE`], until one of the two shows.
 pub(crate) fn exiting(pid: i32) -> bool {
-    match proc::state(pid, None) {
-        None | Some('Z') | Some('X') => true,
-        Some(_) => proc::maps(pid).map_or(true, |m| m.is_empty()),
+    let started = std::time::Instant::now();
+    loop {
+        match proc::state(pid, None) {
+            None | Some('Z') | Some('X') => return true,
+            Some(_) => match proc::maps(pid) {
+                Ok(m) if !m.is_empty() => return false,
+                _ if started.elapsed() >= EXIT_SETTLE => return true,
+                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+            },
+        }
     }
 }
+
+/// How long [`exiting`] waits for a process with empty maps to show whether it exits or
+/// exec'd. An exiting process closes its files and signals its parent in well under this.
+const EXIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why ptrace of `pid` was refused, as far as `/proc` tells, with what to do.
 pub(crate) fn explain_refusal(pid: i32) -> String {

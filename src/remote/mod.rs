@@ -361,6 +361,9 @@ pub struct RemoteTracker {
     stopped: bool,
     buf: Vec<PageRegion>,
     buf_used: usize,
+    /// Test hook: runs in a collect between the scan and the registration stop.
+    #[cfg(feature = "testing")]
+    before_stop: Option<Box<dyn FnMut() + Send + Sync>>,
 }
 
 impl fmt::Debug for RemoteTracker {
@@ -553,6 +556,8 @@ impl RemoteTracker {
             resumed,
             stopped_descendants: Vec::new(),
             stopped: false,
+            #[cfg(feature = "testing")]
+            before_stop: None,
             buf: vec![PageRegion::default(); VEC_LEN],
             buf_used: 0,
         };
@@ -742,11 +747,20 @@ impl RemoteTracker {
         let current = proc::maps(self.pid)
             .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
         if current.is_empty() {
-            // A live process always has mappings: its address space is already released.
-            return Err(RemoteError::TargetExited {
-                pid: self.pid,
-                during: "collect",
-            });
+            // A live process always has mappings: its address space was released, by exit or
+            // by exec (then the fd is gone: `check_fd` says so).
+            if self.has_exited() {
+                return Err(RemoteError::TargetExited {
+                    pid: self.pid,
+                    during: "collect",
+                });
+            }
+            self.check_fd()?;
+            return Err(kernel_err(
+                self.pid,
+                "read /proc/PID/maps",
+                io::Error::other("the target's address space was empty while it kept running"),
+            ));
         }
         // Scan first, with the target running; register what is new afterwards, all at once,
         // with every thread of the target stopped (see `register`).
@@ -967,6 +981,10 @@ impl RemoteTracker {
             }
             return Ok(out);
         }
+        #[cfg(feature = "testing")]
+        if let Some(hook) = self.before_stop.as_mut() {
+            hook();
+        }
         // Stopped by `stop_target` already, or stopped now; or another tracer (a debugger
         // attached after us) holds a thread, and nothing is registered this time.
         let frozen = if self.stopped {
@@ -1002,12 +1020,51 @@ impl RemoteTracker {
             let outcome = match &frozen {
                 Err(reason) => Outcome::whole(m.clone(), format!("not registered: the target could not be stopped for it ({reason}); registered at a later collect")),
                 Ok(_) if !unchanged => Outcome::whole(m.clone(), "changed while being registered: registered at the next collect".into()),
-                Ok(_) => self.arm_scanned(s)?,
+                Ok(_) => {
+                    let s = self.recheck_old_parts(s)?;
+                    self.arm_scanned(s)?
+                }
             };
             out.push((m, outcome));
         }
         drop(frozen);
         Ok(out)
+    }
+
+    /// With the target stopped, before its new parts are registered: checks that a mapping
+    /// whose old parts were scanned (with the target running) is still the registered one.
+    ///
+    /// Between the scan and the stop the target may have replaced it with another mapping of
+    /// the same bounds (moved one there, or unmapped it and mapped another): the replacement
+    /// is not registered (a moved mapping loses its registration, a new one never had it),
+    /// so registering only the new parts would split it (`EFAULT` at the target's next
+    /// `mremap` of it), and would leave its old parts with the old mapping's scan, not armed
+    /// (a page that was data there and is empty now would never be reported). A mapping is
+    /// one VMA, registered or not as a whole: one page tells. A replaced one is lost: armed
+    /// and reported whole.
+    fn recheck_old_parts(&mut self, mut s: Scanned) -> Result<Scanned, RemoteError> {
+        if !s.had_old_parts || s.lost.is_some() {
+            return Ok(s);
+        }
+        let m = &s.mapping;
+        let req = ScanRequest {
+            flags: pagemap::PM_SCAN_CHECK_WPASYNC,
+            start: m.start as u64,
+            end: (m.start + self.page_size) as u64,
+            category_mask: pagemap::PAGE_IS_WRITTEN,
+            return_mask: pagemap::PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        match pagemap::scan(&self.pagemap, &req, &mut self.buf[..1]).result {
+            Ok(()) => Ok(s),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                s.lost = Some(format!("replaced at {:#x}..{:#x} between the scan and the registration stop (by a mapping of the same bounds): reported whole", m.start, m.end));
+                s.seg.mark(m.start, m.end, self.page_size);
+                s.new_parts = std::iter::once(m.start..m.end).collect();
+                Ok(s)
+            }
+            Err(e) => Err(self.exit_or(kernel_err(self.pid, "PAGEMAP_SCAN", e), "collect")),
+        }
     }
 
     /// Registers and arms the new parts of one scanned mapping (the target is stopped).
@@ -1040,6 +1097,15 @@ impl RemoteTracker {
             mapping: m,
             change,
         }))
+    }
+
+    /// Test hook: `hook` runs in every collect that registers something, after the scan and
+    /// before the target is stopped for the registration (to change the target's mappings in
+    /// that window on purpose). Feature `testing` only.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn set_before_registration_stop(&mut self, hook: impl FnMut() + Send + Sync + 'static) {
+        self.before_stop = Some(Box::new(hook));
     }
 
     /// Leaves tracking in place in the target (a later attach resumes it) and releases this
