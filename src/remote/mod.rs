@@ -1055,6 +1055,8 @@ impl RemoteTracker {
             return_mask: pagemap::PAGE_IS_WRITTEN,
             ..Default::default()
         };
+        // The entry it may fill is stale for the next scan loop, which clears what is used.
+        self.buf_used = self.buf_used.max(1);
         match pagemap::scan(&self.pagemap, &req, &mut self.buf[..1]).result {
             Ok(()) => Ok(s),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
