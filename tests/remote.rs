@@ -8,6 +8,7 @@ use dirtytrack::remote::{Change, Collection, Image, RemoteError, RemoteTracker};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A child process killed on drop.
@@ -399,6 +400,99 @@ fn registering_never_splits_a_mapping_the_target_resizes() {
     );
 }
 
+/// `tests/remote/replace.c`, attached, dumped once, its mapping grown (so the next collect has
+/// a part to register), with `ask` to send it a command and read its answer.
+struct GrownTarget {
+    target: Target,
+    t: RemoteTracker,
+    image: Image,
+    /// The mapping's start, and L (it is 2L long now).
+    b: usize,
+    l: usize,
+    ask: Ask,
+}
+
+type Ask = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+fn grown_target() -> Option<GrownTarget> {
+    let (mut target, lines) = stdin_target("replace")?;
+    let mut words = target.ready.split_whitespace().skip(1);
+    let b = usize::from_str_radix(words.next().unwrap(), 16).unwrap();
+    let l: usize = words.next().unwrap().parse().unwrap();
+    let mut t = attach_or_skip(target.pid())?;
+    let io = std::sync::Mutex::new((target.child.stdin.take().unwrap(), lines));
+    let ask: Ask = std::sync::Arc::new(move |cmd: &str| -> String {
+        use std::io::Write;
+        let mut io = io.lock().unwrap();
+        writeln!(io.0, "{cmd}").unwrap();
+        io.0.flush().unwrap();
+        io.1.next().unwrap().unwrap()
+    });
+    let mut image = Image::new();
+    let c = t.collect().unwrap();
+    image.apply(&t, &c).unwrap();
+    assert_eq!(ask("grow"), "ok");
+    Some(GrownTarget {
+        target,
+        t,
+        image,
+        b,
+        l,
+        ask,
+    })
+}
+
+impl GrownTarget {
+    /// A collect during which the target runs `cmd` between the scan and the registration stop
+    /// (through the test hook).
+    fn collect_with_between(&mut self, cmd: &'static str) -> Collection {
+        let sent = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, ask) = (sent.clone(), self.ask.clone());
+        self.t.set_before_registration_stop(move || {
+            if !flag.swap(true, Ordering::SeqCst) {
+                assert_eq!(ask(cmd), "ok");
+            }
+        });
+        let c = self.t.collect().unwrap();
+        assert!(
+            sent.load(Ordering::SeqCst),
+            "the collect registered nothing: the grown part was not seen as new"
+        );
+        c
+    }
+
+    /// The report of the mapping at `b` in `c`.
+    fn report<'c>(&self, c: &'c Collection) -> &'c dirtytrack::remote::MappingReport {
+        c.mappings
+            .iter()
+            .find(|m| m.mapping.start == self.b)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no report for the mapping at {:#x}: {:?}",
+                    self.b, c.mappings
+                )
+            })
+    }
+
+    /// Asserts that the target's mapping at `b` is one VMA `len` long, registered as a whole
+    /// ("uw" in smaps).
+    fn assert_one_registered_vma(&self, len: usize) {
+        let b = self.b;
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.target.pid())).unwrap();
+        let at = smaps
+            .find(&format!("{b:x}-"))
+            .unwrap_or_else(|| panic!("{b:x} not in smaps:\n{smaps}"));
+        let entry = &smaps[at..];
+        let first = entry.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("{b:x}-{:x} ", b + len)),
+            "the mapping was split (or has another length): {first}"
+        );
+        let flags = entry.lines().find(|l| l.starts_with("VmFlags:")).unwrap();
+        assert!(flags.contains(" uw"), "not registered: {flags}");
+    }
+}
+
 /// The race behind the resize test's second failure, on purpose: a mapping with a tracked part
 /// and a new part (grown) is scanned, then replaced by another mapping of the same bounds before
 /// the registration stop (the test hook runs in that window). The collect must report it lost
@@ -407,52 +501,12 @@ fn registering_never_splits_a_mapping_the_target_resizes() {
 /// the target's next `mremap` of it fails with `EFAULT`), and the dumps must equal memory.
 #[test]
 fn a_mapping_replaced_between_the_scan_and_the_stop_is_reported_whole_and_not_split() {
-    let Some((mut target, lines)) = stdin_target("replace") else {
+    let Some(mut g) = grown_target() else {
         return;
     };
-    let mut words = target.ready.split_whitespace().skip(1);
-    let b = usize::from_str_radix(words.next().unwrap(), 16).unwrap();
-    let l: usize = words.next().unwrap().parse().unwrap();
-    let Some(mut t) = attach_or_skip(target.pid()) else {
-        return;
-    };
-    let input = std::sync::Arc::new(std::sync::Mutex::new((
-        target.child.stdin.take().unwrap(),
-        lines,
-    )));
-    let ask = {
-        let input = input.clone();
-        move |cmd: &str| -> String {
-            use std::io::Write;
-            let mut io = input.lock().unwrap();
-            writeln!(io.0, "{cmd}").unwrap();
-            io.0.flush().unwrap();
-            io.1.next().unwrap().unwrap()
-        }
-    };
-    let mut image = Image::new();
-    let c = t.collect().unwrap();
-    image.apply(&t, &c).unwrap();
-    assert_eq!(ask("grow"), "ok");
-    let replace = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    {
-        let (replace, ask) = (replace.clone(), ask.clone());
-        t.set_before_registration_stop(move || {
-            if replace.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                assert_eq!(ask("replace"), "ok");
-            }
-        });
-    }
-    let c = t.collect().unwrap();
-    assert!(
-        !replace.load(std::sync::atomic::Ordering::SeqCst),
-        "the collect registered nothing: the grown part was not seen as new"
-    );
-    let report = c
-        .mappings
-        .iter()
-        .find(|m| m.mapping.start == b)
-        .unwrap_or_else(|| panic!("no report for the mapping at {b:#x}: {:?}", c.mappings));
+    let c = g.collect_with_between("replace");
+    let (b, l) = (g.b, g.l);
+    let report = g.report(&c);
     assert_eq!(report.mapping.end, b + 2 * l, "{report:?}");
     assert!(
         matches!(&report.change, Change::Lost { reason } if reason.contains("replaced")),
@@ -463,23 +517,51 @@ fn a_mapping_replaced_between_the_scan_and_the_stop_is_reported_whole_and_not_sp
         2 * l,
         "not reported whole: {report:?}"
     );
-    image.apply(&t, &c).unwrap();
-    // One VMA, registered as a whole ("uw" in smaps).
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", target.pid())).unwrap();
-    let header = format!("{b:x}-");
-    let at = smaps
-        .find(&header)
-        .unwrap_or_else(|| panic!("{b:x} not in smaps:\n{smaps}"));
-    let entry = &smaps[at..];
-    let first = entry.lines().next().unwrap();
-    assert!(
-        first.starts_with(&format!("{b:x}-{:x} ", b + 2 * l)),
-        "the mapping was split: {first}"
+    assert!(c.gone.iter().all(|m| m.start != b), "{:?}", c.gone);
+    g.image.apply(&g.t, &c).unwrap();
+    g.assert_one_registered_vma(2 * l);
+    assert_eq!(
+        (g.ask)("move"),
+        "ok",
+        "the target could not mremap its mapping"
     );
-    let flags = entry.lines().find(|l| l.starts_with("VmFlags:")).unwrap();
-    assert!(flags.contains(" uw"), "not registered: {flags}");
-    assert_eq!(ask("move"), "ok", "the target could not mremap its mapping");
-    final_dump_and_verify(&mut t, &mut image);
+    final_dump_and_verify(&mut g.t, &mut g.image);
+}
+
+/// A mapping that changes bounds between the scan and the registration stop (grown again) is
+/// not registered in that stop: it is reported whole, and it is not "gone" (it is still
+/// there); the next collect registers it whole, unsplit, and the dumps equal memory.
+#[test]
+fn a_mapping_grown_between_the_scan_and_the_stop_is_reported_whole_not_gone() {
+    let Some(mut g) = grown_target() else {
+        return;
+    };
+    let c = g.collect_with_between("move");
+    let (b, l) = (g.b, g.l);
+    let report = g.report(&c);
+    assert!(
+        matches!(&report.change, Change::Untracked { reason } if reason.contains("changed while being registered")),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.dirty_bytes(),
+        report.mapping.len(),
+        "not reported whole: {report:?}"
+    );
+    assert!(
+        c.gone.iter().all(|m| m.start != b),
+        "a mapping still there was listed as gone: {:?}",
+        c.gone
+    );
+    g.image.apply(&g.t, &c).unwrap();
+    // The next collect registers it, grown to 3L in place, as one VMA.
+    let c = g.t.collect().unwrap();
+    let report = g.report(&c);
+    assert_eq!(report.mapping.end, b + 3 * l, "{report:?}");
+    assert!(matches!(report.change, Change::New { .. }), "{report:?}");
+    g.image.apply(&g.t, &c).unwrap();
+    g.assert_one_registered_vma(3 * l);
+    final_dump_and_verify(&mut g.t, &mut g.image);
 }
 
 /// A target with many threads, some of them created and exiting all the time while collects

@@ -234,7 +234,8 @@ impl MappingReport {
 pub struct Collection {
     /// Every mapping whose contents a dump must hold, ascending, with the pages to copy.
     pub mappings: Vec<MappingReport>,
-    /// Tracked address ranges (as they were) that are no longer mapped.
+    /// Ranges tracked at the last collect (as they were then) that `mappings` no longer covers
+    /// whole: unmapped, or now skipped (all or part of them).
     pub gone: Vec<Mapping>,
     /// Mappings not dumped at all, and why (code, inaccessible, kernel-provided, refused).
     pub skipped: Vec<(Mapping, String)>,
@@ -791,11 +792,13 @@ impl RemoteTracker {
                 }
             }
         }
-        // Tracked ranges no longer covered by any tracked mapping (both lists ascending and
-        // disjoint: only the mappings overlapping `old` are looked at).
+        // Tracked ranges no longer wholly covered by the mappings this collect reports (both
+        // lists ascending and disjoint: only the reports overlapping `old` are looked at). A
+        // mapping reported whole because it changed during the registration stop is still
+        // there: its old range is not gone.
         for old in &self.tracked {
-            let covered: usize = overlapping(&tracked_now, old.start, old.end)
-                .map(|m| old.end.min(m.end) - old.start.max(m.start))
+            let covered: usize = overlapping(&out.mappings, old.start, old.end)
+                .map(|r| old.end.min(r.mapping.end) - old.start.max(r.mapping.start))
                 .sum();
             if covered < old.len() {
                 out.gone.push(old.clone());
@@ -1180,9 +1183,28 @@ fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
 }
 
 /// The mappings of `list` (ascending by start, disjoint) that overlap `[start, end)`.
-fn overlapping(list: &[Mapping], start: usize, end: usize) -> impl Iterator<Item = &Mapping> {
-    let first = list.partition_point(|m| m.end <= start);
-    list[first..].iter().take_while(move |m| m.start < end)
+fn overlapping<T: Span>(list: &[T], start: usize, end: usize) -> impl Iterator<Item = &T> {
+    let first = list.partition_point(|m| m.span().end <= start);
+    list[first..]
+        .iter()
+        .take_while(move |m| m.span().start < end)
+}
+
+/// An address range of a list kept ascending and disjoint, for [`overlapping`].
+trait Span {
+    fn span(&self) -> Range<usize>;
+}
+
+impl Span for Mapping {
+    fn span(&self) -> Range<usize> {
+        self.start..self.end
+    }
+}
+
+impl Span for MappingReport {
+    fn span(&self) -> Range<usize> {
+        self.mapping.start..self.mapping.end
+    }
 }
 
 /// The page runs marked in `seg`.
