@@ -539,8 +539,10 @@ pub(crate) fn exiting(pid: i32) -> bool {
             None | Some('Z') | Some('X') => return true,
             Some(_) => match proc::maps(pid) {
                 Ok(m) if !m.is_empty() => return false,
-                _ if started.elapsed() >= EXIT_SETTLE => return true,
-                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+                // Unreadable: gone, or no longer ours to read (as before this wait).
+                Err(_) => return true,
+                Ok(_) if started.elapsed() >= EXIT_SETTLE => return true,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             },
         }
     }
