@@ -475,21 +475,23 @@ impl GrownTarget {
     }
 
     /// Asserts that the target's mapping at `b` is one VMA `len` long, registered as a whole
-    /// ("uw" in smaps).
+    /// ("uw" in its smaps `VmFlags`).
     fn assert_one_registered_vma(&self, len: usize) {
-        let b = self.b;
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.target.pid())).unwrap();
-        let at = smaps
-            .find(&format!("{b:x}-"))
-            .unwrap_or_else(|| panic!("{b:x} not in smaps:\n{smaps}"));
-        let entry = &smaps[at..];
-        let first = entry.lines().next().unwrap();
-        assert!(
-            first.starts_with(&format!("{b:x}-{:x} ", b + len)),
-            "the mapping was split (or has another length): {first}"
+        use dirtytrack::sys::proc;
+        let (pid, b) = (self.target.pid(), self.b);
+        let maps = proc::maps(pid).unwrap();
+        let vma = maps
+            .iter()
+            .find(|e| e.start <= b && b < e.end)
+            .unwrap_or_else(|| panic!("{b:#x} is not mapped"));
+        assert_eq!(
+            (vma.start, vma.end),
+            (b, b + len),
+            "the mapping was split (or has another length)"
         );
-        let flags = entry.lines().find(|l| l.starts_with("VmFlags:")).unwrap();
-        assert!(flags.contains(" uw"), "not registered: {flags}");
+        let flags = proc::vm_flags(pid).unwrap();
+        let (_, flags) = flags.iter().find(|(s, _)| *s == b).unwrap();
+        assert!(flags.iter().any(|f| f == "uw"), "not registered: {flags:?}");
     }
 }
 
