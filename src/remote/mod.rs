@@ -764,7 +764,7 @@ impl RemoteTracker {
             ));
         }
         // Scan first, with the target running; register what is new afterwards, all at once,
-        // with every thread of the target stopped (see `register`).
+        // with every thread of the target stopped (see `settle`).
         let mut steps = Vec::with_capacity(current.len());
         for e in &current {
             let m = Mapping::from_entry(e);
