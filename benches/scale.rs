@@ -6,6 +6,10 @@
 //!   1 % of 1 GiB (2 622 pages). Sync mode re-protects only the pages written since the last
 //!   collect, so it should track async mode, not the range size.
 //! - `collect_into` vs `collect`: the same harvest into a reused [`DirtySet`].
+//! - `SCALE floor` (printed, 1 % of 1 GiB only): the floor of the sync interface next to the
+//!   async collect of the same run, written directly on `dirtytrack::sys` — one
+//!   `UFFDIO_WRITEPROTECT` per written page (what a sync collect cannot do with less), and the
+//!   same number of calls that change nothing (unpopulated memory: no page table, no flush).
 //! - `SCALE sparse_1TiB` (printed, one shot): register, a collect of 5 written pages and an
 //!   empty collect of a 1 TiB `MAP_NORESERVE` range, and the page tables (`VmPTE`) they build:
 //!   `register_sparse` (async) vs `register` (async, sync) in the same run.
@@ -136,8 +140,63 @@ fn bench_collect(c: &mut Criterion) {
             medians[1].as_secs_f64() * 1e6,
             ratio(medians[0], medians[1])
         );
+        if label == "1GiB_1pct" {
+            let (reprotect, noop) = sync_interface_floor(len, every);
+            println!(
+                "SCALE floor {label}: {} one-page UFFDIO_WRITEPROTECT calls: re-protecting the \
+                 written pages {:.1} us ({:.2}x async), changing nothing {:.1} us ({:.2}x async)",
+                dirty_count(pages, every),
+                reprotect.as_secs_f64() * 1e6,
+                ratio(reprotect, medians[1]),
+                noop.as_secs_f64() * 1e6,
+                ratio(noop, medians[1]),
+            );
+        }
     }
     g.finish();
+}
+
+/// The least a sync-mode collect of every `every`-th page of `len` bytes must do, measured on the
+/// raw interface (medians of 31): re-protect each written page with its own
+/// `UFFDIO_WRITEPROTECT` (the pages are un-protected untimed before each sample, as the monitor
+/// does on a first write), and the same number of calls on unpopulated registered memory, where
+/// the kernel finds no page table and changes and flushes nothing (the call's fixed cost).
+fn sync_interface_floor(len: usize, every: usize) -> (Duration, Duration) {
+    use dirtytrack::sys::uffd;
+    use std::os::fd::AsFd;
+    let ps = page_size();
+    let written = map(len);
+    populate(&written);
+    let unpopulated = map(len);
+    let fd = uffd::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK).expect("userfaultfd");
+    uffd::api(fd.as_fd(), uffd::FEATURE_PAGEFAULT_FLAG_WP).expect("UFFDIO_API");
+    for m in [&written, &unpopulated] {
+        uffd::register(fd.as_fd(), m.addr(), len, uffd::REGISTER_MODE_WP).expect("register");
+    }
+    uffd::writeprotect(fd.as_fd(), written.addr(), len, uffd::WRITEPROTECT_MODE_WP)
+        .expect("protect");
+    let pages: Vec<usize> = (0..len / ps).step_by(every).map(|i| i * ps).collect();
+    let each = |base: usize, mode: u64| {
+        for &off in &pages {
+            uffd::writeprotect(fd.as_fd(), base + off, ps, mode).expect("UFFDIO_WRITEPROTECT");
+        }
+    };
+    let mut reprotect: Vec<Duration> = (0..31)
+        .map(|_| {
+            each(written.addr(), uffd::WRITEPROTECT_MODE_DONTWAKE);
+            let t = Instant::now();
+            each(written.addr(), uffd::WRITEPROTECT_MODE_WP);
+            t.elapsed()
+        })
+        .collect();
+    let mut noop: Vec<Duration> = (0..31)
+        .map(|_| {
+            let t = Instant::now();
+            each(unpopulated.addr(), uffd::WRITEPROTECT_MODE_WP);
+            t.elapsed()
+        })
+        .collect();
+    (median(&mut reprotect), median(&mut noop))
 }
 
 fn bench_sparse(_c: &mut Criterion) {
