@@ -123,9 +123,14 @@ impl Core {
         res
     }
 
-    /// [`Core::release`] for a range, unless its memory is gone (see `RangeState::gone`).
+    /// [`Core::release`] for a range; if its memory is gone (see `RangeState::gone`), only the
+    /// wake: a writer may still wait on a fault the monitor read before the unmap and never
+    /// served (the tracker was poisoned, or is being dropped). `UFFDIO_WAKE` acts on this
+    /// userfaultfd's waiters only, so it cannot disturb whoever owns the memory now; a waiter
+    /// woken needlessly faults again.
     pub(crate) fn release_range(&self, r: &RangeState) -> io::Result<()> {
         if r.gone.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = uffd::wake(self.uffd.as_fd(), r.start(), r.len);
             return Ok(());
         }
         self.release(r.start(), r.len)

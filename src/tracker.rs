@@ -707,13 +707,38 @@ impl Tracker {
         }
     }
 
-    /// Test hook: the monitor thread serves nothing for `d`, so writers stay blocked in their
-    /// faults. Not part of the API.
+    /// Test hook: the monitor thread serves nothing for `d` (or until
+    /// [`Tracker::__resume_monitor_for_test`]), so writers stay blocked in their faults. Returns
+    /// once the pause has begun (`false` if it did not within 10 s). Not part of the API.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
-    pub fn __pause_monitor_for_test(&self, d: std::time::Duration) {
+    pub fn __pause_monitor_for_test(&self, d: std::time::Duration) -> bool {
+        let Some(m) = &self.monitor else {
+            return false;
+        };
+        let (begun, wait) = crossbeam_channel::bounded(1);
+        m.send(crate::backend::monitor::Control::PauseForTest(d, begun));
+        wait.recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok()
+    }
+
+    /// Test hook: the monitor thread fails (poisoning the tracker) right after it reads and
+    /// applies its next batch of messages, before it un-protects that batch's faults. Not part of
+    /// the API.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn __fail_monitor_after_next_batch_for_test(&self) {
         if let Some(m) = &self.monitor {
-            m.send(crate::backend::monitor::Control::PauseForTest(d));
+            m.send(crate::backend::monitor::Control::FailAfterNextBatchForTest);
+        }
+    }
+
+    /// Test hook: ends a pause of the monitor thread early. Not part of the API.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn __resume_monitor_for_test(&self) {
+        if let Some(m) = &self.monitor {
+            m.send(crate::backend::monitor::Control::ResumeForTest);
         }
     }
 

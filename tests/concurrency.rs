@@ -133,7 +133,10 @@ fn writer_blocked_in_a_fault_is_released_when_the_tracker_is_dropped() {
     };
     let r = Arc::new(Region::anon(4));
     t.register(r.ptr(), r.len).unwrap();
-    t.__pause_monitor_for_test(Duration::from_secs(30));
+    assert!(
+        t.__pause_monitor_for_test(Duration::from_secs(30)),
+        "the monitor did not pause"
+    );
     let done = Arc::new(AtomicBool::new(false));
     let w = {
         let (r, done) = (r.clone(), done.clone());

@@ -1,7 +1,7 @@
 //! Every error case: a clear, matchable error, nothing lost, no panic.
 
 mod common;
-use common::{page, tracker, Region};
+use common::{map_fresh_over, page, spawn, tracker, wait_in_userfaultfd, Region};
 #[allow(unused_imports)]
 use dirtytrack::Mode;
 use dirtytrack::{features, Error, Prefault, Tracker};
@@ -215,6 +215,50 @@ per_mode! {
         assert!(matches!(t.peek_range(id), Err(Error::Poisoned(_))));
         assert!(matches!(t.register(r.ptr(), r.len), Err(Error::Poisoned(_))));
     }
+}
+
+#[test]
+fn a_poisoned_tracker_releases_a_writer_whose_range_was_unmapped_meanwhile() {
+    // Sync mode only (faults are messages). A writer waits on a fault in a range; the range is
+    // replaced (`mmap(MAP_FIXED)`), and the monitor fails right after reading the fault and the
+    // UNMAP event, before serving the fault. Poisoning releases every range; the replaced one
+    // is gone, and releasing it used to skip the wake too: the writer waited forever (until
+    // the tracker was dropped and its userfaultfd closed).
+    use std::time::{Duration, Instant};
+    let Some(t) = tracker(Mode::Sync) else { return };
+    let r = Region::anon(4);
+    let len = r.len;
+    t.register(r.ptr(), len).unwrap();
+    t.__fail_monitor_after_next_batch_for_test();
+    assert!(
+        t.__pause_monitor_for_test(Duration::from_secs(60)),
+        "the monitor did not pause"
+    );
+    let addr = r.addr;
+    let (writer, tid) = spawn(Box::new(move || {
+        Region::borrowed(addr, len).write(1, 0, 0x5A)
+    }));
+    wait_in_userfaultfd(tid, "the writer");
+    let (replacer, tid) = spawn(Box::new(move || map_fresh_over(addr, len)));
+    wait_in_userfaultfd(tid, "the replacing mmap (its UNMAP event)");
+    t.__resume_monitor_for_test();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !writer.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !writer.is_finished() {
+        drop(t); // closes the userfaultfd, which releases the writer
+        let _ = (writer.join(), replacer.join());
+        panic!("HANG: the writer was still blocked 10 s after the tracker was poisoned");
+    }
+    writer.join().unwrap();
+    replacer.join().unwrap();
+    assert_eq!(r.read(1, 0), 0x5A, "the write landed in the new mapping");
+    let e = t.collect().unwrap_err();
+    assert!(
+        matches!(&e, Error::Poisoned(why) if why.contains("test hook")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -18,8 +18,9 @@
 //!   only partly inside is lost;
 //! - write-protect fault at `a` (sync mode): **record the page in the range's marks first**, then
 //!   un-protect it, which wakes the writer. Faults of one batch are sorted and un-protected as
-//!   coalesced runs. A stale fault (the page was already un-protected, or a collect re-protected
-//!   it since) is recorded again: a harmless over-report; dropping it could lose a write.
+//!   coalesced runs, each inside one range (a fault outside every range alone). A stale fault
+//!   (the page was already un-protected, or a collect re-protected it since) is recorded again:
+//!   a harmless over-report; dropping it could lose a write.
 //!
 //! If `UFFDIO_WRITEPROTECT` answers `EAGAIN` (an event is queued behind the faults), the monitor
 //! reads more messages, applies the events, queues the faults, and retries.
@@ -62,9 +63,17 @@ pub(crate) enum Control {
     /// Test hook: panic now, to exercise poisoning.
     #[cfg(feature = "testing")]
     PanicForTest,
-    /// Test hook: serve nothing for this long (no lock held), so writers stay blocked.
+    /// Test hook: serve nothing for this long (no lock held), so writers stay blocked; the
+    /// sender hears once the pause has begun. Any control message ends it early.
     #[cfg(feature = "testing")]
-    PauseForTest(std::time::Duration),
+    PauseForTest(std::time::Duration, crossbeam_channel::Sender<()>),
+    /// Test hook: ends a pause (a no-op otherwise).
+    #[cfg(feature = "testing")]
+    ResumeForTest,
+    /// Test hook: fail (poisoning the tracker) right after reading and applying the next batch
+    /// of messages, before un-protecting its faults.
+    #[cfg(feature = "testing")]
+    FailAfterNextBatchForTest,
 }
 
 /// The running thread, its control channel and doorbell.
@@ -134,6 +143,8 @@ fn run(
 ) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
     let mut faults: Vec<(usize, usize)> = Vec::with_capacity(FAULTS_CAPACITY);
+    #[cfg(feature = "testing")]
+    let mut fail_after_next_batch = false;
     loop {
         let [uffd_ready, control_ready] = mem::poll_in2(core.uffd.as_fd(), doorbell.as_fd(), -1)?;
         if control_ready {
@@ -146,11 +157,16 @@ fn run(
                     #[cfg(feature = "testing")]
                     Control::PanicForTest => panic!("test hook: monitor panic"),
                     #[cfg(feature = "testing")]
-                    Control::PauseForTest(d) => {
+                    Control::PauseForTest(d, begun) => {
+                        let _ = begun.send(());
                         if let Ok(Control::Stop) = inbox.recv_timeout(d) {
                             return Ok(());
                         }
                     }
+                    #[cfg(feature = "testing")]
+                    Control::ResumeForTest => {}
+                    #[cfg(feature = "testing")]
+                    Control::FailAfterNextBatchForTest => fail_after_next_batch = true,
                 }
             }
         }
@@ -160,17 +176,25 @@ fn run(
         let ranges = core.ranges.read_recursive();
         let _batch = core.batch.lock();
         read_batch(core, &ranges, &mut msgs, &mut faults)?;
+        #[cfg(feature = "testing")]
+        if fail_after_next_batch {
+            return Err(io::Error::other("test hook: failed after reading a batch"));
+        }
         if faults.is_empty() {
             continue;
         }
         // read_batch recorded every fault in its range's marks; only now un-protect, as
         // coalesced runs (a new fault read during an EAGAIN retry is appended and handled too).
+        // A run never leaves the range of its first fault: adjacent pages of two ranges are two
+        // VMAs, and one of them may be gone from the kernel (unregistered, or a stale fault of
+        // a range no longer tracked); its `ENOENT` must not be taken for the tracked one's.
         faults.sort_unstable();
         let mut i = 0;
         while i < faults.len() {
             let (start, mut end) = faults[i];
+            let limit = Core::range_at(&ranges, start).map_or(end, |r| r.end());
             let mut j = i + 1;
-            while j < faults.len() && faults[j].0 <= end {
+            while j < faults.len() && faults[j].0 <= end && faults[j].1 <= limit {
                 end = end.max(faults[j].1);
                 j += 1;
             }

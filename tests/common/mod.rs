@@ -138,6 +138,59 @@ pub fn bounded<T: Send>(
     })
 }
 
+/// Runs `f` on a new thread and returns its handle and its thread id (known before `f` runs).
+pub fn spawn(f: Box<dyn FnOnce() + Send>) -> (std::thread::JoinHandle<()>, i32) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tx.send(unsafe { libc::gettid() });
+        f()
+    });
+    (h, rx.recv().expect("the spawned thread sends its id first"))
+}
+
+/// Waits until thread `tid` of this process sleeps in userfaultfd code (a write fault waiting
+/// for the monitor, or a memory event waiting to be read), as `/proc/self/task/<tid>/wchan`
+/// names it; fails after 20 s.
+pub fn wait_in_userfaultfd(tid: i32, what: &str) {
+    let path = format!("/proc/self/task/{tid}/wchan");
+    let started = std::time::Instant::now();
+    loop {
+        let wchan = std::fs::read_to_string(&path).unwrap_or_default();
+        if wchan.contains("userfault") {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{what} (thread {tid}) is not blocked in userfaultfd after 20 s: wchan {wchan:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Maps fresh private anonymous memory over `[addr, addr + len)` (`MAP_FIXED`: the old mapping
+/// there is unmapped, an UNMAP event for a tracker); panics on failure.
+pub fn map_fresh_over(addr: usize, len: usize) {
+    // SAFETY: callers pass memory of their own test mappings, which they no longer access
+    // through references (only through volatile reads and writes by address).
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        p as usize,
+        addr,
+        "mmap(MAP_FIXED): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// `mmap(hint, len, PROT_READ | PROT_WRITE, flags, fd, 0)` (hint 0: anywhere); panics on failure.
 fn map_rw(hint: usize, len: usize, flags: i32, fd: i32) -> usize {
     // SAFETY: a fresh mapping; the address is only a hint (callers pass no MAP_FIXED).
