@@ -64,7 +64,8 @@ pub(crate) enum Control {
     #[cfg(feature = "testing")]
     PanicForTest,
     /// Test hook: serve nothing for this long (no lock held), so writers stay blocked; the
-    /// sender hears once the pause has begun. Any control message ends it early.
+    /// sender hears once the pause has begun. Any control message ends it early (`Stop` also
+    /// ends the thread; any other is dropped).
     #[cfg(feature = "testing")]
     PauseForTest(std::time::Duration, crossbeam_channel::Sender<()>),
     /// Test hook: ends a pause (a no-op otherwise).
