@@ -698,13 +698,19 @@ impl Tracker {
         LiveSnapshot::start(self.core.clone(), r, seg, addr)
     }
 
+    /// Sends a test hook's control message to the monitor thread (if it runs).
+    #[cfg(feature = "testing")]
+    fn send_to_monitor(&self, msg: crate::backend::monitor::Control) {
+        if let Some(m) = &self.monitor {
+            m.send(msg);
+        }
+    }
+
     /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __panic_monitor_for_test(&self) {
-        if let Some(m) = &self.monitor {
-            m.send(crate::backend::monitor::Control::PanicForTest);
-        }
+        self.send_to_monitor(crate::backend::monitor::Control::PanicForTest);
     }
 
     /// Test hook: the monitor thread serves nothing for `d` (or until
@@ -713,11 +719,8 @@ impl Tracker {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __pause_monitor_for_test(&self, d: std::time::Duration) -> bool {
-        let Some(m) = &self.monitor else {
-            return false;
-        };
         let (begun, wait) = crossbeam_channel::bounded(1);
-        m.send(crate::backend::monitor::Control::PauseForTest(d, begun));
+        self.send_to_monitor(crate::backend::monitor::Control::PauseForTest(d, begun));
         wait.recv_timeout(std::time::Duration::from_secs(10))
             .is_ok()
     }
@@ -728,18 +731,14 @@ impl Tracker {
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __fail_monitor_after_next_batch_for_test(&self) {
-        if let Some(m) = &self.monitor {
-            m.send(crate::backend::monitor::Control::FailAfterNextBatchForTest);
-        }
+        self.send_to_monitor(crate::backend::monitor::Control::FailAfterNextBatchForTest);
     }
 
     /// Test hook: ends a pause of the monitor thread early. Not part of the API.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn __resume_monitor_for_test(&self) {
-        if let Some(m) = &self.monitor {
-            m.send(crate::backend::monitor::Control::ResumeForTest);
-        }
+        self.send_to_monitor(crate::backend::monitor::Control::ResumeForTest);
     }
 
     /// Where a range lives now (after `mremap` its address changes) and whether it is lost.
