@@ -566,6 +566,35 @@ fn a_mapping_grown_between_the_scan_and_the_stop_is_reported_whole_not_gone() {
     final_dump_and_verify(&mut g.t, &mut g.image);
 }
 
+/// A mapping made inaccessible (`PROT_NONE`, as a JIT or a garbage collector does) keeps its
+/// contents, and the dumps must hold them: the page written just before is dumped with its
+/// bytes, and the pages dumped while readable still equal memory. Kernels built with
+/// `CONFIG_PROC_MEM_FORCE_PTRACE` (Debian's since 6.12, the kernel matrix's guests) read
+/// through the protection only for the target's ptracer: a plain read of `/proc/PID/mem` fails
+/// there, and the dump had recorded the written page as unreadable (and the verify had found
+/// every page "readable when dumped, unreadable now").
+#[test]
+fn an_inaccessible_mapping_is_dumped_with_its_contents() {
+    let Some(mut g) = grown_target() else {
+        return;
+    };
+    assert_eq!((g.ask)("hide"), "ok");
+    let c = g.t.collect().unwrap();
+    let written = g.b + 2 * dirtytrack::page_size();
+    assert!(
+        g.report(&c).dirty.iter().any(|r| r.contains(&written)),
+        "the page written before the mprotect is not reported: {:?}",
+        g.report(&c)
+    );
+    g.image.apply(&g.t, &c).unwrap();
+    assert_eq!(
+        g.image.page(written),
+        Some(Some(&vec![0xdd_u8; dirtytrack::page_size()][..])),
+        "the written page of the PROT_NONE mapping is not in the image with its contents"
+    );
+    final_dump_and_verify(&mut g.t, &mut g.image);
+}
+
 /// A target with many threads, some of them created and exiting all the time while collects
 /// register their stacks and mappings (every thread is stopped for that: the stop must reach a
 /// fixed point while threads appear and exit, and let every one go). Dumps match memory, and

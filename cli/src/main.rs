@@ -258,6 +258,7 @@ fn write_dump(
     progress.start(total);
     let mut buf = vec![0u8; 1 << 20];
     let (mut written, mut failed) = (0usize, 0usize);
+    let mut refused = Vec::new();
     for m in &c.mappings {
         for r in &m.dirty {
             let mut at = r.start;
@@ -275,7 +276,8 @@ fn write_dump(
                         | dirtytrack::RemoteError::TrackingLost { .. }),
                     ) => return Err(e.into()),
                     Err(_) => {
-                        // Page by page: keep what can be read, list what cannot.
+                        // Page by page: keep what can be read; what cannot is tried again
+                        // below, as the target's ptracer.
                         for p in (at..at + n).step_by(ps) {
                             let page = &mut buf[..ps];
                             if t.read_memory(p, page).is_ok() {
@@ -284,14 +286,29 @@ fn write_dump(
                                 pages.write_all(page)?;
                                 written += ps;
                             } else {
-                                unreadable.push_str(&format!("{p:x} {ps:x}\n"));
-                                failed += ps;
+                                refused.push(p);
                             }
                         }
                     }
                 }
                 at += n;
                 progress.advance(n);
+            }
+        }
+    }
+    // Kernels with CONFIG_PROC_MEM_FORCE_PTRACE (Debian's since 6.12) read PROT_NONE pages for
+    // the target's ptracer only: one stop for all of them (RemoteTracker::read_pages_as_tracer).
+    for (p, page) in refused.iter().zip(t.read_pages_as_tracer(&refused)?) {
+        match page {
+            Some(page) => {
+                pages.write_all(&(*p as u64).to_le_bytes())?;
+                pages.write_all(&(ps as u64).to_le_bytes())?;
+                pages.write_all(&page)?;
+                written += ps;
+            }
+            None => {
+                unreadable.push_str(&format!("{p:x} {ps:x}\n"));
+                failed += ps;
             }
         }
     }

@@ -41,6 +41,12 @@ impl Image {
         self.pages.is_empty()
     }
 
+    /// The page at `addr`: `None` if the image does not hold it, `Some(None)` if it was
+    /// unreadable when dumped.
+    pub fn page(&self, addr: usize) -> Option<Option<&[u8]>> {
+        self.pages.get(&addr).map(|p| p.as_deref())
+    }
+
     /// Sets one page (`None`: unreadable).
     pub fn set_page(&mut self, addr: usize, bytes: Option<Vec<u8>>) {
         self.pages.insert(addr, bytes);
@@ -71,18 +77,33 @@ impl Image {
 
     /// Applies one collection: drops what is gone, then copies every dirty page from the target.
     /// Returns the number of pages copied.
+    ///
+    /// A page a plain read refuses is read again as the target's ptracer
+    /// ([`RemoteTracker::read_pages_as_tracer`], one stop for the whole collection), so that a
+    /// `PROT_NONE` page keeps its contents on kernels that let only a ptracer read through
+    /// protection; what still cannot be read is recorded as unreadable.
     pub fn apply(&mut self, t: &RemoteTracker, c: &Collection) -> Result<usize, RemoteError> {
         self.retain_mappings(c);
         let mut copied = 0;
+        let mut refused = Vec::new();
         for m in &c.mappings {
             for r in &m.dirty {
-                copied += self.copy_range(t, r.clone())?;
+                copied += self.copy_range(t, r.clone(), &mut refused)?;
             }
+        }
+        for (a, v) in refused.iter().zip(t.read_pages_as_tracer(&refused)?) {
+            self.pages.insert(*a, v);
         }
         Ok(copied)
     }
 
-    fn copy_range(&mut self, t: &RemoteTracker, r: Range<usize>) -> Result<usize, RemoteError> {
+    /// Copies `r`; pushes to `refused` the pages a plain read refused.
+    fn copy_range(
+        &mut self,
+        t: &RemoteTracker,
+        r: Range<usize>,
+        refused: &mut Vec<usize>,
+    ) -> Result<usize, RemoteError> {
         let ps = self.page_size;
         let mut buf = vec![0u8; (r.end - r.start).min(1 << 20)];
         let mut at = r.start;
@@ -100,11 +121,15 @@ impl Image {
                     return Err(e)
                 }
                 Err(_) => {
-                    // Page by page, to tell readable from unreadable pages.
+                    // Page by page, to tell readable from refused pages.
                     for p in (at..at + n).step_by(ps) {
                         let mut page = vec![0u8; ps];
-                        let v = t.read_memory(p, &mut page).ok().map(|()| page);
-                        self.pages.insert(p, v);
+                        match t.read_memory(p, &mut page) {
+                            Ok(()) => {
+                                self.pages.insert(p, Some(page));
+                            }
+                            Err(_) => refused.push(p),
+                        }
                     }
                 }
             }
@@ -115,6 +140,8 @@ impl Image {
 
     /// Compares the image with the target's memory over every mapping of `c` (the last
     /// collection, taken with the target stopped). Returns the differences (at most 100).
+    /// Pages a plain read refuses are read again as the target's ptracer, as in
+    /// [`Image::apply`].
     pub fn verify(&self, t: &RemoteTracker, c: &Collection) -> Result<Vec<Mismatch>, RemoteError> {
         let ps = self.page_size;
         let mut out = Vec::new();
@@ -123,6 +150,7 @@ impl Image {
         let mut chunk = vec![0u8; 1 << 20];
         let mut chunk_at = usize::MAX;
         let mut chunk_ok = false;
+        let mut refused = Vec::new();
         for m in &c.mappings {
             for a in (m.mapping.start..m.mapping.end).step_by(ps) {
                 if out.len() >= 100 {
@@ -148,33 +176,47 @@ impl Image {
                 } else {
                     t.read_memory(a, &mut page).ok().map(|()| &page[..])
                 };
-                match (self.pages.get(&a), live) {
-                    (None, _) => out.push(Mismatch {
-                        page: a,
-                        what: format!("page of {} missing from the dumps", m.mapping),
-                    }),
-                    (Some(Some(img)), Some(live)) if img[..] != *live => {
-                        let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);
-                        out.push(Mismatch {
-                            page: a,
-                            what: format!(
-                                "differs from the dumps at byte {first} ({:#04x} dumped, {:#04x} live) in {}",
-                                img[first], live[first], m.mapping
-                            ),
-                        })
-                    }
-                    (Some(None), Some(_)) => out.push(Mismatch {
-                        page: a,
-                        what: "unreadable when dumped, readable now".into(),
-                    }),
-                    (Some(Some(_)), None) => out.push(Mismatch {
-                        page: a,
-                        what: "readable when dumped, unreadable now".into(),
-                    }),
-                    _ => {}
+                match live {
+                    Some(live) => self.compare_page(a, Some(live), m, &mut out),
+                    None => refused.push((a, m)),
                 }
             }
         }
+        let addrs: Vec<usize> = refused.iter().map(|(a, _)| *a).collect();
+        for ((a, m), live) in refused.iter().zip(t.read_pages_as_tracer(&addrs)?) {
+            if out.len() >= 100 {
+                break;
+            }
+            self.compare_page(*a, live.as_deref(), m, &mut out);
+        }
         Ok(out)
+    }
+
+    /// Compares page `a` of mapping `m` with its live contents (`None`: unreadable).
+    fn compare_page(
+        &self,
+        a: usize,
+        live: Option<&[u8]>,
+        m: &super::MappingReport,
+        out: &mut Vec<Mismatch>,
+    ) {
+        let what = match (self.pages.get(&a), live) {
+            (None, _) => format!("page of {} missing from the dumps", m.mapping),
+            (Some(Some(img)), Some(live)) if img[..] != *live => {
+                let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);
+                format!(
+                    "differs from the dumps at byte {first} ({:#04x} dumped, {:#04x} live) in {}",
+                    img[first], live[first], m.mapping
+                )
+            }
+            (Some(None), Some(_)) => {
+                format!("unreadable when dumped, readable now, in {}", m.mapping)
+            }
+            (Some(Some(_)), None) => {
+                format!("readable when dumped, unreadable now, in {}", m.mapping)
+            }
+            _ => return,
+        };
+        out.push(Mismatch { page: a, what });
     }
 }

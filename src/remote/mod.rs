@@ -609,6 +609,41 @@ impl RemoteTracker {
         })
     }
 
+    /// Reads again, as the target's ptracer, the pages at `addrs` that
+    /// [`RemoteTracker::read_memory`] refused: every thread of the target is held in a ptrace
+    /// stop by the calling thread while they are read (one stop for all of them).
+    ///
+    /// Kernels built with `CONFIG_PROC_MEM_FORCE_PTRACE` (Debian's since 6.12) let
+    /// `/proc/PID/mem` read through a mapping's protection (`PROT_NONE`) only for the target's
+    /// ptracer, so a plain read of such a page fails though its contents are there (and are
+    /// tracked). Returns one entry per address: the page, or `None` where it still cannot be
+    /// read (a guard page, a file page past the end of its file), or for every address if
+    /// another tracer (a debugger) holds the target.
+    pub fn read_pages_as_tracer(
+        &self,
+        addrs: &[usize],
+    ) -> Result<Vec<Option<Vec<u8>>>, RemoteError> {
+        if addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _frozen = match inject::freeze(self.pid) {
+            Ok(f) => f,
+            Err(RemoteError::PtraceRefused { .. }) => return Ok(vec![None; addrs.len()]),
+            Err(e) => return Err(self.exit_or(e, "read /proc/PID/mem")),
+        };
+        let ps = self.page_size;
+        Ok(addrs
+            .iter()
+            .map(|&a| {
+                let mut page = vec![0u8; ps];
+                self.mem
+                    .read_exact_at(&mut page, a as u64)
+                    .ok()
+                    .map(|()| page)
+            })
+            .collect())
+    }
+
     /// Whether the target has exited (or is exiting: its address space is already released).
     pub fn has_exited(&self) -> bool {
         self.pidfd_exited() || inject::exiting(self.pid)

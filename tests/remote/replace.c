@@ -6,6 +6,8 @@
  *            second page only (the others held 0xaa and now read as zeros)           -> "ok"
  *   move     grows b to 3L, moving it if needed (one mremap: fails on a split mapping)
  *                                                                     -> "ok" or "mremap: ..."
+ *   hide     writes 0xdd on b's third page, then makes all of b inaccessible (PROT_NONE; the
+ *            contents stay)                                         -> "ok" or "mprotect: ..."
  * Prints "ready ADDR L" when set up (L: 16 pages). */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +38,9 @@ int main(void) {
             munmap(b, len);
             if (mmap(b, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) { perror("mmap again"); return 1; }
             memset(b + ps, 0xcc, ps);
+        } else if (strncmp(cmd, "hide", 4) == 0) {
+            memset(b + 2 * ps, 0xdd, ps);
+            if (mprotect(b, len, PROT_NONE)) { printf("mprotect: %s\n", strerror(errno)); fflush(stdout); continue; }
         } else if (strncmp(cmd, "move", 4) == 0) {
             char *nb = mremap(b, len, 3 * l, MREMAP_MAYMOVE);
             if (nb == MAP_FAILED) { printf("mremap: %s\n", strerror(errno)); fflush(stdout); continue; }
