@@ -77,6 +77,16 @@ pub(crate) enum Control {
     FailAfterNextBatchForTest,
 }
 
+/// A write fault read but not yet served: the pages to un-protect, `[start, end)`, and the end
+/// of the range they belong to (`end` itself for a fault outside every range), so that a
+/// coalesced run never leaves its range (see `run`). Ordered by `start` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Fault {
+    start: usize,
+    end: usize,
+    range_end: usize,
+}
+
 /// The running thread, its control channel and doorbell.
 pub(crate) struct Monitor {
     control: crossbeam_channel::Sender<Control>,
@@ -143,7 +153,7 @@ fn run(
     inbox: &crossbeam_channel::Receiver<Control>,
 ) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
-    let mut faults: Vec<(usize, usize)> = Vec::with_capacity(FAULTS_CAPACITY);
+    let mut faults: Vec<Fault> = Vec::with_capacity(FAULTS_CAPACITY);
     #[cfg(feature = "testing")]
     let mut fail_after_next_batch = false;
     loop {
@@ -192,11 +202,14 @@ fn run(
         faults.sort_unstable();
         let mut i = 0;
         while i < faults.len() {
-            let (start, mut end) = faults[i];
-            let limit = Core::range_at(&ranges, start).map_or(end, |r| r.end());
+            let Fault {
+                start,
+                mut end,
+                range_end,
+            } = faults[i];
             let mut j = i + 1;
-            while j < faults.len() && faults[j].0 <= end && faults[j].1 <= limit {
-                end = end.max(faults[j].1);
+            while j < faults.len() && faults[j].start <= end && faults[j].end <= range_end {
+                end = end.max(faults[j].end);
                 j += 1;
             }
             unprotect(core, &ranges, &mut msgs, &mut faults, start, end)?;
@@ -206,13 +219,13 @@ fn run(
     }
 }
 
-/// Reads one batch and applies events; pushes the `[start, end)` to un-protect for each write
-/// fault to `faults` (one page, or one huge page in a hugetlbfs range).
+/// Reads one batch and applies events; pushes to `faults` a [`Fault`] for each write fault (one
+/// page, or one huge page in a hugetlbfs range).
 fn read_batch(
     core: &Core,
     ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
-    faults: &mut Vec<(usize, usize)>,
+    faults: &mut Vec<Fault>,
 ) -> io::Result<()> {
     let n = match uffd::read_msgs(core.uffd.as_fd(), msgs) {
         Ok(n) => n,
@@ -243,7 +256,11 @@ fn read_batch(
                         }
                     }
                 }
-                faults.push((start, start + granule));
+                faults.push(Fault {
+                    start,
+                    end: start + granule,
+                    range_end: range.map_or(start + granule, |r| r.end()),
+                });
             }
             uffd::EVENT_REMOVE => {
                 let (a, b) = m.remove();
@@ -313,7 +330,7 @@ fn unprotect(
     core: &Core,
     ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
-    faults: &mut Vec<(usize, usize)>,
+    faults: &mut Vec<Fault>,
     start: usize,
     end: usize,
 ) -> io::Result<()> {
