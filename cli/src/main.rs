@@ -256,62 +256,26 @@ fn write_dump(
     let ps = dirtytrack::page_size();
     let total = c.dirty_bytes();
     progress.start(total);
-    let mut buf = vec![0u8; 1 << 20];
     let (mut written, mut failed) = (0usize, 0usize);
-    let mut refused = Vec::new();
-    for m in &c.mappings {
-        for r in &m.dirty {
-            let mut at = r.start;
-            while at < r.end {
-                let n = (r.end - at).min(buf.len());
-                match t.read_memory(at, &mut buf[..n]) {
-                    Ok(()) => {
-                        pages.write_all(&(at as u64).to_le_bytes())?;
-                        pages.write_all(&(n as u64).to_le_bytes())?;
-                        pages.write_all(&buf[..n])?;
-                        written += n;
-                    }
-                    Err(
-                        e @ (dirtytrack::RemoteError::TargetExited { .. }
-                        | dirtytrack::RemoteError::TrackingLost { .. }),
-                    ) => return Err(e.into()),
-                    Err(_) => {
-                        // Page by page: keep what can be read; what cannot is tried again
-                        // below, as the target's ptracer.
-                        for p in (at..at + n).step_by(ps) {
-                            let page = &mut buf[..ps];
-                            if t.read_memory(p, page).is_ok() {
-                                pages.write_all(&(p as u64).to_le_bytes())?;
-                                pages.write_all(&(ps as u64).to_le_bytes())?;
-                                pages.write_all(page)?;
-                                written += ps;
-                            } else {
-                                refused.push(p);
-                            }
-                        }
-                    }
-                }
-                at += n;
-                progress.advance(n);
-            }
-        }
-    }
-    // Kernels with CONFIG_PROC_MEM_FORCE_PTRACE (Debian's since 6.12) read PROT_NONE pages for
-    // the target's ptracer only: one stop for all of them (RemoteTracker::read_pages_as_tracer).
-    for (p, page) in refused.iter().zip(t.read_pages_as_tracer(&refused)?) {
-        match page {
-            Some(page) => {
-                pages.write_all(&(*p as u64).to_le_bytes())?;
-                pages.write_all(&(ps as u64).to_le_bytes())?;
-                pages.write_all(&page)?;
-                written += ps;
+    // Pages of inaccessible mappings are read as the target's ptracer where the kernel lets only
+    // a ptracer read through protection (RemoteTracker::read_dirty).
+    t.read_dirty(c, |at, bytes| -> Result<(), Fail> {
+        match bytes {
+            Some(bytes) => {
+                pages.write_all(&(at as u64).to_le_bytes())?;
+                pages.write_all(&(bytes.len() as u64).to_le_bytes())?;
+                pages.write_all(bytes)?;
+                written += bytes.len();
+                progress.advance(bytes.len());
             }
             None => {
-                unreadable.push_str(&format!("{p:x} {ps:x}\n"));
+                unreadable.push_str(&format!("{at:x} {ps:x}\n"));
                 failed += ps;
+                progress.advance(ps);
             }
         }
-    }
+        Ok(())
+    })?;
     pages.flush()?;
     fs::write(dir.join("unreadable"), unreadable)?;
     progress.finish();

@@ -75,73 +75,38 @@ impl Image {
         });
     }
 
-    /// Applies one collection: drops what is gone, then copies every dirty page from the target.
-    /// Returns the number of pages copied.
-    ///
-    /// A page a plain read refuses is read again as the target's ptracer
-    /// ([`RemoteTracker::read_pages_as_tracer`], one stop for the whole collection), so that a
-    /// `PROT_NONE` page keeps its contents on kernels that let only a ptracer read through
-    /// protection; what still cannot be read is recorded as unreadable.
+    /// Applies one collection: drops what is gone, then copies every dirty page from the target
+    /// ([`RemoteTracker::read_dirty`]: pages of inaccessible mappings are read as the target's
+    /// ptracer; what cannot be read is recorded as unreadable). Returns the number of pages
+    /// copied.
     pub fn apply(&mut self, t: &RemoteTracker, c: &Collection) -> Result<usize, RemoteError> {
         self.retain_mappings(c);
-        let mut copied = 0;
-        let mut refused = Vec::new();
-        for m in &c.mappings {
-            for r in &m.dirty {
-                copied += self.copy_range(t, r.clone(), &mut refused)?;
-            }
-        }
-        for (a, v) in refused.iter().zip(t.read_pages_as_tracer(&refused)?) {
-            self.pages.insert(*a, v);
-        }
-        Ok(copied)
-    }
-
-    /// Copies `r`; pushes to `refused` the pages a plain read refused.
-    fn copy_range(
-        &mut self,
-        t: &RemoteTracker,
-        r: Range<usize>,
-        refused: &mut Vec<usize>,
-    ) -> Result<usize, RemoteError> {
         let ps = self.page_size;
-        let mut buf = vec![0u8; (r.end - r.start).min(1 << 20)];
-        let mut at = r.start;
-        while at < r.end {
-            let n = (r.end - at).min(buf.len());
-            match t.read_memory(at, &mut buf[..n]) {
-                Ok(()) => {
-                    for (i, chunk) in buf[..n].chunks(ps).enumerate() {
-                        self.pages.insert(at + i * ps, Some(chunk.to_vec()));
+        let pages = &mut self.pages;
+        t.read_dirty(c, |at, bytes| -> Result<(), RemoteError> {
+            match bytes {
+                Some(bytes) => {
+                    for (i, page) in bytes.chunks(ps).enumerate() {
+                        pages.insert(at + i * ps, Some(page.to_vec()));
                     }
                 }
-                // Only a page-level failure (`Kernel`) is recorded as unreadable; an exit or a
-                // lost userfaultfd (exec) voids the dump.
-                Err(e @ (RemoteError::TargetExited { .. } | RemoteError::TrackingLost { .. })) => {
-                    return Err(e)
-                }
-                Err(_) => {
-                    // Page by page, to tell readable from refused pages.
-                    for p in (at..at + n).step_by(ps) {
-                        let mut page = vec![0u8; ps];
-                        match t.read_memory(p, &mut page) {
-                            Ok(()) => {
-                                self.pages.insert(p, Some(page));
-                            }
-                            Err(_) => refused.push(p),
-                        }
-                    }
+                None => {
+                    pages.insert(at, None);
                 }
             }
-            at += n;
-        }
-        Ok((r.end - r.start) / ps)
+            Ok(())
+        })?;
+        Ok(c.mappings
+            .iter()
+            .flat_map(|m| &m.dirty)
+            .map(|r| (r.end - r.start) / ps)
+            .sum())
     }
 
     /// Compares the image with the target's memory over every mapping of `c` (the last
     /// collection, taken with the target stopped). Returns the differences (at most 100).
-    /// Pages a plain read refuses are read again as the target's ptracer, as in
-    /// [`Image::apply`].
+    /// Pages of inaccessible mappings a plain read refuses are read again as the target's
+    /// ptracer, as in [`Image::apply`].
     pub fn verify(&self, t: &RemoteTracker, c: &Collection) -> Result<Vec<Mismatch>, RemoteError> {
         let ps = self.page_size;
         let mut out = Vec::new();
@@ -177,8 +142,8 @@ impl Image {
                     t.read_memory(a, &mut page).ok().map(|()| &page[..])
                 };
                 match live {
-                    Some(live) => self.compare_page(a, Some(live), m, &mut out),
-                    None => refused.push((a, m)),
+                    None if !m.mapping.is_readable() => refused.push((a, m)),
+                    live => self.compare_page(a, live, m, &mut out),
                 }
             }
         }

@@ -130,6 +130,10 @@ impl Mapping {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+    /// Readable by the target (`r` in its permissions).
+    pub fn is_readable(&self) -> bool {
+        self.perms.as_bytes().first() == Some(&b'r')
+    }
     /// `MAP_SHARED`.
     pub fn is_shared(&self) -> bool {
         self.perms.as_bytes().get(3) == Some(&b's')
@@ -609,6 +613,55 @@ impl RemoteTracker {
         })
     }
 
+    /// Reads every dirty page of `c` from the target and hands it to `sink`: `(addr,
+    /// Some(bytes))` for bytes read (whole pages, up to 1 MiB at a time), `(addr, None)` for one
+    /// page that cannot be read (a guard page, a file page past the end of its file). Pieces come
+    /// in address order, except the pages of inaccessible mappings a plain read refused, which
+    /// come last: they are read again as the target's ptracer
+    /// ([`RemoteTracker::read_pages_as_tracer`], one stop for all of them). An exit or a lost
+    /// userfaultfd (exec) fails the whole read: the dump is void.
+    pub fn read_dirty<E: From<RemoteError>>(
+        &self,
+        c: &Collection,
+        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let ps = self.page_size;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut refused = Vec::new();
+        for m in &c.mappings {
+            // Only protection can make a ptracer's read succeed where a plain one failed.
+            let retry_as_tracer = !m.mapping.is_readable();
+            for r in &m.dirty {
+                let mut at = r.start;
+                while at < r.end {
+                    let n = (r.end - at).min(buf.len());
+                    match self.read_memory(at, &mut buf[..n]) {
+                        Ok(()) => sink(at, Some(&buf[..n]))?,
+                        Err(
+                            e @ (RemoteError::TargetExited { .. }
+                            | RemoteError::TrackingLost { .. }),
+                        ) => return Err(e.into()),
+                        // Page by page, to tell readable from unreadable pages.
+                        Err(_) => {
+                            for p in (at..at + n).step_by(ps) {
+                                match self.read_memory(p, &mut buf[..ps]) {
+                                    Ok(()) => sink(p, Some(&buf[..ps]))?,
+                                    Err(_) if retry_as_tracer => refused.push(p),
+                                    Err(_) => sink(p, None)?,
+                                }
+                            }
+                        }
+                    }
+                    at += n;
+                }
+            }
+        }
+        for (p, page) in refused.iter().zip(self.read_pages_as_tracer(&refused)?) {
+            sink(*p, page.as_deref())?;
+        }
+        Ok(())
+    }
+
     /// Reads again, as the target's ptracer, the pages at `addrs` that
     /// [`RemoteTracker::read_memory`] refused: every thread of the target is held in a ptrace
     /// stop by the calling thread while they are read (one stop for all of them).
@@ -616,9 +669,10 @@ impl RemoteTracker {
     /// Kernels built with `CONFIG_PROC_MEM_FORCE_PTRACE` (Debian's since 6.12) let
     /// `/proc/PID/mem` read through a mapping's protection (`PROT_NONE`) only for the target's
     /// ptracer, so a plain read of such a page fails though its contents are there (and are
-    /// tracked). Returns one entry per address: the page, or `None` where it still cannot be
-    /// read (a guard page, a file page past the end of its file), or for every address if
-    /// another tracer (a debugger) holds the target.
+    /// tracked). Only pages of mappings without read permission are worth it (see
+    /// [`Mapping::is_readable`]). Returns one entry per address: the page, or `None` where it
+    /// still cannot be read, or for every address if another tracer (a debugger) holds the
+    /// target.
     pub fn read_pages_as_tracer(
         &self,
         addrs: &[usize],
