@@ -398,8 +398,21 @@ per_mode! {
         assert_eq!(smaps_kb(control.addr, control.len, "AnonHugePages"), huge() / 1024);
         drop(control);
 
-        let mut r = small_pages_collapsible();
-        let id = t.register(r.ptr(), r.len).unwrap();
+        // The region is MADV_HUGEPAGE, so khugepaged may collapse it in the background before
+        // it is registered (the likely cause of one CI failure: MADV_COLLAPSE succeeded, as on a huge page
+        // already there). Once registered it cannot (its entries are write-protected): build
+        // it again until it is registered as small pages.
+        let (mut r, id) = (0..10)
+            .find_map(|_| {
+                let r = small_pages_collapsible();
+                let id = t.register(r.ptr(), r.len).unwrap();
+                if smaps_kb(r.addr, r.len, "AnonHugePages") == 0 {
+                    return Some((r, id));
+                }
+                t.unregister(id).unwrap();
+                None
+            })
+            .expect("khugepaged collapsed the region before it was registered, 10 times in a row");
         r.rebase();
         let e = madvise_raw(r.addr, r.len, libc::MADV_COLLAPSE).unwrap_err();
         eprintln!("{mode:?}: MADV_COLLAPSE of a protected range: {e}");
