@@ -399,9 +399,9 @@ per_mode! {
         drop(control);
 
         // The region is MADV_HUGEPAGE, so khugepaged may collapse it in the background before
-        // it is registered (the likely cause of one CI failure: MADV_COLLAPSE succeeded, as on a huge page
-        // already there). Once registered it cannot (its entries are write-protected): build
-        // it again until it is registered as small pages.
+        // it is registered (the likely cause of one CI failure: MADV_COLLAPSE succeeded, as it
+        // does on a huge page already there). Once registered it cannot (its entries are
+        // write-protected): build it again until it is registered as small pages.
         let (mut r, id) = (0..10)
             .find_map(|_| {
                 let r = small_pages_collapsible();
