@@ -1097,3 +1097,192 @@ fn signals_during_injection_are_kept() {
     // have been, and the process must have survived to print this.
     assert!(sent > 0 && got > 0, "sent {sent}, handled {got}");
 }
+
+/// The tracker is killed (`SIGKILL`, which no handler can defer) just before each of its ptrace
+/// requests in turn, through attach (the injected `userfaultfd`, `fcntl` and `close`), a collect
+/// that registers every mapping (every thread stopped), `stop_target`, a collect with the target
+/// stopped, `continue_target` and `stop_tracking` (the injected `close`). After each kill the
+/// target must be running, untraced, with its signal mask as it was, its computations right
+/// (victim.c checks every result: registers or vector state left wrong show) and its signal
+/// handler working. A later tracker then finds the leftovers of all those runs and closes them:
+/// no userfaultfd stays in the target.
+#[test]
+fn killing_the_tracker_at_any_ptrace_step_leaves_the_target_unharmed() {
+    const CHILD: &str = "DIRTYTRACK_TEST_CHILD_KILL_AT";
+    if let Some((pid, n)) = std::env::var(CHILD).ok().and_then(|v| {
+        let (p, n) = v.split_once(':')?;
+        Some((p.parse::<i32>().ok()?, n.parse::<usize>().ok()?))
+    }) {
+        use dirtytrack::sys::ptrace::kill_hook;
+        kill_hook::set(n);
+        let run = || -> Result<(), RemoteError> {
+            let mut t = RemoteTracker::attach(pid)?;
+            for note in t.notes() {
+                println!("note: {note}");
+            }
+            t.collect()?;
+            t.stop_target()?;
+            t.collect()?;
+            t.continue_target()?;
+            t.stop_tracking()
+        };
+        let code = match run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tracker error: {e}");
+                7
+            }
+        };
+        println!("steps {}", kill_hook::count());
+        std::process::exit(code);
+    }
+    let Some((mut target, mut lines)) = stdin_target("victim") else {
+        return;
+    };
+    let pid = target.pid();
+    let mut stdin = target.child.stdin.take().unwrap();
+    let mut ping = move || -> (u64, u64, u64) {
+        use std::io::Write;
+        stdin.write_all(b"ping\n").expect("the target is gone");
+        let line = lines
+            .next()
+            .expect("the target is gone")
+            .expect("read the target's answer");
+        let v: Vec<u64> = line
+            .strip_prefix("pong ")
+            .unwrap_or_else(|| panic!("unexpected answer: {line}"))
+            .split(' ')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1], v[2])
+    };
+    let tracker = |n: usize| {
+        common::this_test_again("killing_the_tracker_at_any_ptrace_step_leaves_the_target_unharmed")
+            .env(CHILD, format!("{pid}:{n}"))
+            .output()
+            .expect("run the tracker")
+    };
+    let blocked = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| {
+                let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigBlk:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .collect()
+    };
+    // A clean run first: how many ptrace requests there are.
+    let out = tracker(0);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.code() == Some(7) && String::from_utf8_lossy(&out.stderr).contains("Linux 6.7+") {
+        common::skip(String::from_utf8_lossy(&out.stderr).trim());
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: usize = stdout
+        .rsplit("steps ")
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("the step count");
+    assert!(steps > 20, "only {steps} ptrace requests?");
+    let (mut rounds, errors, mut handled) = ping();
+    assert_eq!(errors, 0);
+    // Both threads are in their loops now (a thread being created has every signal blocked).
+    let mask_before = blocked(pid);
+    let uffds = |pid: i32| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|f| {
+                let f = f.ok()?;
+                std::fs::read_link(f.path())
+                    .ok()
+                    .filter(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+                    .map(|_| f.file_name())
+            })
+            .collect()
+    };
+    let (mut killed, mut harmed, mut notes) = (0, Vec::new(), 0);
+    for n in 1..=steps {
+        let out = tracker(n);
+        use std::os::unix::process::ExitStatusExt;
+        match out.status.signal() {
+            Some(libc::SIGKILL) => killed += 1,
+            None if out.status.success() => {}
+            _ => panic!(
+                "tracker run {n}: {:?}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        // The kernel released the tracee when its tracer died.
+        let (state, tracer) = state_of(pid);
+        let mut wrong = Vec::new();
+        if tracer != "0" || matches!(state, 't' | 'T' | 'Z' | 'X') {
+            wrong.push(format!("state {state}, tracer {tracer}"));
+        }
+        if blocked(pid) != mask_before {
+            wrong.push(format!(
+                "signal masks {:?}, were {mask_before:?}",
+                blocked(pid)
+            ));
+        }
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        // Both must show within 5 s (other tests load the machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (r, e, h) = loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let (r, e, h) = ping();
+            if (r > rounds && h > handled) || std::time::Instant::now() > deadline {
+                break (r, e, h);
+            }
+        };
+        if e != 0 {
+            wrong.push(format!("{e} wrong results"));
+        }
+        if r <= rounds {
+            wrong.push(format!("the main thread stopped computing ({r} rounds)"));
+        }
+        if h <= handled {
+            wrong.push("SIGUSR1 not handled".into());
+        }
+        (rounds, handled) = (r, h);
+        // A later tracker adopts or closes what the killed one left, and its stop_tracking
+        // leaves no userfaultfd behind; the next kill then starts from a clean target again.
+        let out = tracker(0);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        notes += stdout.matches("note: closed").count() + stdout.matches("note: adopted").count();
+        if !out.status.success() {
+            wrong.push(format!(
+                "the next tracker failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if !uffds(pid).is_empty() {
+            wrong.push(format!("userfaultfds left: {:?}", uffds(pid)));
+        }
+        if !wrong.is_empty() {
+            harmed.push(format!("killed before request {n}: {}", wrong.join(", ")));
+        }
+    }
+    eprintln!(
+        "kill sweep: {steps} ptrace requests in a clean run, {killed} runs killed, {} target(s) harmed, {notes} leftover(s) adopted or closed by the next run",
+        harmed.len()
+    );
+    assert!(harmed.is_empty(), "{harmed:#?}");
+    assert!(
+        killed + 2 >= steps,
+        "only {killed} of {steps} runs were killed"
+    );
+    assert!(notes > 0, "no run found leftovers to adopt or close");
+    assert_eq!(ping().1, 0);
+}

@@ -99,6 +99,17 @@ pub enum RemoteError {
         source: io::Error,
     },
 
+    /// Another tracker (another process) tracks this target now: one tracker per target.
+    #[error("process {pid} is already tracked by process {holder} (lock {lock}): only one tracker per target; wait for it to finish or stop it (a tracker that died releases the lock by itself: attaching again then takes over its tracking)", lock = lock.display())]
+    TargetBusy {
+        /// The target.
+        pid: i32,
+        /// The holder's pid, as it recorded it (`?` if unreadable).
+        holder: String,
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
+
     /// An argument was wrong (an address outside every tracked mapping, ...).
     #[error("{0}")]
     Usage(String),

@@ -8,20 +8,67 @@
 //!
 //! CRIU's compel writes a `syscall; int3` sequence over the target's code, which forces it to
 //! stop *every* thread (another thread could run into the modified bytes). This injector writes
-//! nothing: every program has a system call instruction somewhere in its executable mappings
-//! (libc, the vDSO, the program itself). The injector finds one by reading `/proc/PID/mem`, points
-//! one stopped thread's program counter at it, and uses `PTRACE_SYSCALL` to stop the thread at
-//! the system call's entry and again at its exit, before the instruction after it can run. Only
-//! that one thread's registers and signal mask are touched, and the other threads keep running.
+//! no code: it uses instructions already in the target's executable mappings (found by reading
+//! `/proc/PID/mem`), points one stopped thread at them, and uses `PTRACE_SYSCALL` to stop the
+//! thread at the system call's entry and exit. Only that one thread is touched; the other
+//! threads keep running.
 //!
-//! The steps, each undone on every path (including errors, see [`Session`]'s `Drop`):
-//! 1. `PTRACE_SEIZE` the thread (the group leader, or the first live thread), `PTRACE_INTERRUPT`
-//!    it, wait for its `PTRACE_EVENT_STOP`;
-//! 2. save its registers (`PTRACE_GETREGSET NT_PRSTATUS`) and signal mask, block every signal;
-//! 3. set the system call number and arguments, program counter = the found instruction;
-//!    `PTRACE_SYSCALL` to the entry stop, `PTRACE_SYSCALL` to the exit stop, read the result;
-//! 4. restore the registers and the mask; `PTRACE_DETACH`, delivering any signal that arrived
-//!    meanwhile (signals other than `SIGKILL`/`SIGSTOP` stay pending behind the blocked mask).
+//! # Design: a tracer may die at any step (x86_64)
+//!
+//! The tracker can be killed (`SIGKILL`, out of memory) between any two of its ptrace requests.
+//! The kernel then detaches its tracees, and each goes on from exactly the state it is in:
+//! whatever registers it holds, from wherever it is stopped. So every state the injector puts
+//! the thread in must be one the thread can go on from unharmed, *without* the injector. The
+//! injected call therefore runs through a chain that ends in the thread's own state:
+//!
+//! - `G1`, a `syscall; ret` pair (glibc's `getpid`, `gettid`, ... and the dynamic loader have
+//!   them), runs the call;
+//! - its `ret` pops `G2`, the address of an `rt_sigreturn` restorer (`mov rax, 15; syscall`:
+//!   glibc's and musl's `__restore_rt`, there for every `sigaction`);
+//! - `rt_sigreturn` reads a signal frame the injector wrote below the thread's stack (past the
+//!   128-byte red zone, which the ABI already lets signal delivery overwrite): the thread's
+//!   registers (with the kernel's restart logic for an interrupted call applied, see below),
+//!   its signal mask, and its x87/SSE/AVX state (the `XSAVE` image `NT_X86_XSTATE` gives, with
+//!   the software bytes the kernel's own signal frames carry). The frame's `uc_stack` has an
+//!   invalid mode, so `rt_sigreturn` leaves the alternate signal stack as it is.
+//!
+//! The steps, and what a tracer death right before each next request leaves:
+//! 1. `PTRACE_SEIZE`, `PTRACE_INTERRUPT`, wait for the stop: nothing changed; the thread
+//!    resumes (an interrupted system call restarts, as after any stop).
+//! 2. Read the registers, the signal mask and the FPU state: nothing changed.
+//! 3. Write the frame below the stack pointer: only memory below the red zone changed, which
+//!    the thread does not use (a signal handler could have overwritten it as well).
+//! 4. Set the registers: `rip = G1`, `rax = nr`, arguments, `rsp` = the frame (whose first
+//!    word is `G2`), `orig_rax = -1` (no restart logic on these registers). Resumed from here,
+//!    the thread runs the call, returns into `G2`, and `rt_sigreturn` puts it back exactly as
+//!    it was: the call happened (its result unused, e.g. a stray fd, see below) and the thread
+//!    goes on. A signal arriving meanwhile is handled on this state and returns to it: the
+//!    chain continues.
+//! 5. `PTRACE_SYSCALL` to the entry stop, then to the exit stop: the same chain, from the
+//!    middle.
+//! 6. At the exit stop: read the result, then set the saved registers back in one
+//!    `PTRACE_SETREGSET`: before it, the chain finishes as in 4; after it, the thread is as it
+//!    was (the frame below the stack is garbage it never reads). The signal mask and the FPU
+//!    state were never changed on this path.
+//! 7. `PTRACE_DETACH`, re-delivering signals that arrived meanwhile.
+//!
+//! Nothing else is ever changed: the signal mask is not touched (signals arriving during the
+//! injection stop the thread for its tracer, which suppresses them and delivers them again on
+//! detach). The one difference a death in 4-6 can make is `rt_sigreturn`'s: a call
+//! interrupted with a restart block (`nanosleep`, `clock_nanosleep`, `poll` with a timeout)
+//! returns `EINTR` instead of restarting, as if a signal handler had run, which every program
+//! that installs one must already handle. The call itself may have run: a userfaultfd created by
+//! a killed attach is found and closed by the next one (see the `lock` module).
+//!
+//! Targets without the two gadgets (a libc other than glibc or musl, a static binary without
+//! `sigaction`) are refused before anything changes; so is a thread whose stack pointer leaves
+//! no room for the frame in its mapping.
+//!
+//! **aarch64** still runs the call at a plain `svc #0` and restores the registers at the exit
+//! stop: a tracer killed between setting the registers and restoring them leaves the thread
+//! running from the instruction after that `svc` with the wrong registers. The same chain
+//! (`svc #0; ret` to the vDSO's `__kernel_rt_sigreturn` through `x30`, with an aarch64 signal
+//! frame) would close it; it is not done yet.
 //!
 //! # Interrupted system calls
 //!
@@ -50,8 +97,6 @@ const MAX_STOPS: usize = 64;
 #[cfg(target_arch = "x86_64")]
 mod arch {
     use super::Regs;
-    /// `syscall` (0f 05), 2 bytes, any alignment.
-    pub(super) const INSN: &[u8] = &[0x0f, 0x05];
     /// x86 instructions have no alignment.
     pub(super) fn aligned(_addr: usize) -> bool {
         true
@@ -63,9 +108,6 @@ mod arch {
     const ERESTARTNOHAND: i64 = -514;
     const ERESTART_RESTARTBLOCK: i64 = -516;
 
-    pub(super) fn pc(r: &Regs) -> u64 {
-        r.rip
-    }
     pub(super) fn check_abi(r: &Regs) -> Result<(), String> {
         if r.cs != USER_CS_64 {
             return Err(format!(
@@ -117,6 +159,130 @@ mod arch {
     pub(super) fn before_detach(_tid: i32) -> std::io::Result<()> {
         Ok(())
     }
+
+    /// What [`super::find_patterns`] looks for: `syscall; ret`, then the two restorers.
+    pub(super) const PATTERNS: &[&[u8]] = &[SYSCALL_RET, RESTORER, RESTORER_SHORT];
+    /// What the search lacks, if anything.
+    pub(super) fn missing(found: &[Vec<u64>]) -> Option<&'static str> {
+        if found[0].is_empty() {
+            Some("`syscall; ret` instruction pair")
+        } else if found[1].is_empty() && found[2].is_empty() {
+            Some("rt_sigreturn restorer (`mov rax, 15; syscall`)")
+        } else {
+            None
+        }
+    }
+
+    /// `syscall; ret`: the injected call's instruction. After the call, `ret` pops the address
+    /// the injected stack pointer points at: the restorer below.
+    pub(super) const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+    /// `mov rax, 15; syscall` (`rt_sigreturn`): glibc's and musl's `__restore_rt`.
+    pub(super) const RESTORER: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+    /// `mov eax, 15; syscall`: the same, shorter encoding.
+    pub(super) const RESTORER_SHORT: &[u8] = &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
+    /// Bytes below the stack pointer the ABI lets leaf code use without moving it.
+    const RED_ZONE: u64 = 128;
+    /// Extra room left between the red zone and the frame.
+    const SLACK: u64 = 256;
+    /// `sizeof(struct rt_sigframe)` on x86_64: `pretcode`, `struct ucontext` (304), `siginfo`.
+    const SIGFRAME: u64 = 8 + 304 + 128;
+    /// `uc_flags`: `UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS`.
+    const UC_FLAGS: u64 = 0x1 | 0x2 | 0x4;
+    /// `ss_flags` no mode has (neither 0, `SS_ONSTACK` nor `SS_DISABLE`): `rt_sigreturn`'s
+    /// `restore_altstack` then fails with `EINVAL`, which it ignores, and the thread's
+    /// alternate signal stack stays as it is (its settings cannot be read through ptrace).
+    const SS_FLAGS_NO_CHANGE: u32 = 3;
+    const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+    const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+    /// Offset of `sw_reserved` (`struct _fpx_sw_bytes`) in the `FXSAVE` area.
+    const SW_RESERVED: usize = 464;
+
+    /// A signal frame written below the thread's stack: what `rt_sigreturn` needs to put the
+    /// thread back exactly as it was (registers, signal mask, FPU/vector state).
+    pub(super) struct Frame {
+        /// Its address (the injected stack pointer; the restorer's address is stored here).
+        pub at: u64,
+        pub bytes: Vec<u8>,
+    }
+
+    /// The x87/SSE/AVX state image for the frame: the `XSAVE` image from `NT_X86_XSTATE` with
+    /// its software bytes (`struct _fpx_sw_bytes`) filled as the kernel's signal code writes
+    /// them, or the 512-byte `FXSAVE` image (`NT_PRFPREG`, restored as such: no magic).
+    pub(super) fn fpu_image(mut xsave: Vec<u8>) -> Vec<u8> {
+        if xsave.len() >= 576 {
+            let bv = u64::from_le_bytes(xsave[512..520].try_into().unwrap_or([0; 8]));
+            let size = xstate_size(bv).clamp(576, xsave.len());
+            let sw = &mut xsave[SW_RESERVED..512];
+            sw.fill(0);
+            sw[0..4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+            sw[4..8].copy_from_slice(&((size + 4) as u32).to_le_bytes());
+            sw[8..16].copy_from_slice(&(bv | 0x3).to_le_bytes());
+            sw[16..20].copy_from_slice(&(size as u32).to_le_bytes());
+            xsave.truncate(size);
+            xsave.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+        } else {
+            xsave.resize(512, 0);
+            xsave[SW_RESERVED..512].fill(0);
+            xsave.extend_from_slice(&[0; 4]);
+        }
+        xsave
+    }
+
+    /// Bytes of the non-compacted `XSAVE` image that hold the components in `bv` (CPUID leaf
+    /// 0xd: each component's offset and size).
+    fn xstate_size(bv: u64) -> usize {
+        let mut end = 576usize;
+        for i in 2..63u32 {
+            if bv & (1 << i) != 0 {
+                // SAFETY: CPUID is available on every x86_64 CPU; leaf 0xd exists wherever the
+                // kernel reports an XSAVE image (it uses the same leaf).
+                #[allow(unused_unsafe)] // unsafe before Rust 1.87
+                let r = unsafe { std::arch::x86_64::__cpuid_count(0xd, i) };
+                end = end.max(r.ebx as usize + r.eax as usize);
+            }
+        }
+        end
+    }
+
+    /// Builds the frame below `r.rsp` (past the red zone): `pretcode` = `restorer`, the
+    /// `ucontext` with `r` (the registers to go back to), `mask` and a pointer to `fpu`.
+    pub(super) fn frame(r: &Regs, mask: u64, fpu: &[u8], restorer: u64) -> Frame {
+        let fp_at = (r.rsp - RED_ZONE - SLACK - fpu.len() as u64) & !63;
+        let at = (fp_at - SIGFRAME) & !15;
+        let mut b = vec![0u8; (fp_at - at) as usize + fpu.len()];
+        let mut put = |off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        put(0, restorer);
+        // struct ucontext at 8: uc_flags, uc_link, uc_stack { ss_sp, ss_flags, ss_size }.
+        put(8, UC_FLAGS);
+        put(32, SS_FLAGS_NO_CHANGE as u64);
+        // struct sigcontext at 48.
+        let gp = [
+            r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx,
+            r.rdx, r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+        ];
+        for (i, v) in gp.iter().enumerate() {
+            put(48 + 8 * i, *v);
+        }
+        // cs, gs, fs, ss (u16 each) at 192.
+        let segs =
+            (r.cs & 0xffff) | (r.gs & 0xffff) << 16 | (r.fs & 0xffff) << 32 | (r.ss & 0xffff) << 48;
+        put(192, segs);
+        // err, trapno, oldmask, cr2 stay 0; fpstate at 232.
+        put(232, fp_at);
+        // uc_sigmask at 304.
+        put(304, mask);
+        let off = (fp_at - at) as usize;
+        b[off..].copy_from_slice(fpu);
+        Frame { at, bytes: b }
+    }
+
+    /// The registers that run `nr` at `insn` (a `syscall; ret`) on the frame at `frame`.
+    pub(super) fn chained(saved: &Regs, insn: u64, frame: u64, nr: i64, args: &[u64; 6]) -> Regs {
+        let mut r = injected(saved, insn, nr, args);
+        r.rsp = frame;
+        r
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -160,6 +326,12 @@ mod arch {
     /// No system call in progress as far as the signal code is concerned.
     pub(super) fn before_detach(tid: i32) -> std::io::Result<()> {
         crate::sys::ptrace::set_syscall_number(tid, -1)
+    }
+    /// What [`super::find_patterns`] looks for.
+    pub(super) const PATTERNS: &[&[u8]] = &[INSN];
+    /// What the search lacks, if anything (3 candidates: one may be at the program counter).
+    pub(super) fn missing(found: &[Vec<u64>]) -> Option<&'static str> {
+        (found[0].len() < 3).then_some("3 system call instructions")
     }
 }
 
@@ -462,19 +634,20 @@ pub(crate) fn freeze(pid: i32) -> Result<Freeze, RemoteError> {
     })
 }
 
-/// Addresses of system call instructions in the executable mappings of `pid` (vDSO first), at
-/// most `want` of them.
-fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {
+/// Addresses of each of `patterns` in the executable mappings of `pid` (vDSO first, then in
+/// address order), at most `want` of each; the search stops once every pattern has `want`.
+fn find_patterns(pid: i32, mem: &File, patterns: &[&[u8]], want: usize) -> io::Result<Search> {
     let mut maps: Vec<_> = proc::maps(pid)?
         .into_iter()
         .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x' && m.path != "[vsyscall]")
         .collect();
     maps.sort_by_key(|m| m.path != "[vdso]");
-    let mut found = Vec::new();
+    let mut found = vec![Vec::new(); patterns.len()];
     let mut searched = 0usize;
     let mappings = maps.len();
     let mut read_error = None;
     let mut buf = vec![0u8; 1 << 20];
+    let done = |found: &[Vec<u64>]| found.iter().all(|f| f.len() >= want);
     for m in maps {
         let mut at = m.start;
         while at < m.end && searched < SEARCH_LIMIT {
@@ -490,23 +663,25 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {
                 break;
             }
             searched += got;
-            let mut i = 0;
-            while i + arch::INSN.len() <= got {
-                if arch::aligned(at + i) && &buf[i..i + arch::INSN.len()] == arch::INSN {
-                    found.push((at + i) as u64);
-                    if found.len() == want {
-                        return Ok(Search {
-                            found,
-                            mappings,
-                            read_error,
-                        });
+            for (p, f) in patterns.iter().zip(found.iter_mut()) {
+                let mut i = 0;
+                while i + p.len() <= got && f.len() < want {
+                    if arch::aligned(at + i) && &buf[i..i + p.len()] == *p {
+                        f.push((at + i) as u64);
+                        i += p.len();
+                    } else {
+                        i += 1;
                     }
-                    i += arch::INSN.len();
-                } else {
-                    i += 1;
                 }
             }
-            // An instruction split across two reads is simply not found; there are others.
+            if done(&found) {
+                return Ok(Search {
+                    found,
+                    mappings,
+                    read_error,
+                });
+            }
+            // A pattern split across two reads is simply not found; there are others.
             at += got;
         }
     }
@@ -517,9 +692,10 @@ fn find_syscall_insns(pid: i32, mem: &File, want: usize) -> io::Result<Search> {
     })
 }
 
-/// What [`find_syscall_insns`] found, and why it may have found too little.
+/// What [`find_patterns`] found, and why it may have found too little.
 struct Search {
-    found: Vec<u64>,
+    /// Per pattern, the addresses found.
+    found: Vec<Vec<u64>>,
     /// Executable mappings searched.
     mappings: usize,
     /// The first read of `/proc/PID/mem` that failed.
@@ -627,25 +803,26 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     // Search with the thread stopped, in a `/proc/PID/mem` opened now: the file binds the
     // address space at open, and a process spawned a moment ago may still be inside execve
     // (its parent is released before the new program is mapped), so only now is it final.
-    let mem = File::open(format!("/proc/{pid}/mem"))
+    let mem = File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
         .map_err(|e| access_error(pid, "open /proc/PID/mem", e))?;
-    let search =
-        find_syscall_insns(pid, &mem, 4).map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
-    drop(mem);
-    let candidates = search.found;
-    if candidates.len() < 3 && exiting(pid) {
+    let search = find_patterns(pid, &mem, arch::PATTERNS, 4)
+        .map_err(|e| access_error(pid, "read /proc/PID/mem", e))?;
+    let missing = arch::missing(&search.found);
+    if missing.is_some() && exiting(pid) {
         return Err(RemoteError::TargetExited {
             pid,
             during: "find a system call instruction",
         });
     }
-    if candidates.len() < 3 {
+    if let Some(what) = missing {
         return Err(RemoteError::Injection {
             pid,
             step: "find a system call instruction",
             detail: format!(
-                "found {} system call instruction(s) in {} executable mapping(s), need 3{}",
-                candidates.len(),
+                "found no {what} in {} executable mapping(s){}: the target's libc is not one the injector knows (glibc and musl are); nothing was changed in it",
                 search.mappings,
                 search
                     .read_error
@@ -660,25 +837,11 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
         step: "check the thread's ABI",
         detail,
     })?;
-    let mask = ptrace::get_sigmask(tid).map_err(|e| s.fail("PTRACE_GETSIGMASK", e))?;
-    s.restore_regs = Some(arch::restorable(&saved));
-    s.restore_mask = Some(mask);
-    ptrace::set_sigmask(tid, u64::MAX).map_err(|e| s.fail("PTRACE_SETSIGMASK", e))?;
-
-    // Not the instruction the thread stopped at or right after (aarch64 restart logic compares
-    // the program counter with the interrupted call's address).
-    let pc = arch::pc(&saved);
-    let insn_len = arch::INSN.len() as u64;
-    let at = candidates
-        .into_iter()
-        .find(|&a| a != pc && a + insn_len != pc)
-        .ok_or(RemoteError::Injection {
-            pid,
-            step: "find a system call instruction",
-            detail: "every candidate is at the thread's program counter".into(),
-        })?;
-    ptrace::set_regs(tid, &arch::injected(&saved, at, nr, &args))
-        .map_err(|e| s.fail("PTRACE_SETREGSET", e))?;
+    let restorable = arch::restorable(&saved);
+    s.restore_regs = Some(restorable);
+    let at = prepare(&mut s, &mem, &search.found, &saved, &restorable, nr, &args)?;
+    drop(mem);
+    ptrace::set_regs(tid, &at).map_err(|e| s.fail("PTRACE_SETREGSET", e))?;
     let syscall_stop = |sig: i32, ev: i32| ev == 0 && sig == libc::SIGTRAP | 0x80;
     ptrace::resume_to_syscall(tid, 0).map_err(|e| s.fail("PTRACE_SYSCALL", e))?;
     s.wait_for(
@@ -709,6 +872,80 @@ pub(crate) fn syscall_in(pid: i32, nr: i64, args: [u64; 6]) -> Result<i64, Remot
     let ret = arch::result(&exit);
     s.release()?;
     Ok(ret)
+}
+
+/// x86_64: writes the restore frame below the thread's stack pointer and returns the registers
+/// that run the call through the `syscall; ret` gadget (see the module docs).
+#[cfg(target_arch = "x86_64")]
+fn prepare(
+    s: &mut Session,
+    mem: &File,
+    found: &[Vec<u64>],
+    _saved: &Regs,
+    restorable: &Regs,
+    nr: i64,
+    args: &[u64; 6],
+) -> Result<Regs, RemoteError> {
+    let (pid, tid) = (s.pid, s.tid);
+    let mask = ptrace::get_sigmask(tid).map_err(|e| s.fail("PTRACE_GETSIGMASK", e))?;
+    let mut fpu = vec![0u8; 64 << 10];
+    let n = match ptrace::get_regset(tid, ptrace::NT_X86_XSTATE, &mut fpu) {
+        Ok(n) => n,
+        Err(_) => ptrace::get_regset(tid, ptrace::NT_PRFPREG, &mut fpu)
+            .map_err(|e| s.fail("PTRACE_GETREGSET NT_PRFPREG", e))?,
+    };
+    fpu.truncate(n);
+    let image = arch::fpu_image(fpu);
+    let restorer = found[1].first().or(found[2].first()).copied().unwrap_or(0);
+    let frame = arch::frame(restorable, mask, &image, restorer);
+    // The frame must lie in the writable mapping that holds the stack pointer.
+    let sp = restorable.rsp as usize;
+    let room = proc::maps(pid)
+        .map_err(|e| access_error(pid, "read /proc/PID/maps", e))?
+        .into_iter()
+        .find(|m| m.start < sp && sp <= m.end)
+        .filter(|m| m.perms[0] == b'r' && m.perms[1] == b'w' && m.start as u64 <= frame.at);
+    if room.is_none() {
+        return Err(RemoteError::Injection {
+            pid,
+            step: "write the restore frame",
+            detail: format!(
+                "thread {tid}'s stack pointer {sp:#x} has no {} bytes of writable stack below it (a small coroutine stack?); nothing was changed in it",
+                sp as u64 - frame.at
+            ),
+        });
+    }
+    mem.write_all_at(&frame.bytes, frame.at)
+        .map_err(|e| s.fail("write the restore frame", e))?;
+    Ok(arch::chained(restorable, found[0][0], frame.at, nr, args))
+}
+
+/// aarch64: the call runs at a plain system call instruction (see the module docs: not yet
+/// safe against the tracer's death between the register change and their restoration).
+#[cfg(target_arch = "aarch64")]
+fn prepare(
+    s: &mut Session,
+    _mem: &File,
+    found: &[Vec<u64>],
+    saved: &Regs,
+    _restorable: &Regs,
+    nr: i64,
+    args: &[u64; 6],
+) -> Result<Regs, RemoteError> {
+    // Not the instruction the thread stopped at or right after (aarch64 restart logic compares
+    // the program counter with the interrupted call's address).
+    let pc = arch::pc(saved);
+    let insn_len = arch::INSN.len() as u64;
+    let at = found[0]
+        .iter()
+        .copied()
+        .find(|&a| a != pc && a + insn_len != pc)
+        .ok_or(RemoteError::Injection {
+            pid: s.pid,
+            step: "find a system call instruction",
+            detail: "every candidate is at the thread's program counter".into(),
+        })?;
+    Ok(arch::injected(saved, at, nr, args))
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

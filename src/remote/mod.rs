@@ -54,6 +54,7 @@
 mod error;
 mod image;
 mod inject;
+mod lock;
 
 pub use error::RemoteError;
 pub use image::{Image, Mismatch};
@@ -71,7 +72,6 @@ use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
 
 /// The tracking userfaultfd is moved to this fd number or the lowest free one above it, which is
 /// how a later attach tells it from a userfaultfd of the target's own.
@@ -359,8 +359,13 @@ pub struct RemoteTracker {
     /// Address ranges registered and armed as of the last collect, ascending, disjoint.
     tracked: Vec<Mapping>,
     resumed: bool,
-    /// Descendants stopped by `stop_target`, to resume (pidfds: immune to pid reuse).
-    stopped_descendants: Vec<(i32, OwnedFd)>,
+    /// The target's lock (one tracker per target), and its record of the tracking.
+    lock: lock::TargetLock,
+    /// What attaching found and did (adopted or closed leftovers), for the user.
+    notes: Vec<String>,
+    /// The target and its descendants held in ptrace stops by `stop_target` (released by
+    /// `continue_target`, by `Drop`, or by the kernel when this process dies).
+    frozen: Vec<(i32, inject::Freeze)>,
     /// `stop_target` stopped the target and `continue_target` has not resumed it yet (`Drop`
     /// resumes it).
     stopped: bool,
@@ -481,6 +486,11 @@ impl RemoteTracker {
         if pid <= 0 {
             return Err(RemoteError::NoSuchProcess { pid });
         }
+        if pid == std::process::id() as i32 {
+            return Err(RemoteError::Usage(format!(
+                "process {pid} is this process: a process cannot track itself remotely (it cannot ptrace itself, and stopping it would stop the tracker); use dirtytrack::Tracker for in-process tracking"
+            )));
+        }
         // The process first: "no such process" is the more useful answer on any kernel.
         let pidfd = pidfd::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) | Some(libc::EINVAL) => RemoteError::NoSuchProcess { pid },
@@ -516,12 +526,42 @@ impl RemoteTracker {
         let mem = File::open(format!("/proc/{pid}/mem"))
             .map_err(|e| inject::access_error(pid, "open /proc/PID/mem", e))?;
 
-        let (target_fd, resumed) = match find_tracking_fd(pid, b.expect)? {
-            Some(Found::Expected(fd)) => (fd, !b.fresh),
+        // One tracker per target: held until this tracker is dropped (or its process dies).
+        let mut lock = lock::TargetLock::acquire(pid)?;
+        let mut notes = Vec::new();
+        let fds = inspect_fds(pid, b.expect, &lock.record)?;
+        for (fd, why) in &fds.close {
+            let ret = inject::syscall_in(pid, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+            notes.push(if ret == 0 {
+                format!("closed fd {fd} in the target: {why}")
+            } else {
+                format!(
+                    "could not close fd {fd} in the target ({}): {why}",
+                    io::Error::from_raw_os_error(-ret as i32)
+                )
+            });
+        }
+        if lock.record.creating.take().is_some() {
+            lock.write()
+                .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
+        }
+        let (target_fd, resumed, api_done) = match fds.found {
+            Some(f) if f.expected => (f.fd, !b.fresh, f.api_done),
             // Another chain's fd (or no expectation given): reuse it, with its history only
             // when the caller did not expect a specific one.
-            Some(Found::Marked(fd)) => (fd, !b.fresh && b.expect.is_none()),
-            None => (create_in_target(pid)?, false),
+            Some(f) => {
+                notes.push(if f.api_done {
+                    format!("adopted the tracking userfaultfd an earlier tracker left in the target (fd {})", f.fd)
+                } else {
+                    format!("adopted the userfaultfd an interrupted attach left in the target (fd {}), not set up yet", f.fd)
+                });
+                (
+                    f.fd,
+                    f.api_done && !b.fresh && b.expect.is_none(),
+                    f.api_done,
+                )
+            }
+            None => (create_in_target(pid, &mut lock)?, false, false),
         };
         let uffd =
             pidfd::pidfd_getfd(pidfd.as_fd(), target_fd).map_err(|e| match e.raw_os_error() {
@@ -537,7 +577,9 @@ impl RemoteTracker {
                 .metadata()
                 .map(|m| m.ino())
                 .map_err(|e| kernel_err(pid, "fstat", e))?;
-        if !resumed {
+        // A userfaultfd takes UFFDIO_API once (again: EINVAL); one already set up is reused as
+        // it is (a fresh chain then registers everything again, which the same fd allows).
+        if !api_done {
             let api =
                 uffd::api(uffd.as_fd(), FEATURES).map_err(|e| kernel_err(pid, "UFFDIO_API", e))?;
             if api.features & uffd::FEATURE_WP_ASYNC == 0 {
@@ -559,13 +601,22 @@ impl RemoteTracker {
             track_shared: b.track_shared,
             tracked: Vec::new(),
             resumed,
-            stopped_descendants: Vec::new(),
+            frozen: Vec::new(),
             stopped: false,
+            lock,
+            notes,
             #[cfg(feature = "testing")]
             before_stop: None,
             buf: vec![PageRegion::default(); VEC_LEN],
             buf_used: 0,
         };
+        if t.lock.record.uffd != uffd_ino {
+            t.lock.record.uffd = uffd_ino;
+            t.lock.record.generation = 0;
+            t.lock
+                .write()
+                .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
+        }
         if resumed {
             t.tracked = match b.previous {
                 Some(p) => p,
@@ -586,6 +637,22 @@ impl RemoteTracker {
     /// first collect reports only what changed since that tracker's last collect).
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+    /// What attaching found in the target and did about it: leftovers of earlier trackers
+    /// adopted, stray userfaultfds of interrupted attaches closed. One sentence each.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+    /// Collects begun on this tracking userfaultfd, by any tracker, as of the last collect (or
+    /// the attach). A tool that saves it with its last committed dump, and finds another
+    /// number when it attaches again, knows that some collect's pages went elsewhere (another
+    /// tool collected, or a run died between its collect and its dump) and must dump in full.
+    pub fn generation(&self) -> u64 {
+        self.lock.record.generation
+    }
+    /// The target's lock file (one tracker per target; see [`RemoteError::TargetBusy`]).
+    pub fn lock_path(&self) -> &std::path::Path {
+        self.lock.path()
     }
     /// The tracking userfaultfd's number in the target.
     pub fn target_fd(&self) -> i32 {
@@ -680,10 +747,15 @@ impl RemoteTracker {
         if addrs.is_empty() {
             return Ok(Vec::new());
         }
-        let _frozen = match inject::freeze(self.pid) {
-            Ok(f) => f,
-            Err(RemoteError::PtraceRefused { .. }) => return Ok(vec![None; addrs.len()]),
-            Err(e) => return Err(self.exit_or(e, "read /proc/PID/mem")),
+        // Already held by `stop_target`: read as it is.
+        let _frozen = if self.stopped {
+            None
+        } else {
+            match inject::freeze(self.pid) {
+                Ok(f) => Some(f),
+                Err(RemoteError::PtraceRefused { .. }) => return Ok(vec![None; addrs.len()]),
+                Err(e) => return Err(self.exit_or(e, "read /proc/PID/mem")),
+            }
         };
         let ps = self.page_size;
         Ok(addrs
@@ -723,23 +795,23 @@ impl RemoteTracker {
         }
     }
 
-    /// Stops the target and all its descendants (`SIGSTOP`) and waits until every thread of
-    /// each is stopped (at most 10 s each). Descendants are included because fork children can
-    /// still write memory they share with the target.
+    /// Stops the target and all its descendants, every thread of each held in a ptrace stop
+    /// by the calling thread ([`inject::freeze`]), until [`RemoteTracker::continue_target`] (or
+    /// the tracker is dropped). Descendants are included because fork children can still write
+    /// memory they share with the target.
+    ///
+    /// No signal is sent: the stop ends with this process, also if it is killed (the kernel
+    /// releases a dead tracer's tracees), and a target the user stopped (`SIGSTOP`) stays
+    /// stopped afterwards. Every later call on this tracker must come from the same thread
+    /// (ptrace is per tracer thread). A descendant another tracer holds (a debugger) cannot be
+    /// stopped and is left running.
     pub fn stop_target(&mut self) -> Result<(), RemoteError> {
-        self.stopped = true;
-        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGSTOP).map_err(|e| {
-            self.exit_or(
-                kernel_err(self.pid, "pidfd_send_signal(SIGSTOP)", e),
-                "stop_target",
-            )
-        })?;
-        if !wait_stopped(self.pid)? {
-            return Err(RemoteError::TargetExited {
-                pid: self.pid,
-                during: "stop_target",
-            });
+        if self.stopped {
+            return Ok(());
         }
+        let f = inject::freeze(self.pid).map_err(|e| self.exit_or(e, "stop_target"))?;
+        self.frozen.push((self.pid, f));
+        self.stopped = true;
         // Descendants, to a fixed point: a child may fork before it is stopped.
         loop {
             let mut new = Vec::new();
@@ -747,7 +819,7 @@ impl RemoteTracker {
             while let Some(p) = todo.pop() {
                 for c in proc::children(p).unwrap_or_default() {
                     todo.push(c);
-                    if !self.stopped_descendants.iter().any(|(pid, _)| *pid == c) {
+                    if !self.frozen.iter().any(|(pid, _)| *pid == c) && !new.contains(&c) {
                         new.push(c);
                     }
                 }
@@ -755,28 +827,29 @@ impl RemoteTracker {
             if new.is_empty() {
                 return Ok(());
             }
+            let mut progress = false;
             for c in new {
-                // A child that exits meanwhile is simply not stopped.
-                let Ok(fd) = pidfd::pidfd_open(c) else {
-                    continue;
-                };
-                if pidfd::send_signal(fd.as_fd(), libc::SIGSTOP).is_ok() {
-                    let _ = wait_stopped(c);
+                // A child that exits meanwhile, or that another tracer holds, is not stopped.
+                if let Ok(f) = inject::freeze(c) {
+                    self.frozen.push((c, f));
+                    progress = true;
                 }
-                self.stopped_descendants.push((c, fd));
+            }
+            if !progress {
+                return Ok(());
             }
         }
     }
 
-    /// Resumes the target and the descendants [`RemoteTracker::stop_target`] stopped
-    /// (`SIGCONT`).
+    /// Lets the target and the descendants [`RemoteTracker::stop_target`] stopped run again
+    /// (a target the user had stopped with `SIGSTOP` stays stopped).
     pub fn continue_target(&mut self) -> Result<(), RemoteError> {
         self.stopped = false;
-        for (_, fd) in self.stopped_descendants.drain(..) {
-            let _ = pidfd::send_signal(fd.as_fd(), libc::SIGCONT);
+        // Descendants first, the target last (the reverse of the stop).
+        while let Some((_, f)) = self.frozen.pop() {
+            drop(f);
         }
-        pidfd::send_signal(self.pidfd.as_fd(), libc::SIGCONT)
-            .map_err(|e| kernel_err(self.pid, "pidfd_send_signal(SIGCONT)", e))
+        Ok(())
     }
 
     /// Whether the target still holds our userfaultfd at the same number.
@@ -834,6 +907,12 @@ impl RemoteTracker {
             });
         }
         self.check_fd()?;
+        // Recorded before anything is re-armed: a chain that saved the previous number knows,
+        // whatever happens to this collect's result, that its pages went elsewhere.
+        self.lock.record.generation += 1;
+        self.lock
+            .write()
+            .map_err(|e| kernel_err(self.pid, "write the target's lock file", e))?;
         let current = proc::maps(self.pid)
             .map_err(|e| self.exit_or(kernel_err(self.pid, "read /proc/PID/maps", e), "collect"))?;
         if current.is_empty() {
@@ -1208,7 +1287,7 @@ impl RemoteTracker {
 
     /// Removes tracking from the target: unregisters every tracked range and closes the
     /// userfaultfd in the target (one more injected system call).
-    pub fn stop_tracking(self) -> Result<(), RemoteError> {
+    pub fn stop_tracking(mut self) -> Result<(), RemoteError> {
         for m in &self.tracked {
             // Ranges unmapped meanwhile give EINVAL; nothing to undo there.
             let _ = uffd::unregister(self.uffd.as_fd(), m.start, m.len());
@@ -1229,7 +1308,11 @@ impl RemoteTracker {
                 source: io::Error::from_raw_os_error(-ret as i32),
             });
         }
-        Ok(())
+        self.lock.record.uffd = 0;
+        self.lock.record.generation = 0;
+        self.lock
+            .write()
+            .map_err(|e| kernel_err(self.pid, "write the target's lock file", e))
     }
 }
 
@@ -1239,35 +1322,6 @@ impl Drop for RemoteTracker {
         if self.stopped {
             let _ = self.continue_target();
         }
-    }
-}
-
-/// Waits until every thread of `pid` is stopped (or gone); `false` if the process is gone.
-fn wait_stopped(pid: i32) -> Result<bool, RemoteError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let Ok(tids) = proc::threads(pid) else {
-            return Ok(false);
-        };
-        let states: Vec<Option<char>> = tids.iter().map(|&t| proc::state(pid, Some(t))).collect();
-        if states
-            .iter()
-            .all(|s| matches!(s, None | Some('Z') | Some('X')))
-        {
-            return Ok(false);
-        }
-        if states
-            .iter()
-            .all(|s| matches!(s, None | Some('T') | Some('t') | Some('Z') | Some('X')))
-        {
-            return Ok(true);
-        }
-        if Instant::now() > deadline {
-            return Err(RemoteError::Usage(format!(
-                "process {pid} did not stop within 10 s of SIGSTOP"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -1309,27 +1363,87 @@ fn runs(seg: &Segment, ps: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// A userfaultfd an earlier tracker left in the target.
-enum Found {
-    /// Exactly the one the caller expected (fd number and inode).
-    Expected(i32),
-    /// One that looks like a tracker's: at or above [`MARK_FD_BASE`], async features, no events.
-    Marked(i32),
+/// The userfaultfd to reuse.
+struct Found {
+    fd: i32,
+    /// The one the caller expected (fd number and inode).
+    expected: bool,
+    /// `UFFDIO_API` was done on it.
+    api_done: bool,
 }
 
-/// The userfaultfd an earlier tracker left in `pid`, if any.
-fn find_tracking_fd(pid: i32, expect: Option<(i32, u64)>) -> Result<Option<Found>, RemoteError> {
+/// What [`inspect_fds`] decided.
+struct Fds {
+    found: Option<Found>,
+    /// Leftovers of interrupted attaches to close, and why.
+    close: Vec<(i32, String)>,
+}
+
+/// Looks at the userfaultfds of `pid`: the one to reuse (the expected one, else one marked as a
+/// tracker's: at or above [`MARK_FD_BASE`], async features and no events, or not set up yet),
+/// and the leftovers of attaches killed midway to close: marked ones never set up (another is
+/// reused), unmarked copies of a marked one (killed between the move and the close), and,
+/// when the lock records a creation under way, unmarked ones never set up that the target did
+/// not hold before it (killed before the move).
+fn inspect_fds(
+    pid: i32,
+    expect: Option<(i32, u64)>,
+    record: &lock::Record,
+) -> Result<Fds, RemoteError> {
     let fds =
         proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
-    if let Some((fd, ino)) = expect {
-        if let Some(u) = fds.iter().find(|u| u.fd == fd && u.ino == ino) {
-            return Ok(Some(Found::Expected(u.fd)));
+    let marked: Vec<&proc::UffdInfo> = fds
+        .iter()
+        .filter(|u| {
+            u.fd >= MARK_FD_BASE
+                && (u.features == 0 || u.features & (FEATURES | EVENT_FEATURES) == FEATURES)
+        })
+        .collect();
+    let found = expect
+        .and_then(|(fd, ino)| fds.iter().find(|u| u.fd == fd && u.ino == ino))
+        .map(|u| (u, true))
+        .or_else(|| {
+            marked
+                .iter()
+                .find(|u| u.features != 0)
+                .or(marked.first())
+                .map(|u| (*u, false))
+        });
+    let mut close = Vec::new();
+    for u in &fds {
+        if found.is_some_and(|(f, _)| f.fd == u.fd) {
+            continue;
+        }
+        let is_marked = marked.iter().any(|m| m.fd == u.fd);
+        if is_marked && u.features == 0 {
+            close.push((
+                u.fd,
+                "a tracking userfaultfd an interrupted attach never set up".to_string(),
+            ));
+        } else if !is_marked && u.fd < MARK_FD_BASE && marked.iter().any(|m| m.ino == u.ino) {
+            close.push((u.fd, format!("a second reference to the tracking userfaultfd (inode {}) an interrupted attach left", u.ino)));
+        } else if !is_marked
+            && u.fd < MARK_FD_BASE
+            && u.features == 0
+            && record
+                .creating
+                .as_ref()
+                .is_some_and(|before| !before.contains(&u.ino))
+        {
+            close.push((
+                u.fd,
+                "a userfaultfd an interrupted attach created and never set up".to_string(),
+            ));
         }
     }
-    Ok(fds
-        .iter()
-        .find(|u| u.fd >= MARK_FD_BASE && u.features & (FEATURES | EVENT_FEATURES) == FEATURES)
-        .map(|u| Found::Marked(u.fd)))
+    Ok(Fds {
+        found: found.map(|(u, expected)| Found {
+            fd: u.fd,
+            expected,
+            api_done: u.features != 0,
+        }),
+        close,
+    })
 }
 
 /// The mappings registered for write-protect right now (`uw` in smaps), as tracked mappings.
@@ -1348,7 +1462,25 @@ fn registered_now(pid: i32) -> Result<Vec<Mapping>, RemoteError> {
 }
 
 /// Creates the tracking userfaultfd in the target; returns its fd number there.
-fn create_in_target(pid: i32) -> Result<i32, RemoteError> {
+///
+/// The lock records the creation first (with the userfaultfds the target holds before it), so
+/// that a later attach can tell the leftovers of this one from the target's own if this process
+/// dies midway; the record is cleared once the fd is marked.
+fn create_in_target(pid: i32, lock: &mut lock::TargetLock) -> Result<i32, RemoteError> {
+    let before =
+        proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+    lock.record.creating = Some(before.iter().map(|u| u.ino).collect());
+    lock.write()
+        .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
+    let fd = create_and_mark(pid)?;
+    lock.record.creating = None;
+    lock.write()
+        .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
+    Ok(fd)
+}
+
+/// The injections of [`create_in_target`].
+fn create_and_mark(pid: i32) -> Result<i32, RemoteError> {
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY) as u64;
     let ret = inject::syscall_in(pid, libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
     if ret < 0 {

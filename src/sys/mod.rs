@@ -24,6 +24,7 @@
 //! ioctl numbers are computed from the argument types' sizes ([`iowr`], [`ior`]), and each is
 //! checked at compile time against the number the kernel headers give.
 
+pub mod lock;
 pub mod maps;
 pub mod mem;
 pub mod pagemap;

@@ -137,6 +137,17 @@ pub struct UffdInfo {
     pub flags: u64,
 }
 
+/// The start time of process `pid` (`/proc/PID/stat` field 22, clock ticks since boot): with
+/// the pid, it names one process for good (pids are reused, start times with them are not).
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    let stat = fs::read_to_string(proc_path(pid, "stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat: {stat}")))
+}
+
 /// The userfaultfds process `pid` holds.
 pub fn userfaultfds(pid: i32) -> io::Result<Vec<UffdInfo>> {
     let mut out = Vec::new();

@@ -41,6 +41,54 @@ pub const EVENT_STOP: i32 = 128;
 
 /// `NT_PRSTATUS`: the general-purpose register set.
 const NT_PRSTATUS: libc::c_int = 1;
+/// `NT_PRFPREG`: the x87/SSE state in `FXSAVE` format (512 bytes).
+#[cfg(target_arch = "x86_64")]
+pub const NT_PRFPREG: libc::c_int = 2;
+/// `NT_X86_XSTATE`: the extended state in the non-compacted `XSAVE` format.
+#[cfg(target_arch = "x86_64")]
+pub const NT_X86_XSTATE: libc::c_int = 0x202;
+
+/// Test hook (feature `testing`): the process kills itself with `SIGKILL` just before its
+/// `KILL_AT`-th ptrace request (counted from 1 since the hook was set), to prove that a tracer
+/// dying at any step leaves its tracee unharmed (tests/remote.rs).
+#[cfg(feature = "testing")]
+pub mod kill_hook {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static KILL_AT: AtomicUsize = AtomicUsize::new(0);
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    /// Kill this process before its `n`-th ptrace request from now (0: never, only count).
+    pub fn set(n: usize) {
+        COUNT.store(0, Ordering::SeqCst);
+        KILL_AT.store(n, Ordering::SeqCst);
+    }
+    /// Ptrace requests made since [`set`].
+    pub fn count() -> usize {
+        COUNT.load(Ordering::SeqCst)
+    }
+    pub(super) fn before_request() {
+        let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+        if KILL_AT.load(Ordering::SeqCst) == n {
+            // SAFETY: kill(2) on this process with a valid signal number.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
+/// `ptrace(request, tid, addr, data)`, after the test hook.
+///
+/// # Safety
+/// `addr` and `data` must be what `request` expects (see each caller).
+unsafe fn request(
+    req: libc::c_uint,
+    tid: i32,
+    addr: usize,
+    data: *mut libc::c_void,
+) -> libc::c_long {
+    #[cfg(feature = "testing")]
+    kill_hook::before_request();
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { libc::ptrace(req, tid, addr, data) }
+}
 
 /// The general-purpose registers (`struct user_regs_struct` on x86_64, `struct user_pt_regs` on
 /// aarch64), as `PTRACE_GETREGSET NT_PRSTATUS` returns them.
@@ -53,14 +101,14 @@ pub type Regs = libc::user_regs_struct;
 /// `PTRACE_SEIZE` the thread `tid` with `options` (`PTRACE_O_*`). The thread keeps running.
 pub fn seize(tid: i32, options: u64) -> io::Result<()> {
     // SAFETY: PTRACE_SEIZE takes the options by value in `data`; no pointer is passed.
-    cvt(unsafe { libc::ptrace(PTRACE_SEIZE, tid, 0usize, options as usize) })?;
+    cvt(unsafe { request(PTRACE_SEIZE, tid, 0, options as usize as *mut libc::c_void) })?;
     Ok(())
 }
 
 /// `PTRACE_INTERRUPT`: asks a seized thread to stop (it reports `PTRACE_EVENT_STOP`).
 pub fn interrupt(tid: i32) -> io::Result<()> {
     // SAFETY: no pointers are passed.
-    cvt(unsafe { libc::ptrace(PTRACE_INTERRUPT, tid, 0usize, 0usize) })?;
+    cvt(unsafe { request(PTRACE_INTERRUPT, tid, 0, std::ptr::null_mut()) })?;
     Ok(())
 }
 
@@ -68,21 +116,21 @@ pub fn interrupt(tid: i32) -> io::Result<()> {
 /// delivering `signal` (0 for none).
 pub fn resume_to_syscall(tid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: the signal number is passed by value; no pointers.
-    cvt(unsafe { libc::ptrace(PTRACE_SYSCALL, tid, 0usize, signal as usize) })?;
+    cvt(unsafe { request(PTRACE_SYSCALL, tid, 0, signal as usize as *mut libc::c_void) })?;
     Ok(())
 }
 
 /// `PTRACE_CONT`: resumes the stopped thread, delivering `signal` (0 for none).
 pub fn resume(tid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: the signal number is passed by value; no pointers.
-    cvt(unsafe { libc::ptrace(PTRACE_CONT, tid, 0usize, signal as usize) })?;
+    cvt(unsafe { request(PTRACE_CONT, tid, 0, signal as usize as *mut libc::c_void) })?;
     Ok(())
 }
 
 /// `PTRACE_DETACH`, delivering `signal` (0 for none) as the thread resumes.
 pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: the signal number is passed by value; no pointers.
-    cvt(unsafe { libc::ptrace(PTRACE_DETACH, tid, 0usize, signal as usize) })?;
+    cvt(unsafe { request(PTRACE_DETACH, tid, 0, signal as usize as *mut libc::c_void) })?;
     Ok(())
 }
 
@@ -97,11 +145,11 @@ pub fn get_regs(tid: i32) -> io::Result<Regs> {
     // SAFETY: `iov` describes `regs`, an exclusively borrowed buffer of exactly its size; the
     // kernel writes at most `iov_len` bytes and updates `iov_len`.
     cvt(unsafe {
-        libc::ptrace(
+        request(
             PTRACE_GETREGSET,
             tid,
             NT_PRSTATUS as usize,
-            &mut iov as *mut libc::iovec,
+            (&mut iov as *mut libc::iovec).cast(),
         )
     })?;
     if iov.iov_len != std::mem::size_of::<Regs>() {
@@ -124,11 +172,11 @@ pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
     // SAFETY: `iov` describes `copy`, a buffer of exactly `Regs`' size that outlives the call;
     // the kernel only reads it.
     cvt(unsafe {
-        libc::ptrace(
+        request(
             PTRACE_SETREGSET,
             tid,
             NT_PRSTATUS as usize,
-            &mut iov as *mut libc::iovec,
+            (&mut iov as *mut libc::iovec).cast(),
         )
     })?;
     Ok(())
@@ -139,7 +187,7 @@ pub fn get_sigmask(tid: i32) -> io::Result<u64> {
     let mut mask: u64 = 0;
     // SAFETY: `addr` is the size of the kernel's sigset (8 bytes) and `data` points to an
     // exclusively borrowed `u64` of that size.
-    cvt(unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) })?;
+    cvt(unsafe { request(PTRACE_GETSIGMASK, tid, 8, (&mut mask as *mut u64).cast()) })?;
     Ok(mask)
 }
 
@@ -147,8 +195,28 @@ pub fn get_sigmask(tid: i32) -> io::Result<u64> {
 pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
     let mut copy = mask;
     // SAFETY: `addr` is the sigset size (8) and `data` points to an 8-byte value the kernel reads.
-    cvt(unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mut copy as *mut u64) })?;
+    cvt(unsafe { request(PTRACE_SETSIGMASK, tid, 8, (&mut copy as *mut u64).cast()) })?;
     Ok(())
+}
+
+/// `PTRACE_GETREGSET` of register set `note` (`NT_*`) into `buf`; returns the bytes the kernel
+/// filled (the set's size, at most `buf.len()`).
+pub fn get_regset(tid: i32, note: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, exclusively borrowed; the kernel writes at most `iov_len`
+    // bytes and updates `iov_len`.
+    cvt(unsafe {
+        request(
+            PTRACE_GETREGSET,
+            tid,
+            note as usize,
+            (&mut iov as *mut libc::iovec).cast(),
+        )
+    })?;
+    Ok(iov.iov_len)
 }
 
 /// What `waitpid` reported about one thread.
@@ -209,11 +277,11 @@ pub fn set_syscall_number(tid: i32, nr: i32) -> io::Result<()> {
     };
     // SAFETY: `iov` describes `value`, an int that outlives the call; the kernel only reads it.
     cvt(unsafe {
-        libc::ptrace(
+        request(
             PTRACE_SETREGSET,
             tid,
             NT_ARM_SYSTEM_CALL as usize,
-            &mut iov as *mut libc::iovec,
+            (&mut iov as *mut libc::iovec).cast(),
         )
     })?;
     Ok(())
