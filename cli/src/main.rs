@@ -6,29 +6,26 @@
 //! dirtytrack predump PID --dir D [--iterations N] [--interval S] [--verify] [--track-shared] [--stop]
 //! ```
 //!
-//! # The dump format (`predump --dir D`)
+//! The dump format is in [`dump`].
 //!
-//! `D/NNNN/` is one dump (`0000`, `0001`, ...), each holding:
-//! - `kind`: `full` or `incremental` (an incremental dump applies to the dumps before it, back to
-//!   the last `full` one);
-//! - `maps`: one line per mapping whose contents the image holds after this dump, as
-//!   `start end perms offset dev inode path` (hexadecimal addresses and offset); pages of the
-//!   image outside these mappings are dropped;
-//! - `pages`: records of `u64 address` (little endian), `u64 length`, then `length` bytes;
-//!   a later record for the same page replaces the earlier one;
-//! - `unreadable`: `address length` lines (hexadecimal) of pages the kernel refused to read.
+//! # Signals
 //!
-//! `D/state` lets the next `predump` on the same process continue the chain: `pid`, the
-//! tracking userfaultfd's number and inode in the target, and the tracked mappings.
-//!
-//! Rebuilding: start from an empty image at the last `full` dump; for each dump in order, drop
-//! the pages outside its `maps`, then apply its `pages` and `unreadable`.
+//! `SIGINT`, `SIGTERM` and `SIGHUP` never interrupt work on the target: they are noted, and
+//! acted on at the next point where the target is consistent (after an injected system call,
+//! a registration, a resumed freeze). The CLI then releases the target and exits with 128 + the
+//! signal's number. A dump being copied is abandoned (never committed), and the chain's next
+//! run, finding the collect that dump was for uncommitted, starts over with a full dump.
+//! `SIGKILL` cannot be deferred; the library guarantees the target survives it anyway (see the
+//! library's `remote` module).
 
-use dirtytrack::remote::{Change, ChangeCounts, Collection, Image, Mapping, RemoteTracker};
+mod dump;
+
+use dirtytrack::remote::{Change, ChangeCounts, Collection, RemoteTracker};
 use dirtytrack::Capabilities;
+use dump::DumpError;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -37,17 +34,22 @@ const USAGE: &str = "\
 usage:
   dirtytrack caps
       what this kernel and this process can do (modes, features, remote tracking)
-  dirtytrack rate PID [--interval S] [--count N] [--top K] [--keep]
+  dirtytrack rate PID [--interval S] [--count N] [--top K] [--keep] [--track-shared]
       pages written per second by process PID, per mapping (default: 1 s, 10 times, top 10)
   dirtytrack predump PID --dir D [--iterations N] [--interval S] [--verify] [--track-shared] [--stop]
       a full dump of PID's memory into D, then N incremental dumps of what changed (default 3,
-      1 s apart). A later predump into the same D continues the chain. --verify finally stops
-      PID (SIGSTOP), takes the last increment, rebuilds the image from the dumps, compares it
-      with PID's memory byte for byte, resumes PID (SIGCONT), and exits 1 on any difference.
-      Tracking stays in PID afterwards, for the next predump; --stop removes it.
-      rate removes it when done, unless --keep.
+      1 s apart). A later predump into the same D continues the chain, or says why it cannot
+      and starts with a full dump. --verify finally holds PID stopped (under ptrace: the stop
+      ends with this command, however it ends), takes the last increment, rebuilds the image
+      from the dumps, compares it with PID's memory byte for byte, lets PID go, and exits 1 on
+      any difference. Tracking stays in PID afterwards, for the next predump; --stop removes
+      it. rate removes it when done, unless --keep.
   --track-shared: track shared mappings (memfd, shmem, MAP_SHARED) by write-protection instead
       of dumping them whole every time (only if nothing else writes them).
+
+One tracker per process: a second one is refused, naming the first (a tracker that died
+frees its target by itself; the next run adopts what it left). SIGINT/SIGTERM/SIGHUP are
+acted on once the target is consistent (exit 128 + signal).
 
 Needs ptrace permission over PID (same uid and Yama ptrace_scope 0, or CAP_SYS_PTRACE), and
 Linux 6.7+ (UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN).";
@@ -62,6 +64,7 @@ impl<E: std::fmt::Display> From<E> for Fail {
 }
 
 fn main() -> ExitCode {
+    signals::defer();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("caps") => caps(),
@@ -75,6 +78,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(0, msg)) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
         Err(Fail(code, msg)) => {
             eprintln!("dirtytrack: {msg}");
             ExitCode::from(code)
@@ -96,6 +103,9 @@ fn parse(args: &[String], with_value: &[&str], flags: &[&str]) -> Result<Opts, F
     let mut seen_flags = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--help" || a == "-h" {
+            return Err(Fail(0, USAGE.to_string()));
+        }
         if let Some(name) = a.strip_prefix("--") {
             if with_value.contains(&name) {
                 let v = it
@@ -163,6 +173,42 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
+/// Exits for a deferred termination signal, if one arrived.
+fn check_signal() -> Result<(), Fail> {
+    match signals::received() {
+        Some(sig) => Err(interrupted(sig)),
+        None => Ok(()),
+    }
+}
+
+fn interrupted(sig: i32) -> Fail {
+    Fail(
+        128u8.saturating_add(sig as u8),
+        format!(
+            "interrupted by signal {sig} ({}); the target was left running and consistent",
+            signals::name(sig)
+        ),
+    )
+}
+
+/// Sleeps `d`, or less if a termination signal arrives.
+fn sleep_unless_signalled(d: Duration) {
+    let until = Instant::now() + d;
+    while signals::received().is_none() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
+}
+
+fn print_notes(t: &RemoteTracker) {
+    for n in t.notes() {
+        eprintln!("process {}: {n}", t.pid());
+    }
+}
+
 fn rate(args: &[String]) -> Result<(), Fail> {
     let o = parse(
         args,
@@ -175,12 +221,31 @@ fn rate(args: &[String]) -> Result<(), Fail> {
     let mut t = RemoteTracker::builder(o.pid)
         .track_shared(o.flag("track-shared"))
         .attach()?;
+    print_notes(&t);
+    let sampled = sample(&mut t, interval, count, top);
+    // Removing tracking is one more injection; a signal meanwhile waits for it.
+    let ended = if o.flag("keep") {
+        t.detach();
+        Ok(())
+    } else {
+        t.stop_tracking()
+    };
+    sampled?;
+    ended?;
+    check_signal()
+}
+
+/// The sampling loop of `rate`; stops early on a termination signal.
+fn sample(t: &mut RemoteTracker, interval: Duration, count: usize, top: usize) -> Result<(), Fail> {
     let ps = dirtytrack::page_size();
+    if count == 0 || signals::received().is_some() {
+        return Ok(());
+    }
     // The first collect arms everything (and reports it whole); rates start after it.
     let first = t.collect()?;
     eprintln!(
         "tracking process {} ({} mappings, {:.1} MiB{}); sampling every {:.2} s",
-        o.pid,
+        t.pid(),
         first.mappings.len(),
         mib(first.mappings.iter().map(|m| m.mapping.len()).sum()),
         if t.resumed() {
@@ -192,7 +257,10 @@ fn rate(args: &[String]) -> Result<(), Fail> {
     );
     let mut last = Instant::now();
     for i in 0..count {
-        std::thread::sleep(interval);
+        sleep_unless_signalled(interval);
+        if signals::received().is_some() {
+            return Ok(());
+        }
         let c = t.collect()?;
         let secs = last.elapsed().as_secs_f64().max(1e-9);
         last = Instant::now();
@@ -227,59 +295,7 @@ fn rate(args: &[String]) -> Result<(), Fail> {
             println!("  children (not tracked): {:?}", c.children);
         }
     }
-    if o.flag("keep") {
-        t.detach();
-    } else {
-        t.stop_tracking()?;
-    }
     Ok(())
-}
-
-/// Writes one dump of `c` into `dir` (created), reading the pages from the target.
-fn write_dump(
-    t: &RemoteTracker,
-    c: &Collection,
-    dir: &Path,
-    kind: &str,
-    progress: &mut Progress,
-) -> Result<(usize, usize), Fail> {
-    fs::create_dir_all(dir)?;
-    fs::write(dir.join("kind"), format!("{kind}\n"))?;
-    let mut maps = String::new();
-    for m in &c.mappings {
-        maps.push_str(&m.mapping.to_line());
-        maps.push('\n');
-    }
-    fs::write(dir.join("maps"), maps)?;
-    let mut pages = BufWriter::new(File::create(dir.join("pages"))?);
-    let mut unreadable = String::new();
-    let ps = dirtytrack::page_size();
-    let total = c.dirty_bytes();
-    progress.start(total);
-    let (mut written, mut failed) = (0usize, 0usize);
-    // Pages of inaccessible mappings are read as the target's ptracer where the kernel lets only
-    // a ptracer read through protection (RemoteTracker::read_dirty).
-    t.read_dirty(c, |at, bytes| -> Result<(), Fail> {
-        match bytes {
-            Some(bytes) => {
-                pages.write_all(&(at as u64).to_le_bytes())?;
-                pages.write_all(&(bytes.len() as u64).to_le_bytes())?;
-                pages.write_all(bytes)?;
-                written += bytes.len();
-                progress.advance(bytes.len());
-            }
-            None => {
-                unreadable.push_str(&format!("{at:x} {ps:x}\n"));
-                failed += ps;
-                progress.advance(ps);
-            }
-        }
-        Ok(())
-    })?;
-    pages.flush()?;
-    fs::write(dir.join("unreadable"), unreadable)?;
-    progress.finish();
-    Ok((written, failed))
 }
 
 /// A one-line progress display on stderr for dumps that take a while (only on a terminal).
@@ -336,110 +352,6 @@ impl Progress {
     }
 }
 
-/// What `D/state` holds.
-struct State {
-    pid: i32,
-    fd: i32,
-    ino: u64,
-    tracked: Vec<Mapping>,
-}
-
-fn read_state(dir: &Path) -> Option<State> {
-    let text = fs::read_to_string(dir.join("state")).ok()?;
-    let mut lines = text.lines();
-    let mut head = lines.next()?.split_whitespace();
-    let pid = head.next()?.parse().ok()?;
-    let fd = head.next()?.parse().ok()?;
-    let ino = head.next()?.parse().ok()?;
-    let tracked = lines.filter_map(Mapping::from_line).collect();
-    Some(State {
-        pid,
-        fd,
-        ino,
-        tracked,
-    })
-}
-
-fn write_state(dir: &Path, t: &RemoteTracker) -> io::Result<()> {
-    let mut s = format!("{} {} {}\n", t.pid(), t.target_fd(), t.uffd_inode());
-    for m in t.tracked() {
-        s.push_str(&m.to_line());
-        s.push('\n');
-    }
-    let tmp = dir.join("state.tmp");
-    fs::write(&tmp, s)?;
-    fs::rename(tmp, dir.join("state"))
-}
-
-fn dump_dirs(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
-    let mut out: Vec<(u32, PathBuf)> = fs::read_dir(dir)?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let n = e.file_name().to_str()?.parse::<u32>().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-/// Rebuilds the image from the dumps in `dir` (from the last full one).
-fn rebuild(dir: &Path) -> Result<Image, Fail> {
-    let dumps = dump_dirs(dir)?;
-    let first = dumps
-        .iter()
-        .rposition(|(_, p)| fs::read_to_string(p.join("kind")).is_ok_and(|k| k.trim() == "full"))
-        .ok_or_else(|| Fail(3, format!("no full dump in {}", dir.display())))?;
-    let mut image = Image::new();
-    for (_, p) in &dumps[first..] {
-        apply_dump(&mut image, p)?;
-    }
-    Ok(image)
-}
-
-/// Applies one dump directory to `image`: drops the pages outside its `maps`, then sets its
-/// `pages` and `unreadable` pages.
-fn apply_dump(image: &mut Image, p: &Path) -> Result<(), Fail> {
-    let ps = dirtytrack::page_size();
-    let maps: Vec<Mapping> = fs::read_to_string(p.join("maps"))?
-        .lines()
-        .filter_map(Mapping::from_line)
-        .collect();
-    image.retain_ranges(&maps.iter().map(|m| m.start..m.end).collect::<Vec<_>>());
-    let mut data = Vec::new();
-    File::open(p.join("pages"))?.read_to_end(&mut data)?;
-    let mut at = 0;
-    while at < data.len() {
-        let bad = || Fail(3, format!("{} is truncated", p.join("pages").display()));
-        let word = |i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?))
-        };
-        let addr = word(at).ok_or_else(bad)? as usize;
-        let len = word(at + 8).ok_or_else(bad)? as usize;
-        let bytes = data.get(at + 16..at + 16 + len).ok_or_else(bad)?;
-        for (i, page) in bytes.chunks(ps).enumerate() {
-            image.set_page(addr + i * ps, Some(page.to_vec()));
-        }
-        at += 16 + len;
-    }
-    for line in fs::read_to_string(p.join("unreadable"))
-        .unwrap_or_default()
-        .lines()
-    {
-        let mut it = line.split_whitespace();
-        let (Some(a), Some(l)) = (it.next(), it.next()) else {
-            continue;
-        };
-        let (Ok(a), Ok(l)) = (usize::from_str_radix(a, 16), usize::from_str_radix(l, 16)) else {
-            continue;
-        };
-        for pg in (a..a + l).step_by(ps) {
-            image.set_page(pg, None);
-        }
-    }
-    Ok(())
-}
-
 fn describe(c: &Collection) -> String {
     let ChangeCounts {
         new,
@@ -458,6 +370,65 @@ fn describe(c: &Collection) -> String {
     s
 }
 
+/// Why the chain in `dir` cannot continue with tracker `t`, if it cannot.
+fn chain_broken(
+    t: &RemoteTracker,
+    state: Option<&dump::State>,
+    last: Option<u32>,
+) -> Option<String> {
+    let s = state?;
+    if !t.resumed() || s.fd != t.target_fd() || s.ino != t.uffd_inode() {
+        return Some("the chain's tracking userfaultfd is no longer in the process".into());
+    }
+    if last != Some(s.last_dump) {
+        return Some(format!(
+            "the last committed dump is {}, the chain's state was saved with dump {:04}",
+            last.map_or("none".into(), |n| format!("{n:04}")),
+            s.last_dump
+        ));
+    }
+    if s.generation != t.generation() {
+        return Some(format!(
+            "{} collect(s) happened since dump {:04} whose pages are in no dump of this chain (another tracker collected, or a run was stopped between its collect and its dump)",
+            t.generation().wrapping_sub(s.generation),
+            s.last_dump
+        ));
+    }
+    None
+}
+
+/// The exclusive lock of a dump directory (`D/lock`, `flock`), held while a predump writes
+/// into it; the kernel drops it when its holder dies.
+struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<DirLock, Fail> {
+        let p = dir.join("lock");
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| Fail(3, format!("{}: {e}", p.display())))?;
+        if !signals::try_lock(&f).map_err(|e| Fail(3, format!("flock {}: {e}", p.display())))? {
+            let holder = fs::read_to_string(&p).unwrap_or_default();
+            return Err(Fail(
+                3,
+                format!(
+                    "{} is in use by another predump (process {}): one predump per directory; wait for it, or use another --dir",
+                    dir.display(),
+                    holder.trim()
+                ),
+            ));
+        }
+        f.set_len(0)
+            .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(|e| Fail(3, format!("{}: {e}", p.display())))?;
+        Ok(DirLock(f))
+    }
+}
+
 fn predump(args: &[String]) -> Result<(), Fail> {
     let o = parse(
         args,
@@ -471,11 +442,11 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     );
     let iterations: usize = o.num("iterations", 3)?;
     let interval = o.seconds("interval", 1.0)?;
-    fs::create_dir_all(&dir)?;
     let ps = dirtytrack::page_size();
 
-    // Continue an earlier chain on the same process if its userfaultfd is still there.
-    let state = read_state(&dir).filter(|s| s.pid == o.pid);
+    // Continue an earlier chain on the same process if its userfaultfd is still there. The
+    // directory is created only once the process is attached (a wrong pid leaves nothing).
+    let state = dump::read_state(&dir).filter(|s| s.pid == o.pid);
     let mut b = RemoteTracker::builder(o.pid).track_shared(o.flag("track-shared"));
     if let Some(s) = &state {
         b = b.expect_fd(s.fd, s.ino).previous(s.tracked.clone());
@@ -485,11 +456,35 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     let attach_started = Instant::now();
     let mut t = b.attach()?;
     let attach_ms = attach_started.elapsed().as_secs_f64() * 1e3;
-    let existing = dump_dirs(&dir)?;
+    print_notes(&t);
+    check_signal()?;
+    fs::create_dir_all(&dir).map_err(|e| Fail(3, format!("{}: {e}", dir.display())))?;
+    let _dir_lock = DirLock::acquire(&dir)?;
+    // Dumps being written when an earlier run died: never committed.
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let existing = dump::dump_dirs(&dir)?;
     let first_number = existing.last().map_or(0, |(n, _)| n + 1);
-    let mut kind = if t.resumed() && !existing.is_empty() {
+    let broken = chain_broken(&t, state.as_ref(), existing.last().map(|(n, _)| *n));
+    if let Some(why) = &broken {
+        eprintln!(
+            "process {}: the chain in {} cannot continue: {why}; starting a new chain with a full dump",
+            o.pid,
+            dir.display()
+        );
+        t.restart_chain();
+    }
+    let mut kind = if t.resumed() && state.is_some() && broken.is_none() && !existing.is_empty() {
         "incremental"
     } else {
+        if t.resumed() {
+            t.restart_chain();
+        }
         "full"
     };
     eprintln!(
@@ -511,12 +506,14 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     for (round, next) in (0..total_rounds).zip(first_number..) {
         let verify_round = o.flag("verify") && round == total_rounds - 1;
         if round > 0 && !verify_round {
-            std::thread::sleep(interval);
+            sleep_unless_signalled(interval);
         }
+        check_signal()?;
         if verify_round {
             // Rebuild from the dumps so far while the target still runs; only the last
             // increment is applied with it stopped.
-            verify_image = Some(rebuild(&dir)?);
+            verify_image = Some(dump::rebuild(&dir).map_err(dump_fail)?);
+            check_signal()?;
             stopped_at = Instant::now();
             t.stop_target()?;
         }
@@ -524,9 +521,7 @@ fn predump(args: &[String]) -> Result<(), Fail> {
         let c = match t.collect() {
             Ok(c) => c,
             Err(e) => {
-                if verify_round {
-                    let _ = t.continue_target();
-                }
+                let _ = t.continue_target();
                 // Nothing is known about this interval: the next predump starts a new chain.
                 let _ = fs::remove_file(dir.join("state"));
                 return Err(e.into());
@@ -535,28 +530,41 @@ fn predump(args: &[String]) -> Result<(), Fail> {
         let collect_ms = collect_started.elapsed().as_secs_f64() * 1e3;
         let path = dir.join(format!("{next:04}"));
         progress.label = format!("dump {next:04} ({kind})");
+        progress.start(c.dirty_bytes());
         let dump_started = Instant::now();
-        let (written, failed) = match write_dump(&t, &c, &path, kind, &mut progress) {
-            Ok(x) => x,
+        let written = dump::write_dump(
+            &t,
+            &c,
+            &path,
+            kind,
+            |n| progress.advance(n),
+            || signals::received().is_some(),
+        );
+        progress.finish();
+        let written = match written {
+            Ok(w) => w,
             Err(e) => {
-                if verify_round {
-                    let _ = t.continue_target();
-                }
-                let _ = fs::remove_dir_all(&path);
+                let _ = t.continue_target();
+                // The collect re-armed what this dump was to hold: the chain cannot go on
+                // (the next run sees the generation moved on and dumps in full).
                 let _ = fs::remove_file(dir.join("state"));
-                return Err(e);
+                return Err(match (e, signals::received()) {
+                    (DumpError::Interrupted, Some(sig)) => interrupted(sig),
+                    (e, _) => dump_fail(e),
+                });
             }
         };
-        write_state(&dir, &t)?;
+        dump::write_state(&dir, &t, next)
+            .map_err(|e| Fail(3, format!("{}: {e}", dir.join("state").display())))?;
         last_dump = path.clone();
         println!(
             "dump {next:04} {kind:<11} {:>8} pages {:>9.1} MiB  collect {collect_ms:>7.2} ms  write {:>8.1} ms  {}{}",
-            written / ps,
-            mib(written),
+            written.bytes / ps,
+            mib(written.bytes),
             dump_started.elapsed().as_secs_f64() * 1e3,
             describe(&c),
-            if failed > 0 {
-                format!("; {} pages unreadable", failed / ps)
+            if written.unreadable > 0 {
+                format!("; {} pages unreadable", written.unreadable / ps)
             } else {
                 String::new()
             }
@@ -566,12 +574,15 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     }
     let mut code = Ok(());
     if o.flag("verify") {
-        let c = last_collection.expect("at least one round ran");
+        let Some(c) = last_collection else {
+            return Err(Fail(3, "verify: no collection was taken".into()));
+        };
         let started = Instant::now();
         let result = match verify_image.take() {
-            Some(mut image) => apply_dump(&mut image, &last_dump).map(|()| image),
-            None => rebuild(&dir),
+            Some(mut image) => image.apply_dump(&last_dump).map(|()| image),
+            None => dump::rebuild(&dir),
         }
+        .map_err(dump_fail)
         .and_then(|image| Ok(image.verify(&t, &c)?));
         let _ = t.continue_target();
         let stopped_ms = stopped_at.elapsed().as_secs_f64() * 1e3;
@@ -584,8 +595,12 @@ fn predump(args: &[String]) -> Result<(), Fail> {
                 started.elapsed().as_secs_f64() * 1e3
             );
         } else {
-            for m in &mismatches {
-                println!("verify: page {:#x}: {}", m.page, m.what);
+            const SHOWN: usize = 20;
+            for (page, what) in mismatches.iter().take(SHOWN) {
+                println!("verify: page {page:#x}: {what}");
+            }
+            if mismatches.len() > SHOWN {
+                println!("verify: ... and {} more", mismatches.len() - SHOWN);
             }
             code = Err(Fail(
                 1,
@@ -599,5 +614,70 @@ fn predump(args: &[String]) -> Result<(), Fail> {
     } else {
         t.detach();
     }
-    code
+    code?;
+    check_signal()
+}
+
+fn dump_fail(e: DumpError) -> Fail {
+    Fail(3, e.to_string())
+}
+
+/// Termination signals deferred to points where the target is consistent.
+mod signals {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn note(sig: libc::c_int) {
+        // Async-signal-safe: one atomic store.
+        RECEIVED.store(sig, Ordering::SeqCst);
+    }
+
+    /// Installs the handler for `SIGINT`, `SIGTERM` and `SIGHUP` (with `SA_RESTART`, so no
+    /// system call of the CLI fails with `EINTR` because of them).
+    pub fn defer() {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which
+            // is async-signal-safe; sigaction reads the struct we own.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = note as extern "C" fn(libc::c_int) as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+    }
+
+    /// The last termination signal received, if any.
+    pub fn received() -> Option<i32> {
+        match RECEIVED.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    pub fn name(sig: i32) -> &'static str {
+        match sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGHUP => "SIGHUP",
+            _ => "signal",
+        }
+    }
+
+    /// `flock(LOCK_EX | LOCK_NB)`: whether this open file now holds the lock.
+    pub fn try_lock(f: &std::fs::File) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd `f` keeps open for the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
 }

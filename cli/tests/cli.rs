@@ -122,7 +122,11 @@ fn predump_verify_twice_continues_the_chain() {
     // 1 full + 2 increments + the verify increment, twice.
     let dumps = std::fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().len() == 4)
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_str().unwrap();
+            name.len() == 4 && name.parse::<u32>().is_ok()
+        })
         .count();
     assert_eq!(dumps, 8);
 

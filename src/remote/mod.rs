@@ -52,11 +52,14 @@
 //! (`[vdso]`, `[vvar]`, `[vsyscall]`) are listed in [`Collection::skipped`].
 
 mod error;
+#[cfg(feature = "testing")]
 mod image;
 mod inject;
 mod lock;
 
 pub use error::RemoteError;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub use image::{Image, Mismatch};
 
 use crate::backend::async_wp::{scan_loop, ScanError};
@@ -152,26 +155,6 @@ impl Mapping {
         }
         let base = |m: &Mapping| m.offset as i128 - m.start as i128;
         base(self) == base(other) && self.path == other.path
-    }
-    /// The one-line form used by the CLI's state files: `start end perms offset dev inode path`.
-    pub fn to_line(&self) -> String {
-        format!(
-            "{:x} {:x} {} {:x} {} {} {}",
-            self.start, self.end, self.perms, self.offset, self.dev, self.inode, self.path
-        )
-    }
-    /// Parses [`Mapping::to_line`].
-    pub fn from_line(line: &str) -> Option<Mapping> {
-        let mut it = line.splitn(7, ' ');
-        Some(Mapping {
-            start: usize::from_str_radix(it.next()?, 16).ok()?,
-            end: usize::from_str_radix(it.next()?, 16).ok()?,
-            perms: it.next()?.to_string(),
-            offset: u64::from_str_radix(it.next()?, 16).ok()?,
-            dev: it.next()?.to_string(),
-            inode: it.next()?.parse().ok()?,
-            path: it.next().unwrap_or("").to_string(),
-        })
     }
 }
 
@@ -308,7 +291,9 @@ impl RemoteBuilder {
         self.accept_missed_discards = yes;
         self
     }
-    /// Pretend the kernel lacks these `UFFD_FEATURE_*` bits (tests of the error path).
+    /// Pretend the kernel lacks these `UFFD_FEATURE_*` bits (tests of the error path). Feature
+    /// `testing` only.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn hide_features(mut self, mask: u64) -> Self {
         self.hide_features = mask;
@@ -637,6 +622,14 @@ impl RemoteTracker {
     /// first collect reports only what changed since that tracker's last collect).
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+    /// Forgets what the previous tracker of this userfaultfd saw: the next collect reports
+    /// every mapping whole (and registers it again, which the same userfaultfd allows), as on
+    /// a new chain. For a tool that finds its chain broken after attaching (see
+    /// [`RemoteTracker::generation`]).
+    pub fn restart_chain(&mut self) {
+        self.tracked.clear();
+        self.resumed = false;
     }
     /// What attaching found in the target and did about it: leftovers of earlier trackers
     /// adopted, stray userfaultfds of interrupted attaches closed. One sentence each.
@@ -1553,24 +1546,6 @@ mod tests {
             inode,
             path: path.into(),
         }
-    }
-
-    #[test]
-    fn state_lines_round_trip() {
-        for x in [
-            m(0x1000, 0x3000, "rw-p", 0, 0, ""),
-            m(
-                0x7f00_0000,
-                0x7f10_0000,
-                "rw-s",
-                0x2000,
-                42,
-                "/memfd:a b (deleted)",
-            ),
-        ] {
-            assert_eq!(Mapping::from_line(&x.to_line()), Some(x));
-        }
-        assert_eq!(Mapping::from_line("zz"), None);
     }
 
     #[test]
