@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn dirtytrack(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
@@ -164,4 +165,454 @@ fn errors_exit_non_zero_and_say_what_to_do() {
     let o = dirtytrack(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("usage"));
+}
+
+/// `tests/remote/victim.c` (the library's kill-sweep target), compiled with `cc` once per
+/// test binary, or prebuilt in `$DIRTYTRACK_REMOTE_TARGETS`.
+fn victim_exe() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("DIRTYTRACK_REMOTE_TARGETS") {
+        return Some(std::path::Path::new(&dir).join("victim"));
+    }
+    static BUILT: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = &*built {
+        return Some(p.clone());
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/remote/victim.c");
+    let out = std::env::temp_dir().join(format!("dirtytrack-cli-victim-{}", std::process::id()));
+    match Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+    {
+        Ok(s) if s.success() => {
+            *built = Some(out.clone());
+            Some(out)
+        }
+        Ok(s) => panic!("cc {} failed: {s}", src.display()),
+        Err(e) => {
+            skip(&format!("no C compiler (cc): {e}"));
+            None
+        }
+    }
+}
+
+/// The victim: computes and checks in its main thread, answers "ping" with its counters.
+struct Victim {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Victim {
+    fn start() -> Option<Victim> {
+        let exe = victim_exe()?;
+        let mut child = Command::new(exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the victim");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().unwrap().unwrap();
+        assert!(ready.contains("ready"), "{ready}");
+        let mut v = Victim { child, lines };
+        // Both threads in their loops (a thread being created has every signal blocked).
+        v.ping();
+        Some(v)
+    }
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    /// (rounds computed, wrong results, SIGUSR1 handled).
+    fn ping(&mut self) -> (u64, u64, u64) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"ping\n").expect("the victim is gone");
+        let line = self.lines.next().expect("the victim is gone").unwrap();
+        let v: Vec<u64> = line
+            .strip_prefix("pong ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .split(' ')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1], v[2])
+    }
+    /// `(state, TracerPid, SigBlk of every thread)`.
+    fn status(&self) -> (char, String, Vec<String>) {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .chars()
+            .next()
+            .unwrap();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let masks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| {
+                let s = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+                field(&s, "SigBlk:")
+            })
+            .collect();
+        (state, field(&status, "TracerPid:"), masks)
+    }
+    /// Panics unless the victim runs, untraced, with no signal blocked, computing right, and
+    /// handling SIGUSR1.
+    fn assert_healthy(&mut self, what: &str) {
+        let (r0, _, h0) = self.ping();
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGUSR1) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (r, e, h) = loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let x = self.ping();
+            if (x.0 > r0 && x.2 > h0) || Instant::now() > deadline {
+                break x;
+            }
+        };
+        let (state, tracer, masks) = self.status();
+        assert!(
+            e == 0
+                && r > r0
+                && h > h0
+                && tracer == "0"
+                && !matches!(state, 't' | 'T')
+                && masks.iter().all(|m| m == "0000000000000000"),
+            "{what}: the victim is harmed: {e} wrong results, rounds {r0} -> {r}, SIGUSR1 {h0} -> {h}, state {state}, tracer {tracer}, masks {masks:?}"
+        );
+    }
+    fn uffds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .filter(|f| {
+                std::fs::read_link(f.as_ref().unwrap().path())
+                    .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+            })
+            .count()
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dirtytrack-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// SIGKILL, SIGINT and SIGTERM sent to `predump --stop` (attach: three injected calls; a
+/// registration stop; a dump; stop: one injected call) at pseudo-random moments 1.5-6 ms after
+/// it starts, or later in its run: the victim is never harmed; SIGINT/SIGTERM end the run with
+/// 128 + the signal once the target is consistent; a final run finds what the killed runs left,
+/// and its --verify passes.
+#[test]
+fn signals_to_the_cli_at_random_moments_never_harm_the_target() {
+    if !remote_available() {
+        return;
+    }
+    let Some(mut v) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("random-kills");
+    let d = dir.to_str().unwrap().to_string();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut outcomes = std::collections::BTreeMap::new();
+    for i in 0..45 {
+        let sig = [libc::SIGKILL, libc::SIGINT, libc::SIGTERM][i % 3];
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // 1.5-6 ms (the injections), and every fourth run up to 60 ms (the dump, the stop).
+        let max_us = if i % 4 == 3 { 60_000 } else { 4_500 };
+        let delay = Duration::from_micros(1_500 + seed % max_us);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
+            .args(["predump", &pid, "--dir", &d, "--iterations", "0", "--stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        let outcome = match (out.status.code(), out.status.signal()) {
+            (_, Some(s)) if s == libc::SIGKILL => "killed".to_string(),
+            // Before main() installed its handlers: nothing was done to the target yet.
+            (_, Some(s)) if s == sig => "ended before its handlers".to_string(),
+            (Some(0), _) => "finished".to_string(),
+            (Some(c), _) if c == 128 + sig => "deferred".to_string(),
+            (c, _) => panic!(
+                "signal {sig} after {delay:?}: exit {c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+        v.assert_healthy(&format!("run {i}, signal {sig} after {delay:?}"));
+    }
+    eprintln!("random signals: {outcomes:?}, 0 targets harmed");
+    let o = dirtytrack(&[
+        "predump",
+        &pid,
+        "--dir",
+        &d,
+        "--iterations",
+        "1",
+        "--interval",
+        "0.1",
+        "--verify",
+        "--stop",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("verify: the image rebuilt"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(v.uffds(), 0, "userfaultfds left after --stop");
+    v.assert_healthy("after the final run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// --verify holds the target in a ptrace stop: a CLI killed meanwhile (any signal) leaves it
+/// running, never stopped; and a target the user stopped (SIGSTOP) stays stopped through
+/// --verify.
+#[test]
+fn verify_never_leaves_the_target_stopped_and_keeps_a_users_stop() {
+    if !remote_available() {
+        return;
+    }
+    let Some(mut v) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("verify-kill");
+    let d = dir.to_str().unwrap().to_string();
+    for (i, sig) in [libc::SIGKILL, libc::SIGINT, libc::SIGTERM]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
+            .args([
+                "predump",
+                &pid,
+                "--dir",
+                &d,
+                "--iterations",
+                "0",
+                "--verify",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + 15 * i as u64));
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, *sig) };
+        let _ = child.wait();
+        v.assert_healthy(&format!("signal {sig} during --verify"));
+    }
+    // The user's own stop.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(v.pid(), libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v.status().0 != 'T' {
+        assert!(Instant::now() < deadline, "SIGSTOP did not stop the victim");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = dirtytrack(&[
+        "predump",
+        &pid,
+        "--dir",
+        &d,
+        "--iterations",
+        "0",
+        "--verify",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        v.status().0,
+        'T',
+        "--verify resumed a target the user had stopped"
+    );
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(v.pid(), libc::SIGCONT) };
+    v.assert_healthy("after SIGCONT");
+    let o = dirtytrack(&["predump", &pid, "--dir", &d, "--iterations", "0", "--stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A collect that no dump of the chain holds (here another tool's, rate --keep, on the chain's
+/// userfaultfd; a predump killed between its collect and its dump is the same case) breaks the
+/// chain: the next predump says so and dumps in full, and --verify passes. Leftover tracking
+/// in a new directory is adopted (no EINVAL).
+#[test]
+fn a_chain_missing_a_collect_restarts_with_a_full_dump() {
+    if !remote_available() {
+        return;
+    }
+    let Some(mut v) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("chain");
+    let d = dir.to_str().unwrap().to_string();
+    let predump = |d: &str| {
+        dirtytrack(&[
+            "predump",
+            &pid,
+            "--dir",
+            d,
+            "--iterations",
+            "1",
+            "--interval",
+            "0.05",
+            "--verify",
+        ])
+    };
+    let o = predump(&d);
+    assert!(
+        o.status.success() && text(&o).contains(" full "),
+        "{}",
+        text(&o)
+    );
+    let o = dirtytrack(&["rate", &pid, "--count", "1", "--interval", "0.05", "--keep"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = predump(&d);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("cannot continue")
+            && out.contains("collect(s) happened")
+            && out.contains(" full "),
+        "{out}"
+    );
+    // Continues normally afterwards.
+    let o = predump(&d);
+    assert!(
+        o.status.success() && text(&o).contains("continuing the chain"),
+        "{}",
+        text(&o)
+    );
+    // Leftover tracking, a new directory: adopted, full dump.
+    let other = temp_dir("chain-other");
+    let o = predump(other.to_str().unwrap());
+    assert!(
+        o.status.success() && text(&o).contains(" full "),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("adopted"), "{}", text(&o));
+    // A truncated dump is refused, not built on.
+    let pages = std::fs::read_dir(&other)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() == "0000")
+        .map(|e| e.path().join("pages"))
+        .next()
+        .unwrap();
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let o = predump(other.to_str().unwrap());
+    assert!(
+        !o.status.success() && text(&o).contains("truncated"),
+        "{}",
+        text(&o)
+    );
+    let o = dirtytrack(&["predump", &pid, "--dir", &d, "--iterations", "0", "--stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+    v.assert_healthy("after the chain runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+/// One tracker per target, one predump per directory: the second is refused, naming the
+/// first; after the first ends, the next run works.
+#[test]
+fn a_second_tracker_is_refused_naming_the_first() {
+    if !remote_available() {
+        return;
+    }
+    let Some(v) = Victim::start() else { return };
+    let Some(v2) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("busy");
+    let d = dir.to_str().unwrap().to_string();
+    let first = Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
+        .args([
+            "predump",
+            &pid,
+            "--dir",
+            &d,
+            "--iterations",
+            "1",
+            "--interval",
+            "1.5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = dirtytrack(&["rate", &pid, "--count", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("already tracked by process {}", first.id())),
+        "{}",
+        text(&o)
+    );
+    let o = dirtytrack(&[
+        "predump",
+        &v2.pid().to_string(),
+        "--dir",
+        &d,
+        "--iterations",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "in use by another predump (process {})",
+            first.id()
+        )),
+        "{}",
+        text(&o)
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let o = dirtytrack(&["rate", &pid, "--count", "1", "--interval", "0.05"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_exits_zero_and_a_missing_pid_creates_nothing() {
+    for cmd in ["rate", "predump"] {
+        let o = dirtytrack(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help: {}", text(&o));
+        assert!(text(&o).contains("--track-shared"), "{}", text(&o));
+    }
+    let dir = temp_dir("missing-pid");
+    let o = dirtytrack(&["predump", "2147483647", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(!dir.exists(), "--dir was created for a missing process");
 }
