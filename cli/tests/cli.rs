@@ -339,7 +339,7 @@ fn signals_to_the_cli_at_random_moments_never_harm_the_target() {
         // 1.5-6 ms (the injections), and every fourth run up to 60 ms (the dump, the stop).
         let max_us = if i % 4 == 3 { 60_000 } else { 4_500 };
         let delay = Duration::from_micros(1_500 + seed % max_us);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
+        let child = Command::new(env!("CARGO_BIN_EXE_dirtytrack"))
             .args(["predump", &pid, "--dir", &d, "--iterations", "0", "--stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
