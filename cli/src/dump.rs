@@ -9,12 +9,19 @@
 //!   image outside these mappings are dropped;
 //! - `pages`: records of `u64 address` (little endian), `u64 length`, then `length` bytes; a
 //!   later record for the same page replaces the earlier one;
+//! - `whole`: `start end` lines (hexadecimal) of the ranges this dump reports whole: pages of the
+//!   image there are dropped before `pages` is applied; in private anonymous mappings only the
+//!   pages that existed are in `pages`, a page of a `whole` range not there reads as zero;
 //! - `unreadable`: `address length` lines (hexadecimal) of pages the kernel refused to read;
 //! - `complete`: the number of page records and of bytes in `pages`, written last.
 //!
 //! A dump is written into `D/NNNN.tmp/` and renamed to `D/NNNN` once complete (files synced
 //! first), so a dump directory with a number for a name is always whole; a `pages` file that
 //! does not match its `complete` record is refused.
+//!
+//! Rebuilding: start from an empty image at the last `full` dump; for each dump in order, drop
+//! the pages outside its `maps` and inside its `whole` ranges, then apply its `pages` and
+//! `unreadable`. A page of a private anonymous mapping the image does not hold is zero.
 //!
 //! `D/state` (replaced atomically) lets the next `predump` on the same process continue the
 //! chain: `pid fd inode generation last-dump`, then the tracked mappings. It is written only
@@ -144,6 +151,13 @@ fn write_into(
         maps.push('\n');
     }
     put("maps", maps)?;
+    let mut whole = String::new();
+    for m in &c.mappings {
+        for r in m.whole() {
+            whole.push_str(&format!("{:x} {:x}\n", r.start, r.end));
+        }
+    }
+    put("whole", whole)?;
     let pages_path = dir.join("pages");
     let mut pages = BufWriter::new(File::create(&pages_path).map_err(io_at(&pages_path))?);
     let mut unreadable = String::new();
@@ -253,6 +267,16 @@ pub fn write_state(dir: &Path, t: &RemoteTracker, last_dump: u32) -> io::Result<
     fs::rename(tmp, dir.join("state"))
 }
 
+/// `start end` lines (hexadecimal) as ranges.
+fn parse_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some(usize::from_str_radix(a, 16).ok()?..usize::from_str_radix(b.trim(), 16).ok()?)
+        })
+        .collect()
+}
+
 /// A memory image: page address → contents (`None`: unreadable when dumped).
 #[derive(Default)]
 pub struct Image {
@@ -297,6 +321,12 @@ impl Image {
         let ranges: Vec<_> = maps.iter().map(|m| m.start..m.end).collect();
         self.pages
             .retain(|&a, _| ranges.iter().any(|r| r.start <= a && a < r.end));
+        for r in parse_ranges(&fs::read_to_string(p.join("whole")).map_err(io_at(p))?) {
+            let keys: Vec<usize> = self.pages.range(r).map(|(k, _)| *k).collect();
+            for k in keys {
+                self.pages.remove(&k);
+            }
+        }
         let pages_path = p.join("pages");
         let mut data = Vec::new();
         File::open(&pages_path)
@@ -402,6 +432,12 @@ impl Image {
         out: &mut Vec<(usize, String)>,
     ) {
         let what = match (self.pages.get(&a), live) {
+            // Never populated: reads as zero.
+            (None, Some(live))
+                if m.mapping.is_private_anonymous() && live.iter().all(|&b| b == 0) =>
+            {
+                return
+            }
             (None, _) => format!("page of {} missing from the dumps", m.mapping),
             (Some(Some(img)), Some(live)) if img[..] != *live => {
                 let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);

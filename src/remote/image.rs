@@ -81,6 +81,13 @@ impl Image {
     /// copied.
     pub fn apply(&mut self, t: &RemoteTracker, c: &Collection) -> Result<usize, RemoteError> {
         self.retain_mappings(c);
+        // What was there before is void where a range is reported whole (only its existing
+        // pages are listed in private anonymous memory).
+        for m in &c.mappings {
+            for r in m.whole() {
+                self.remove(r);
+            }
+        }
         let ps = self.page_size;
         let pages = &mut self.pages;
         t.read_dirty(c, |at, bytes| -> Result<(), RemoteError> {
@@ -166,6 +173,12 @@ impl Image {
         out: &mut Vec<Mismatch>,
     ) {
         let what = match (self.pages.get(&a), live) {
+            // Never populated: reads as zero.
+            (None, Some(live))
+                if m.mapping.is_private_anonymous() && live.iter().all(|&b| b == 0) =>
+            {
+                return
+            }
             (None, _) => format!("page of {} missing from the dumps", m.mapping),
             (Some(Some(img)), Some(live)) if img[..] != *live => {
                 let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);

@@ -141,6 +141,11 @@ impl Mapping {
     pub fn is_shared(&self) -> bool {
         self.perms.as_bytes().get(3) == Some(&b's')
     }
+    /// Private anonymous memory (`[heap]`, `[stack]`, `MAP_PRIVATE | MAP_ANONYMOUS`): a page
+    /// never populated reads as zero.
+    pub fn is_private_anonymous(&self) -> bool {
+        self.inode == 0 && !self.is_shared()
+    }
     /// Whether the bytes at `addr` of `self` and of `other` come from the same object: same
     /// sharing, same backing file at the same offset (anonymous memory: only the sharing).
     fn same_backing_at(&self, other: &Mapping) -> bool {
@@ -205,11 +210,27 @@ pub struct MappingReport {
     pub mapping: Mapping,
     /// How the report came about.
     pub change: Change,
-    /// Page runs to copy (written since the last collect, or reported whole), ascending.
+    /// Page runs to copy (written since the last collect, or reported whole), ascending. In
+    /// the ranges reported whole ([`MappingReport::whole`]) of private anonymous memory, only
+    /// the pages that exist (present or swapped) are listed: the others read as zero.
     pub dirty: Vec<Range<usize>>,
 }
 
 impl MappingReport {
+    /// The ranges reported whole: what an image held there before is void (the memory may
+    /// have been replaced), and in private anonymous memory
+    /// ([`Mapping::is_private_anonymous`]) a page of them not in `dirty` reads as zero (it was
+    /// never populated). Empty for [`Change::Tracked`].
+    pub fn whole(&self) -> Vec<Range<usize>> {
+        match &self.change {
+            Change::Tracked => Vec::new(),
+            Change::New { new } => new.clone(),
+            Change::Lost { .. } | Change::Untracked { .. } => {
+                std::iter::once(self.mapping.start..self.mapping.end).collect()
+            }
+        }
+    }
+
     /// Bytes in `dirty`.
     pub fn dirty_bytes(&self) -> usize {
         self.dirty.iter().map(|r| r.end - r.start).sum()
@@ -1244,6 +1265,13 @@ impl RemoteTracker {
             lost,
         } = s;
         for r in &new_parts {
+            // Before arming: `UFFDIO_WRITEPROTECT` puts markers in unpopulated entries, which
+            // `PAGEMAP_SCAN` counts as swapped. The target is stopped: nothing it does can
+            // populate a page in between.
+            let populated_only = m.is_private_anonymous() && lost.is_none();
+            if populated_only {
+                self.mark_populated(r.start, r.end, &mut seg)?;
+            }
             if let Err(refusal) = self.arm(r.start, r.end)? {
                 // Contents that were tracked, or that can be read, are reported whole; a mapping
                 // the kernel refuses from the start (device memory) is skipped.
@@ -1252,7 +1280,9 @@ impl RemoteTracker {
                 }
                 return Ok(Outcome::Skip(refusal.reason));
             }
-            seg.mark(r.start, r.end, ps);
+            if !populated_only {
+                seg.mark(r.start, r.end, ps);
+            }
         }
         let change = match lost {
             Some(reason) => Change::Lost { reason },
@@ -1263,6 +1293,43 @@ impl RemoteTracker {
             mapping: m,
             change,
         }))
+    }
+
+    /// Marks in `seg` the pages of `[start, end)` that exist (present or swapped, from
+    /// `PAGEMAP_SCAN`): what a report of the range as a whole must copy from private anonymous
+    /// memory. A failed scan marks the rest of the range (as if it all existed).
+    fn mark_populated(
+        &mut self,
+        start: usize,
+        end: usize,
+        seg: &mut Segment,
+    ) -> Result<(), RemoteError> {
+        let pagemap = &self.pagemap;
+        let exists = pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED;
+        let result = scan_loop(
+            start,
+            end,
+            seg,
+            self.page_size,
+            &mut self.buf,
+            &mut self.buf_used,
+            |at, buf| {
+                let req = ScanRequest {
+                    start: at as u64,
+                    end: end as u64,
+                    category_anyof_mask: exists,
+                    return_mask: exists,
+                    ..Default::default()
+                };
+                pagemap::scan(pagemap, &req, buf)
+            },
+        );
+        match result {
+            Ok(()) | Err(ScanError::NoProgress { .. }) => Ok(()),
+            Err(ScanError::Kernel(e)) => {
+                Err(self.exit_or(kernel_err(self.pid, "PAGEMAP_SCAN", e), "collect"))
+            }
+        }
     }
 
     /// Test hook: `hook` runs in every collect that registers something, after the scan and
