@@ -355,8 +355,6 @@ struct Session {
     stage: Stage,
     /// Registers to put back (set once they were read).
     restore_regs: Option<Regs>,
-    /// Signal mask to put back (set once it was read).
-    restore_mask: Option<u64>,
     /// Signals that arrived while the thread was ours, delivered again on detach.
     pending: Vec<i32>,
 }
@@ -369,7 +367,6 @@ impl Session {
             tid,
             stage: Stage::Seized,
             restore_regs: None,
-            restore_mask: None,
             pending: Vec::new(),
         }
     }
@@ -520,12 +517,6 @@ impl Session {
                 note(
                     arch::before_detach(self.tid),
                     "NT_ARM_SYSTEM_CALL (restore)",
-                );
-            }
-            if let Some(mask) = self.restore_mask.take() {
-                note(
-                    ptrace::set_sigmask(self.tid, mask),
-                    "PTRACE_SETSIGMASK (restore)",
                 );
             }
         }

@@ -3,7 +3,7 @@
 //!
 //! Only what `remote::inject` needs: `PTRACE_SEIZE` (3.4), `PTRACE_INTERRUPT` (3.4),
 //! `PTRACE_SYSCALL`, `PTRACE_GETREGSET`/`PTRACE_SETREGSET` with `NT_PRSTATUS` (2.6.34),
-//! `PTRACE_GETSIGMASK`/`PTRACE_SETSIGMASK` (3.11) and `PTRACE_DETACH`. Requests are defined here
+//! `PTRACE_GETSIGMASK` (3.11) and `PTRACE_DETACH`. Requests are defined here
 //! with their values from `include/uapi/linux/ptrace.h` so that they do not depend on the libc
 //! crate's version.
 //!
@@ -31,8 +31,6 @@ const PTRACE_SEIZE: libc::c_uint = 0x4206;
 const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
 /// `PTRACE_GETSIGMASK` (3.11).
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
-/// `PTRACE_SETSIGMASK` (3.11).
-const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 
 /// `PTRACE_O_TRACESYSGOOD`: system call stops report `SIGTRAP | 0x80`.
 pub const O_TRACESYSGOOD: u64 = 1;
@@ -182,6 +180,7 @@ pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// `PTRACE_GETSIGMASK`: the blocked-signal mask of a stopped thread (bit `n - 1` = signal `n`).
 pub fn get_sigmask(tid: i32) -> io::Result<u64> {
     let mut mask: u64 = 0;
@@ -191,14 +190,7 @@ pub fn get_sigmask(tid: i32) -> io::Result<u64> {
     Ok(mask)
 }
 
-/// `PTRACE_SETSIGMASK` of a stopped thread (`SIGKILL` and `SIGSTOP` stay unblockable).
-pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
-    let mut copy = mask;
-    // SAFETY: `addr` is the sigset size (8) and `data` points to an 8-byte value the kernel reads.
-    cvt(unsafe { request(PTRACE_SETSIGMASK, tid, 8, (&mut copy as *mut u64).cast()) })?;
-    Ok(())
-}
-
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// `PTRACE_GETREGSET` of register set `note` (`NT_*`) into `buf`; returns the bytes the kernel
 /// filled (the set's size, at most `buf.len()`).
 pub fn get_regset(tid: i32, note: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
