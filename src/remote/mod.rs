@@ -547,10 +547,6 @@ impl RemoteTracker {
                 )
             });
         }
-        if lock.record.creating.take().is_some() {
-            lock.write()
-                .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
-        }
         let (target_fd, resumed, api_done) = match fds.found {
             Some(f) if f.expected => (f.fd, !b.fresh, f.api_done),
             // Another chain's fd (or no expectation given): reuse it, with its history only
@@ -594,6 +590,11 @@ impl RemoteTracker {
                     missing: "UFFD_FEATURE_WP_ASYNC".into(),
                 });
             }
+        }
+        // Set up: no leftover of a creation under way any more (closed, adopted, or this one).
+        if lock.record.creating.take().is_some() {
+            lock.write()
+                .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
         }
         let mut t = RemoteTracker {
             pid,
@@ -1439,12 +1440,16 @@ struct Fds {
     close: Vec<(i32, String)>,
 }
 
-/// Looks at the userfaultfds of `pid`: the one to reuse (the expected one, else one marked as a
-/// tracker's: at or above [`MARK_FD_BASE`], async features and no events, or not set up yet),
-/// and the leftovers of attaches killed midway to close: marked ones never set up (another is
-/// reused), unmarked copies of a marked one (killed between the move and the close), and,
-/// when the lock records a creation under way, unmarked ones never set up that the target did
-/// not hold before it (killed before the move).
+/// Looks at the userfaultfds of `pid`: the one to reuse, and the leftovers of an attach killed
+/// midway, to close.
+///
+/// Reused: the expected one (fd number and inode), else one marked as a tracker's (at or above
+/// [`MARK_FD_BASE`], async features and no events), else one a killed attach created and never
+/// set up (at or above [`MARK_FD_BASE`]). What a killed attach created is known only from the
+/// lock's creation record: userfaultfds the target did not hold before it. Of those, the ones
+/// never set up and not reused are closed (a copy left at its first number included); a
+/// userfaultfd the record does not name is never touched (it may be the target's own, in the
+/// middle of its own setup).
 fn inspect_fds(
     pid: i32,
     expect: Option<(i32, u64)>,
@@ -1452,44 +1457,41 @@ fn inspect_fds(
 ) -> Result<Fds, RemoteError> {
     let fds =
         proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
-    let marked: Vec<&proc::UffdInfo> = fds
-        .iter()
-        .filter(|u| {
-            u.fd >= MARK_FD_BASE
-                && (u.features == 0 || u.features & (FEATURES | EVENT_FEATURES) == FEATURES)
-        })
-        .collect();
+    let created_by_a_killed_attach = |u: &proc::UffdInfo| {
+        record
+            .creating
+            .as_ref()
+            .is_some_and(|before| !before.contains(&u.ino))
+    };
     let found = expect
         .and_then(|(fd, ino)| fds.iter().find(|u| u.fd == fd && u.ino == ino))
         .map(|u| (u, true))
         .or_else(|| {
-            marked
-                .iter()
-                .find(|u| u.features != 0)
-                .or(marked.first())
-                .map(|u| (*u, false))
+            fds.iter()
+                .find(|u| {
+                    u.fd >= MARK_FD_BASE && u.features & (FEATURES | EVENT_FEATURES) == FEATURES
+                })
+                .or_else(|| {
+                    fds.iter().find(|u| {
+                        u.fd >= MARK_FD_BASE && u.features == 0 && created_by_a_killed_attach(u)
+                    })
+                })
+                .map(|u| (u, false))
         });
     let mut close = Vec::new();
     for u in &fds {
-        if found.is_some_and(|(f, _)| f.fd == u.fd) {
+        if found.is_some_and(|(f, _)| f.fd == u.fd) || !created_by_a_killed_attach(u) {
             continue;
         }
-        let is_marked = marked.iter().any(|m| m.fd == u.fd);
-        if is_marked && u.features == 0 {
+        if found.is_some_and(|(f, _)| f.ino == u.ino) {
             close.push((
                 u.fd,
-                "a tracking userfaultfd an interrupted attach never set up".to_string(),
+                format!(
+                    "a second reference to the tracking userfaultfd (inode {}) an interrupted attach left",
+                    u.ino
+                ),
             ));
-        } else if !is_marked && u.fd < MARK_FD_BASE && marked.iter().any(|m| m.ino == u.ino) {
-            close.push((u.fd, format!("a second reference to the tracking userfaultfd (inode {}) an interrupted attach left", u.ino)));
-        } else if !is_marked
-            && u.fd < MARK_FD_BASE
-            && u.features == 0
-            && record
-                .creating
-                .as_ref()
-                .is_some_and(|before| !before.contains(&u.ino))
-        {
+        } else if u.features == 0 {
             close.push((
                 u.fd,
                 "a userfaultfd an interrupted attach created and never set up".to_string(),
@@ -1525,18 +1527,15 @@ fn registered_now(pid: i32) -> Result<Vec<Mapping>, RemoteError> {
 ///
 /// The lock records the creation first (with the userfaultfds the target holds before it), so
 /// that a later attach can tell the leftovers of this one from the target's own if this process
-/// dies midway; the record is cleared once the fd is marked.
+/// dies midway; the caller clears the record once the fd is set up.
 fn create_in_target(pid: i32, lock: &mut lock::TargetLock) -> Result<i32, RemoteError> {
     let before =
         proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
     lock.record.creating = Some(before.iter().map(|u| u.ino).collect());
     lock.write()
         .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
-    let fd = create_and_mark(pid)?;
-    lock.record.creating = None;
-    lock.write()
-        .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
-    Ok(fd)
+    // The record is cleared by `attach_with` once the new fd is set up (UFFDIO_API).
+    create_and_mark(pid)
 }
 
 /// The injections of [`create_in_target`].
