@@ -328,27 +328,29 @@ impl Image {
             }
         }
         let pages_path = p.join("pages");
-        let mut data = Vec::new();
-        File::open(&pages_path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(io_at(&pages_path))?;
-        if data.len() != len {
+        let file = File::open(&pages_path).map_err(io_at(&pages_path))?;
+        let size = file.metadata().map_err(io_at(&pages_path))?.len() as usize;
+        if size != len {
             return Err(corrupt(format!(
-                "pages holds {} bytes, {len} were written (truncated)",
-                data.len()
+                "pages holds {size} bytes, {len} were written (truncated)"
             )));
         }
-        let mut at = 0;
-        let mut seen = 0;
-        while at < data.len() {
+        // Record by record: the CLI holds the image, not the image and the file.
+        let mut r = io::BufReader::with_capacity(1 << 20, file);
+        let mut data = Vec::new();
+        let (mut at, mut seen) = (0usize, 0usize);
+        while at < size {
             let bad = || corrupt("pages is truncated".into());
-            let word = |i: usize| -> Option<u64> {
-                Some(u64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?))
-            };
-            let addr = word(at).ok_or_else(bad)? as usize;
-            let n = word(at + 8).ok_or_else(bad)? as usize;
-            let bytes = data.get(at + 16..at + 16 + n).ok_or_else(bad)?;
-            for (i, page) in bytes.chunks(ps).enumerate() {
+            let mut head = [0u8; 16];
+            r.read_exact(&mut head).map_err(|_| bad())?;
+            let addr = u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) as usize;
+            let n = u64::from_le_bytes(head[8..].try_into().unwrap_or_default()) as usize;
+            if n > size - at - 16 {
+                return Err(bad());
+            }
+            data.resize(n, 0);
+            r.read_exact(&mut data).map_err(|_| bad())?;
+            for (i, page) in data.chunks(ps).enumerate() {
                 self.pages.insert(addr + i * ps, Some(page.to_vec()));
             }
             at += 16 + n;
