@@ -1,6 +1,6 @@
 //! [`Image`]: a memory image rebuilt from a full dump and increments, and the byte-for-byte check
-//! against the live (stopped) target. The test oracle of remote tracking, and the CLI's
-//! `predump --verify`.
+//! against the live (stopped) target. The test oracle of remote tracking (feature `testing`; the
+//! CLI has its own, over its dump files).
 
 use super::{Collection, RemoteError, RemoteTracker};
 use std::collections::BTreeMap;
