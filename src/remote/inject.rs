@@ -26,7 +26,8 @@
 //! - its `ret` pops `G2`, the address of an `rt_sigreturn` restorer (`mov rax, 15; syscall`:
 //!   glibc's and musl's `__restore_rt`, there for every `sigaction`);
 //! - `rt_sigreturn` reads a signal frame the injector wrote below the thread's stack (past the
-//!   128-byte red zone, which the ABI already lets signal delivery overwrite): the thread's
+//!   128-byte red zone, where and as large as the kernel would put a signal frame at that
+//!   point, memory the ABI already lets signal delivery overwrite): the thread's
 //!   registers (with the kernel's restart logic for an interrupted call applied, see below),
 //!   its signal mask, and its x87/SSE/AVX state (the `XSAVE` image `NT_X86_XSTATE` gives, with
 //!   the software bytes the kernel's own signal frames carry). The frame's `uc_stack` has an
@@ -183,8 +184,6 @@ mod arch {
 
     /// Bytes below the stack pointer the ABI lets leaf code use without moving it.
     const RED_ZONE: u64 = 128;
-    /// Extra room left between the red zone and the frame.
-    const SLACK: u64 = 256;
     /// `sizeof(struct rt_sigframe)` on x86_64: `pretcode`, `struct ucontext` (304), `siginfo`.
     const SIGFRAME: u64 = 8 + 304 + 128;
     /// `uc_flags`: `UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS`.
@@ -248,7 +247,10 @@ mod arch {
     /// Builds the frame below `r.rsp` (past the red zone): `pretcode` = `restorer`, the
     /// `ucontext` with `r` (the registers to go back to), `mask` and a pointer to `fpu`.
     pub(super) fn frame(r: &Regs, mask: u64, fpu: &[u8], restorer: u64) -> Frame {
-        let fp_at = (r.rsp - RED_ZONE - SLACK - fpu.len() as u64) & !63;
+        // Laid out as the kernel's `get_sigframe` lays out a signal frame at this stack pointer
+        // (red zone, 64-aligned FPU image, frame): a thread running on a small alternate
+        // signal stack already has room for exactly that (a nested signal takes it).
+        let fp_at = (r.rsp - RED_ZONE - fpu.len() as u64) & !63;
         let at = (fp_at - SIGFRAME) & !15;
         let mut b = vec![0u8; (fp_at - at) as usize + fpu.len()];
         let mut put = |off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
