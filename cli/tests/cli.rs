@@ -616,3 +616,64 @@ fn help_exits_zero_and_a_missing_pid_creates_nothing() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(!dir.exists(), "--dir was created for a missing process");
 }
+
+/// `--verify` counts every differing page (it stopped at 100): a full dump with one byte
+/// changed in every page it holds differs in all of them that no later dump rewrote.
+#[test]
+fn verify_counts_every_differing_page() {
+    if !remote_available() {
+        return;
+    }
+    let Some(v) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("verify-count");
+    let d = dir.to_str().unwrap().to_string();
+    let o = dirtytrack(&["predump", &pid, "--dir", &d, "--iterations", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Flip the first byte of every page of dump 0000.
+    let pages = dir.join("0000").join("pages");
+    let mut data = std::fs::read(&pages).unwrap();
+    let mut at = 0;
+    let mut flipped = 0;
+    while at < data.len() {
+        let n = u64::from_le_bytes(data[at + 8..at + 16].try_into().unwrap()) as usize;
+        for p in (at + 16..at + 16 + n).step_by(4096) {
+            data[p] ^= 0xff;
+            flipped += 1;
+        }
+        at += 16 + n;
+    }
+    std::fs::write(&pages, &data).unwrap();
+    assert!(flipped > 150, "only {flipped} pages dumped");
+    let o = dirtytrack(&[
+        "predump",
+        &pid,
+        "--dir",
+        &d,
+        "--iterations",
+        "0",
+        "--verify",
+        "--stop",
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // "dirtytrack: verify: N page(s) differ"
+    let n: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("dirtytrack: verify: "))
+        .and_then(|l| l.strip_suffix(" page(s) differ"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {out}"));
+    let shown = out.matches("verify: page ").count();
+    let more: usize = out
+        .split("verify: ... and ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(n, shown + more, "{out}");
+    assert!(n > 100, "{n} pages differ; {flipped} flipped: {out}");
+    // Only pages rewritten by the last increment can be right again.
+    assert!(n + 64 >= flipped, "{n} of {flipped}: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
