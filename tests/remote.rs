@@ -1344,3 +1344,48 @@ while True:
     final_dump_and_verify(&mut t, &mut image);
     t.stop_tracking().unwrap();
 }
+
+/// One tracker per target: a second attach gets `TargetBusy` naming the holder (this
+/// process); once the first is dropped, attaching again works and adopts its tracking. Also:
+/// a process cannot track itself.
+#[test]
+fn a_second_tracker_on_one_target_is_refused() {
+    let Some(exe) = compile("victim") else { return };
+    let mut cmd = Command::new(&exe);
+    cmd.stdin(Stdio::piped());
+    let target = Target::spawn_with_stdin(cmd);
+    let pid = target.pid();
+    let Some(mut first) = attach_or_skip(pid) else {
+        return;
+    };
+    first.collect().unwrap();
+    match RemoteTracker::attach(pid) {
+        Err(e @ RemoteError::TargetBusy { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "already tracked by process {}",
+                    std::process::id()
+                )),
+                "{msg}"
+            );
+        }
+        other => panic!("expected TargetBusy, got {other:?}"),
+    }
+    let generation = first.generation();
+    drop(first);
+    let mut second = RemoteTracker::attach(pid).unwrap();
+    assert!(
+        second.resumed(),
+        "the first tracker's userfaultfd is adopted"
+    );
+    assert_eq!(second.generation(), generation);
+    second.collect().unwrap();
+    assert_eq!(second.generation(), generation + 1);
+    second.stop_tracking().unwrap();
+    assert_released(pid);
+    match RemoteTracker::attach(std::process::id() as i32) {
+        Err(RemoteError::Usage(m)) => assert!(m.contains("cannot track itself"), "{m}"),
+        other => panic!("attaching to ourselves: {other:?}"),
+    }
+}

@@ -41,6 +41,17 @@
 //! - **fork**: children are not tracked (without `EVENT_FORK` the kernel drops the registration
 //!   in the child); [`Collection::children`] lists them.
 //!
+//! # Doing no harm
+//!
+//! A tracker can die at any moment without hurting the target: the injector's every state is
+//! one the target can go on from alone (the design argument is in the `inject` module's
+//! source), and every stop (registration, [`RemoteTracker::stop_target`]) is a ptrace stop,
+//! which ends with the tracker. One tracker per target is enforced with a lock file that dies
+//! with its holder ([`RemoteError::TargetBusy`]); it also records a generation that every
+//! collect bumps before re-arming ([`RemoteTracker::generation`]), so that a tool keeping a
+//! chain of dumps can tell that a collect's pages went elsewhere, and what a killed attach
+//! created, so that the next one closes or adopts it ([`RemoteTracker::notes`]).
+//!
 //! # What is tracked
 //!
 //! Every mapping the target could write without changing its protection first: writable ones,
