@@ -822,8 +822,8 @@ impl RemoteTracker {
     }
 
     /// Stops the target and all its descendants, every thread of each held in a ptrace stop
-    /// by the calling thread (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), until [`RemoteTracker::continue_target`] (or
-    /// the tracker is dropped). Descendants are included because fork children can still write
+    /// by the calling thread (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), until
+    /// [`RemoteTracker::continue_target`] (or the tracker is dropped). Descendants are included because fork children can still write
     /// memory they share with the target.
     ///
     /// No signal is sent: the stop ends with this process, also if it is killed (the kernel
