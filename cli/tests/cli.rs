@@ -677,3 +677,65 @@ fn verify_counts_every_differing_page() {
     assert!(n + 64 >= flipped, "{n} of {flipped}: {out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The measure: strace kills the CLI (`SIGKILL`) on entering its Nth `ptrace` call, for
+/// every N of `predump --iterations 0 --verify --stop` (attach, registration, the verify stop,
+/// the injected close): the victim is never harmed, and the next run cleans up (no userfaultfd
+/// left after its `--stop`).
+#[test]
+fn strace_killing_the_cli_at_every_ptrace_call_never_harms_the_target() {
+    if !remote_available() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip("strace is not installed");
+        return;
+    }
+    let Some(mut v) = Victim::start() else { return };
+    let pid = v.pid().to_string();
+    let dir = temp_dir("strace");
+    let d = dir.to_str().unwrap().to_string();
+    let (mut killed, mut n) = (0, 0);
+    loop {
+        n += 1;
+        assert!(n < 400, "the CLI never finished a run");
+        let out = Command::new("strace")
+            .args(["-o", "/dev/null", "-e", "trace=ptrace", "-e"])
+            .arg(format!("inject=ptrace:signal=SIGKILL:when={n}"))
+            .arg(env!("CARGO_BIN_EXE_dirtytrack"))
+            .args([
+                "predump",
+                &pid,
+                "--dir",
+                &d,
+                "--iterations",
+                "0",
+                "--verify",
+                "--stop",
+            ])
+            .output()
+            .expect("run strace");
+        use std::os::unix::process::ExitStatusExt;
+        let finished = out.status.success();
+        // strace exits as its tracee did (killed: 128 + 9, or the signal itself).
+        if !finished {
+            assert!(
+                out.status.code() == Some(137) || out.status.signal() == Some(libc::SIGKILL),
+                "run {n}: {:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            killed += 1;
+        }
+        v.assert_healthy(&format!("the CLI killed at its ptrace call {n}"));
+        let o = dirtytrack(&["predump", &pid, "--dir", &d, "--iterations", "0", "--stop"]);
+        assert!(o.status.success(), "after kill {n}: {}", text(&o));
+        assert_eq!(v.uffds(), 0, "after kill {n}: userfaultfds left");
+        if finished {
+            break;
+        }
+    }
+    eprintln!("strace sweep: {killed} ptrace calls, the CLI killed at each, 0 targets harmed");
+    assert!(killed > 20, "only {killed} ptrace calls?");
+    let _ = std::fs::remove_dir_all(&dir);
+}
