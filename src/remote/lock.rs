@@ -85,6 +85,7 @@ impl TargetLock {
             _ => kernel("read /proc/PID/stat", e),
         })?;
         let dir = lock_dir().map_err(|e| kernel("create the lock directory", e))?;
+        remove_stale(&dir);
         let path = dir.join(format!("{pid}-{start}"));
         let file = fs::OpenOptions::new()
             .read(true)
@@ -140,6 +141,34 @@ impl TargetLock {
     /// The lock file's path (for messages).
     pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
+    }
+}
+
+/// Removes the lock files of processes that no longer exist (their pid is gone or now names
+/// a process with another start time) and that nobody holds; this user's files only (the
+/// directory is sticky).
+fn remove_stale(dir: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some((pid, start)) = name.to_str().and_then(|n| n.split_once('-')) else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if proc::start_time(pid).is_ok_and(|s| s == start) {
+            continue;
+        }
+        // Held: a tracker still runs (it will find its target gone); leave it.
+        let Ok(f) = File::open(e.path()) else {
+            continue;
+        };
+        if lock::try_lock_exclusive(&f).unwrap_or(false) {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
