@@ -243,7 +243,7 @@ typedef enum dt_thp {
 } dt_thp;
 
 /*
- A set of dirty pages (opaque handle). Created by the collect/snapshot functions,
+ A set of dirty pages (opaque handle). Created by the collect/peek functions,
  `dt_dirty_set_new` and `dt_live_copy_dirty_at_instant`; freed by `dt_dirty_set_free`.
  */
 typedef struct dt_dirty_set dt_dirty_set;
@@ -418,7 +418,7 @@ const char *dt_last_error_message(void);
  How many handles of all types this process holds and has not freed yet (a leak check for
  tests: it should be 0 once a program has freed everything).
 
- Thread safety: any thread; the count is a snapshot.
+ Thread safety: any thread; the count is as of the call.
 
  # Safety
 
@@ -677,7 +677,7 @@ enum dt_status dt_register(struct dt_tracker *t, void *addr, size_t len, uint64_
  `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 
  Ownership: the memory stays the caller's. Thread safety: any thread; serialized with
- collects, snapshots and clears.
+ collects, peeks and clears.
 
  # Safety
 
@@ -710,7 +710,7 @@ enum dt_status dt_tracker_range(const struct dt_tracker *t,
 
  Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 
- Ownership: `buf` stays the caller's. Thread safety: any thread; the list is a snapshot
+ Ownership: `buf` stays the caller's. Thread safety: any thread; the list is as of the call
  (another thread may register or unregister right after).
 
  # Safety
@@ -736,7 +736,7 @@ enum dt_status dt_ranges(const struct dt_tracker *t,
  Ownership: on `DT_OK` the caller owns `*out` (free it with `dt_dirty_set_free`); on error
  `*out` is NULL. If dumping the set fails, merge it into the next one (`dt_dirty_set_union`).
 
- Thread safety: any thread; collects, snapshots, clears and unregisters run one at a time.
+ Thread safety: any thread; collects, peeks, clears and unregisters run one at a time.
 
  # Safety
 
@@ -754,7 +754,7 @@ enum dt_status dt_collect(struct dt_tracker *t, struct dt_dirty_set **out);
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_snapshot(const struct dt_tracker *t, struct dt_dirty_set **out);
+enum dt_status dt_peek(const struct dt_tracker *t, struct dt_dirty_set **out);
 
 /*
  Resets every range to clean without reporting.
@@ -780,7 +780,7 @@ enum dt_status dt_clear(struct dt_tracker *t);
 enum dt_status dt_collect_range(struct dt_tracker *t, uint64_t range_id, struct dt_dirty_set **out);
 
 /*
- `dt_snapshot` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+ `dt_peek` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 
  Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
  Thread safety: any thread.
@@ -789,9 +789,9 @@ enum dt_status dt_collect_range(struct dt_tracker *t, uint64_t range_id, struct 
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_snapshot_range(const struct dt_tracker *t,
-                                 uint64_t range_id,
-                                 struct dt_dirty_set **out);
+enum dt_status dt_peek_range(const struct dt_tracker *t,
+                             uint64_t range_id,
+                             struct dt_dirty_set **out);
 
 /*
  `dt_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
@@ -805,7 +805,7 @@ enum dt_status dt_snapshot_range(const struct dt_tracker *t,
 enum dt_status dt_clear_range(struct dt_tracker *t, uint64_t range_id);
 
 /*
- Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+ Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
  it overlaps, in addition to what the page tables show. For changes page tables cannot show:
  a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
  pins the buffer and writes it later) that was in flight across a collect, or a write through

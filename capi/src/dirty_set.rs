@@ -1,4 +1,4 @@
-//! Dirty sets: the pages a collect or snapshot reported, read by index into caller buffers.
+//! Dirty sets: the pages a collect or peek reported, read by index into caller buffers.
 //!
 //! Iteration copies pages or runs into caller buffers by index. The first call on a set builds a
 //! run table (one pass over its bitmap, cached until the set changes), after which a call costs
@@ -24,7 +24,7 @@ pub struct run {
     pub len: size_t,
 }
 
-/// A set of dirty pages (opaque handle). Created by the collect/snapshot functions,
+/// A set of dirty pages (opaque handle). Created by the collect/peek functions,
 /// `dt_dirty_set_new` and `dt_live_copy_dirty_at_instant`; freed by `dt_dirty_set_free`.
 pub struct dirty_set {
     _opaque: [u8; 0],

@@ -60,7 +60,6 @@ const C_NAMES: &[(&str, &str)] = &[
     ("Tracker::capabilities()", "dt_tracker_capabilities()"),
     ("Capabilities::probe()", "dt_probe_capabilities()"),
     ("Tracker::collect_range", "dt_collect_range"),
-    ("Tracker::snapshot_range", "dt_snapshot_range"),
     ("Tracker::clear_range", "dt_clear_range"),
     ("Tracker::live_snapshot", "dt_live_snapshot_start"),
     ("Tracker::mark_dirty", "dt_mark_dirty"),
@@ -68,9 +67,8 @@ const C_NAMES: &[(&str, &str)] = &[
     ("Tracker::unregister", "dt_unregister"),
     ("Tracker::register", "dt_register"),
     ("Tracker::collect", "dt_collect"),
-    ("Tracker::peek_range", "dt_snapshot_range"),
-    ("Tracker::peek", "dt_snapshot"),
-    ("Tracker::snapshot", "dt_snapshot"),
+    ("Tracker::peek_range", "dt_peek_range"),
+    ("Tracker::peek", "dt_peek"),
     ("Tracker::clear", "dt_clear"),
     ("Tracker::ranges", "dt_ranges"),
     ("Tracker::range", "dt_tracker_range"),
@@ -277,6 +275,10 @@ mod tests {
         assert_eq!(
             c_words("RangeId(12) overlaps RangeId(3), RangeId(x)"),
             "range 12 overlaps range 3, RangeId(x)"
+        );
+        assert_eq!(
+            c_words("Tracker::peek_range(RangeId(3)), Tracker::peek, Tracker::live_snapshot"),
+            "dt_peek_range(range 3), dt_peek, dt_live_snapshot_start"
         );
         assert!(c_words(
             "needs Mode::Sync: build a tracker with Tracker::builder().mode(Mode::Sync)"

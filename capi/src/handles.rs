@@ -172,7 +172,7 @@ pub(crate) fn free<T: Handle, P>(handle: *mut P) -> status {
 /// How many handles of all types this process holds and has not freed yet (a leak check for
 /// tests: it should be 0 once a program has freed everything).
 ///
-/// Thread safety: any thread; the count is a snapshot.
+/// Thread safety: any thread; the count is as of the call.
 ///
 /// # Safety
 ///

@@ -415,7 +415,7 @@ pub unsafe extern "C" fn dt_register(
 /// `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 ///
 /// Ownership: the memory stays the caller's. Thread safety: any thread; serialized with
-/// collects, snapshots and clears.
+/// collects, peeks and clears.
 ///
 /// # Safety
 ///
@@ -468,7 +468,7 @@ pub unsafe extern "C" fn dt_tracker_range(
 ///
 /// Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 ///
-/// Ownership: `buf` stays the caller's. Thread safety: any thread; the list is a snapshot
+/// Ownership: `buf` stays the caller's. Thread safety: any thread; the list is as of the call
 /// (another thread may register or unregister right after).
 ///
 /// # Safety
@@ -497,7 +497,7 @@ pub unsafe extern "C" fn dt_ranges(
     })
 }
 
-/// The shared body of the collect and snapshot functions.
+/// The shared body of the collect and peek functions.
 ///
 /// # Safety
 ///
@@ -529,7 +529,7 @@ unsafe fn harvest_into(
 /// Ownership: on `DT_OK` the caller owns `*out` (free it with `dt_dirty_set_free`); on error
 /// `*out` is NULL. If dumping the set fails, merge it into the next one (`dt_dirty_set_union`).
 ///
-/// Thread safety: any thread; collects, snapshots, clears and unregisters run one at a time.
+/// Thread safety: any thread; collects, peeks, clears and unregisters run one at a time.
 ///
 /// # Safety
 ///
@@ -549,7 +549,7 @@ pub unsafe extern "C" fn dt_collect(t: *mut tracker, out: *mut *mut dirty_set) -
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_snapshot(t: *const tracker, out: *mut *mut dirty_set) -> status {
+pub unsafe extern "C" fn dt_peek(t: *const tracker, out: *mut *mut dirty_set) -> status {
     // SAFETY: same contract.
     unsafe { harvest_into(t, out, Tracker::peek) }
 }
@@ -584,7 +584,7 @@ pub unsafe extern "C" fn dt_collect_range(
     unsafe { harvest_into(t, out, |t| t.collect_range(RangeId::from_raw(range_id))) }
 }
 
-/// `dt_snapshot` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+/// `dt_peek` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
 /// Thread safety: any thread.
@@ -593,7 +593,7 @@ pub unsafe extern "C" fn dt_collect_range(
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_snapshot_range(
+pub unsafe extern "C" fn dt_peek_range(
     t: *const tracker,
     range_id: u64,
     out: *mut *mut dirty_set,
@@ -614,7 +614,7 @@ pub extern "C" fn dt_clear_range(t: *mut tracker, range_id: u64) -> status {
     entry(|| Ok(get_tracker(t)?.clear_range(RangeId::from_raw(range_id))?))
 }
 
-/// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+/// Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
 /// it overlaps, in addition to what the page tables show. For changes page tables cannot show:
 /// a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
 /// pins the buffer and writes it later) that was in flight across a collect, or a write through

@@ -273,7 +273,7 @@ static void test_unknown_ranges(dt_tracker *t) {
     EXPECT(dt_unregister(t, 987654), DT_ERR_UNKNOWN_RANGE);
     EXPECT(dt_collect_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
     ASSERT(s == NULL);
-    EXPECT(dt_snapshot_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_peek_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
     EXPECT(dt_clear_range(t, 987654), DT_ERR_UNKNOWN_RANGE);
     EXPECT(dt_tracker_range(t, 987654, &info), DT_ERR_UNKNOWN_RANGE);
 
@@ -288,7 +288,7 @@ static void test_unknown_ranges(dt_tracker *t) {
 }
 
 static void test_tracking(dt_tracker *t) {
-    section("collect, snapshot, clear, and their per-range forms");
+    section("collect, peek, clear, and their per-range forms");
     char *a = map(16), *b = map(8);
     uint64_t ia = 0, ib = 0;
     dt_dirty_set *s = NULL;
@@ -303,12 +303,12 @@ static void test_tracking(dt_tracker *t) {
     a[0] = 1;
     a[5 * PS + 3] = 1;
     b[7 * PS] = 1;
-    /* snapshot does not reset. */
-    OK(dt_snapshot(t, &s));
+    /* peek does not reset. */
+    OK(dt_peek(t, &s));
     ASSERT(set_len(s) == 3 && has(s, a) && has(s, a + 5 * PS + 100) && has(s, b + 7 * PS));
     ASSERT(!has(s, a + PS) && !has(s, b));
     OK(dt_dirty_set_free(s));
-    OK(dt_snapshot_range(t, ib, &s));
+    OK(dt_peek_range(t, ib, &s));
     ASSERT(set_len(s) == 1 && has(s, b + 7 * PS));
     OK(dt_dirty_set_free(s));
 
@@ -324,7 +324,7 @@ static void test_tracking(dt_tracker *t) {
     a[PS] = 2;
     b[PS] = 2;
     OK(dt_clear_range(t, ib));
-    OK(dt_snapshot(t, &s));
+    OK(dt_peek(t, &s));
     ASSERT(set_len(s) == 1 && has(s, a + PS));
     OK(dt_dirty_set_free(s));
     OK(dt_clear(t));
@@ -662,7 +662,7 @@ static void test_mark_dirty(dt_tracker *t) {
     MESSAGE_HAS("dt_mark_dirty records changes only for registered memory");
     /* A span that runs past the range marks nothing. */
     EXPECT(dt_mark_dirty(t, mem + 6 * PS, 4 * PS), DT_ERR_NOT_TRACKED);
-    OK(dt_snapshot(t, &s));
+    OK(dt_peek(t, &s));
     ASSERT(set_len(s) == 0);
     OK(dt_dirty_set_free(s));
     EXPECT(dt_mark_dirty(t, (void *)(UINTPTR_MAX - 10), 100), DT_ERR_ADDRESS_OVERFLOW);
@@ -975,7 +975,7 @@ static void *collector(void *arg) {
     struct shared *sh = arg;
     for (int i = 0; i < 200; i++) {
         dt_dirty_set *s = NULL;
-        dt_status st = (i % 2) ? dt_snapshot(sh->t, &s) : dt_collect(sh->t, &s);
+        dt_status st = (i % 2) ? dt_peek(sh->t, &s) : dt_collect(sh->t, &s);
         if (st == DT_ERR_INVALID_HANDLE) {
             break; /* freed by the main thread: a clean error, not a crash */
         }

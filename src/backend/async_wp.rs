@@ -395,10 +395,10 @@ pub(crate) fn harvest_into(
         seg.start = start;
         let end = start + r.len;
         let result = match (kind, r.arming) {
-            (Kind::Collect | Kind::Snapshot, Arming::Full) => scanner
+            (Kind::Collect | Kind::Peek, Arming::Full) => scanner
                 .scan(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            (Kind::Collect | Kind::Snapshot, Arming::Populated) => scanner
+            (Kind::Collect | Kind::Peek, Arming::Populated) => scanner
                 .scan_populated(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
             (Kind::Clear, Arming::Full) => core
@@ -428,7 +428,7 @@ pub(crate) fn harvest_into(
     }
     match kind {
         Kind::Collect => r.marks.take_into(&mut seg.bits),
-        Kind::Snapshot => r.marks.copy_into(&mut seg.bits),
+        Kind::Peek => r.marks.copy_into(&mut seg.bits),
         Kind::Clear => r.marks.clear(),
     }
     // A discard's zap may land after this scan. For private anonymous memory on kernels whose
@@ -438,14 +438,14 @@ pub(crate) fn harvest_into(
     let scan_sees_zaps = core.caps.scan_reports_discards == Some(true)
         && r.backing == crate::Backing::PrivateAnonymous
         && r.arming == Arming::Full;
-    if kind != Kind::Snapshot && !scan_sees_zaps {
+    if kind != Kind::Peek && !scan_sees_zaps {
         r.rearm_discards(false);
     }
     Ok(())
 }
 
 /// Reports the discarded pages of a populated-only range whose page-table entry is now gone
-/// (see `RangeState::freed`), and forgets them, unless `kind` is a snapshot. Pages that still
+/// (see `RangeState::freed`), and forgets them, unless `kind` is a peek. Pages that still
 /// have an entry (an `MADV_FREE` page not reclaimed yet, or written again) stay watched.
 fn watch_freed(
     core: &Core,
@@ -468,7 +468,7 @@ fn watch_freed(
         result = scanner.mark_unpopulated(start + a * ps, start + b * ps, &mut gone, ps);
         if result.is_ok() {
             for (x, y) in crate::bitmap::bit_runs(gone.bits.as_raw_slice()) {
-                if kind != Kind::Snapshot {
+                if kind != Kind::Peek {
                     freed.clear_range(a + x, a + y);
                 }
                 if kind != Kind::Clear {

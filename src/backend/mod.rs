@@ -34,7 +34,7 @@ pub(crate) enum Kind {
     /// Report and reset (re-protect) atomically per page.
     Collect,
     /// Report, change nothing.
-    Snapshot,
+    Peek,
     /// Reset without reporting.
     Clear,
 }

@@ -44,7 +44,7 @@
 //! Changes with no event: a guard region (`MADV_GUARD_INSTALL`, 6.13+) zaps pages without any
 //! userfaultfd message, and once it is removed the empty entries let the next write through
 //! unseen. Where the kernel has guard pages and its `PAGEMAP_SCAN` shows such pages
-//! (`Capabilities::scan_reports_guard_zaps`), every collect, snapshot and live-snapshot instant
+//! (`Capabilities::scan_reports_guard_zaps`), every collect, peek and live-snapshot instant
 //! first scans the range read-only for pages that are not write-protected, under `batch`, right
 //! before re-protecting: such a page is either one the monitor un-protected (already marked)
 //! or one changed behind the tracker's back, which is reported and re-protected with the rest.
@@ -111,7 +111,7 @@ pub(crate) fn harvest_into(
     mut zaps: Option<&mut Scanner>,
 ) -> Result<(), Error> {
     let ps = core.page_size;
-    if kind == Kind::Snapshot {
+    if kind == Kind::Peek {
         core.barrier();
         if r.lost.lock().is_some() {
             return Err(lost_error(r));

@@ -350,9 +350,9 @@ class Tracker(_Handle):
         """The pages written since the last collect or clear, now clean again."""
         return DirtySet(_new_handle(lib.dt_collect, self.handle))
 
-    def snapshot(self):
+    def peek(self):
         """The pages written since the last collect or clear; resets nothing."""
-        return DirtySet(_new_handle(lib.dt_snapshot, self.handle))
+        return DirtySet(_new_handle(lib.dt_peek, self.handle))
 
     def clear(self):
         _check(lib.dt_clear(self.handle))
@@ -360,8 +360,8 @@ class Tracker(_Handle):
     def collect_range(self, range_id):
         return DirtySet(_new_handle(lib.dt_collect_range, self.handle, range_id))
 
-    def snapshot_range(self, range_id):
-        return DirtySet(_new_handle(lib.dt_snapshot_range, self.handle, range_id))
+    def peek_range(self, range_id):
+        return DirtySet(_new_handle(lib.dt_peek_range, self.handle, range_id))
 
     def clear_range(self, range_id):
         _check(lib.dt_clear_range(self.handle, range_id))

@@ -97,10 +97,10 @@ _FUNCTIONS = {
     "dt_tracker_range": (_status, [_handle, c_uint64, POINTER(RangeInfo)]),
     "dt_ranges": (_status, [_handle, POINTER(RangeInfo), c_size_t, _size_p]),
     "dt_collect": (_status, [_handle, _out_handle]),
-    "dt_snapshot": (_status, [_handle, _out_handle]),
+    "dt_peek": (_status, [_handle, _out_handle]),
     "dt_clear": (_status, [_handle]),
     "dt_collect_range": (_status, [_handle, c_uint64, _out_handle]),
-    "dt_snapshot_range": (_status, [_handle, c_uint64, _out_handle]),
+    "dt_peek_range": (_status, [_handle, c_uint64, _out_handle]),
     "dt_clear_range": (_status, [_handle, c_uint64]),
     "dt_mark_dirty": (_status, [_handle, c_void_p, c_size_t]),
     # dirty sets
