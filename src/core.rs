@@ -4,7 +4,7 @@
 //!
 //! | lock | where | protects | held by |
 //! |---|---|---|---|
-//! | `harvest` | `Tracker` | the pagemap scanner; makes collect / snapshot / clear / unregister / live-snapshot instants one at a time | user threads |
+//! | `harvest` | `Tracker` | the pagemap scanner; makes collect / peek / clear / register / unregister / live-snapshot instants one at a time | user threads |
 //! | `registry` | `Core` | the overlap check and the register / unregister ioctls; the next range id | user threads |
 //! | `ranges` (RwLock) | `Core` | the list of registered ranges and its address index, `RangeList` (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
 //! | `batch` | `Core` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) and "install / remove a range's copy-on-write state"; also orders a live snapshot's hand-back of marks with sync collects | monitor; sync harvest; live snapshots; others as a barrier |
@@ -24,7 +24,10 @@
 //! (Acquire) by everyone; readers that need the final value take the `batch` barrier first.
 //! `RangeState::gone` is stored (Release) by whoever marks the range gone and loaded (Acquire)
 //! before any ioctl on the range's addresses. The per-range bitmaps (`AtomicBitmap`) are marked
-//! with `fetch_or` and taken with `swap`, both `AcqRel`, so a mark is in exactly one harvest.
+//! with `fetch_or` and taken with `swap`, both `AcqRel`, words then summary on marking, summary
+//! then words on taking, so a mark is in exactly one harvest (the protocol is written out on
+//! `AtomicBitmap`). The move count (`range::Moves`) is bumped after a moved range's start is
+//! stored. Each of these protocols has a loom model (`loom_models`, run by `scripts/loom`).
 //!
 //! `batch` as a barrier: the monitor holds it from the moment it reads messages until it has
 //! applied them (marks set, lost ranges flagged, moved ranges re-keyed). Taking and releasing it
@@ -32,6 +35,7 @@
 //! (`REMOVE`, `UNMAP`, `REMAP`) blocks the thread that caused it until the monitor reads it, so
 //! after a barrier every `madvise`/`munmap`/`mremap` that has returned is visible in the ranges.
 
+use crate::atomic::Ordering;
 use crate::probe::Capabilities;
 use crate::range::{RangeList, RangeState};
 use crate::sys::uffd;
@@ -62,6 +66,8 @@ pub(crate) struct Core {
     pub(crate) ranges: RwLock<RangeList>,
     /// See the module docs.
     pub(crate) batch: Mutex<()>,
+    /// How often a range moved; the two address indexes (`registry`, `ranges`) hold a clone.
+    pub(crate) moves: crate::range::Moves,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
     pub(crate) poisoned: Mutex<Option<String>>,
 }
@@ -129,7 +135,7 @@ impl Core {
     /// userfaultfd's waiters only, so it cannot disturb whoever owns the memory now; a waiter
     /// woken needlessly faults again.
     pub(crate) fn release_range(&self, r: &RangeState) -> io::Result<()> {
-        if r.gone.load(std::sync::atomic::Ordering::Acquire) {
+        if r.gone.load(Ordering::Acquire) {
             let _ = uffd::wake(self.uffd.as_fd(), r.start(), r.len);
             return Ok(());
         }

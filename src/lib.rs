@@ -31,6 +31,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | `sys/` | the kernel ABI only: raw `#[repr(C)]` structs, constants (each with the kernel version that added it), one thin wrapper per system call or ioctl; the only code that calls `libc::syscall`/`libc::ioctl`; crate-private |
+//! | `atomic` | the atomics of the lock-free code: std's, or loom's under `cfg(loom)` (the loom models in `loom_models` check the production code) |
 //! | `types` | the plain shared types: [`Mode`], [`RangeId`], [`Backing`], [`Thp`], [`Prefault`], [`FdSource`] |
 //! | `error` | [`Error`], the one error enum |
 //! | [`probe`] | capability probing on throwaway fds: [`Capabilities`] |
@@ -46,7 +47,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The `testing` feature is for this repository's own tests only (see build.rs).
+#[cfg(all(feature = "testing", not(dirtytrack_own_build)))]
+compile_error!(
+    "dirtytrack's `testing` feature exposes its kernel ABI module and test hooks to its own tests \
+     and is refused outside its repository; something in the dependency graph turned it on \
+     (`cargo tree -e features -i dirtytrack` shows what): remove it"
+);
+
 // The dependency order is the table above (rustfmt sorts these declarations).
+mod atomic;
 mod backend;
 mod bitmap;
 mod core;
@@ -69,6 +79,9 @@ pub mod sys;
 mod sys;
 mod tracker;
 mod types;
+
+#[cfg(all(test, loom))]
+mod loom_models;
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]

@@ -133,6 +133,7 @@ impl TrackerBuilder {
                     .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
             ),
         };
+        let moves = crate::range::Moves::new();
         let core = Arc::new(Core {
             mode,
             caps,
@@ -141,8 +142,9 @@ impl TrackerBuilder {
             no_thp: self.thp == Thp::Disable,
             owner_pid: sys::getpid(),
             uffd: fd,
-            registry: Mutex::new(crate::range::Registry::new()),
-            ranges: RwLock::new(crate::range::RangeList::default()),
+            registry: Mutex::new(crate::range::Registry::new(moves.clone())),
+            ranges: RwLock::new(crate::range::RangeList::new(moves.clone())),
+            moves,
             batch: Mutex::new(()),
             poisoned: Mutex::new(None),
         });
@@ -182,7 +184,7 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// Tracks which pages of registered ranges of this process's memory were written.
 ///
 /// `Send + Sync`: every method takes `&self` and may be called from any thread. Collects,
-/// snapshots, clears and unregisters run one at a time; registers run one at a time.
+/// peeks, clears and unregisters run one at a time; registers run one at a time.
 ///
 /// The promise: a page written after `register`, `clear` or `collect` number N returns is
 /// reported by collect N+1 or a later one (it may also be reported by collect N if the write raced
@@ -211,7 +213,7 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// ```
 pub struct Tracker {
     core: Arc<Core>,
-    /// Makes collect / snapshot / clear / unregister / live-snapshot instants one at a time and
+    /// Makes collect / peek / clear / unregister / live-snapshot instants one at a time and
     /// owns the pagemap scanner; first in the lock order (`core`'s lock table). Only user
     /// threads take it (the monitor never does).
     harvest: Mutex<Harvest>,
@@ -266,10 +268,7 @@ impl Tracker {
     /// In sync mode, do not register memory that the allocator or the tracker itself writes
     /// (e.g. pages of the malloc heap): the monitor thread could then fault on its own memory.
     pub fn register(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
-        self.core.check_usable()?;
-        let (start, end) = self.check_range(addr, len)?;
-        let mut registry = self.core.registry.lock();
-        self.register_locked(&mut registry, start, end, Arming::Full)
+        self.register_one(addr, len, Arming::Full)
     }
 
     /// [`Tracker::register`] for a huge, sparsely used range of private anonymous memory (a VMM's
@@ -295,10 +294,20 @@ impl Tracker {
     /// Errors: those of [`Tracker::register`], and [`Error::MappingNotSupported`] in sync mode or
     /// for memory other than private anonymous.
     pub fn register_sparse(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
+        self.register_one(addr, len, Arming::Populated)
+    }
+
+    /// [`Tracker::register`] and [`Tracker::register_sparse`]: atomic with respect to collects,
+    /// like [`Tracker::register_many`]. The new range is in the ranges list (so the monitor
+    /// finds it) before it is armed, and a failure takes it out again: holding `harvest`
+    /// throughout means no collect, peek or clear ever sees a range that was not returned.
+    fn register_one(&self, addr: *mut u8, len: usize, arming: Arming) -> Result<RangeId, Error> {
         self.core.check_usable()?;
         let (start, end) = self.check_range(addr, len)?;
+        // Lock order: harvest, then registry.
+        let _harvest = self.harvest.lock();
         let mut registry = self.core.registry.lock();
-        self.register_locked(&mut registry, start, end, Arming::Populated)
+        self.register_locked(&mut registry, start, end, arming)
     }
 
     /// Registers every range of `ranges` (`(addr, len)` pairs, each as for
@@ -369,7 +378,7 @@ impl Tracker {
         Ok((start, end))
     }
 
-    /// The rest of [`Tracker::register`], under the `registry` lock.
+    /// The rest of [`Tracker::register`], under the `harvest` and `registry` locks.
     fn register_locked(
         &self,
         registry: &mut crate::range::Registry,
@@ -538,17 +547,7 @@ impl Tracker {
     /// The pages written since the last collect or clear, without resetting anything: a look at
     /// the dirty set (not a copy of memory: that is [`Tracker::live_snapshot`]).
     pub fn peek(&self) -> Result<DirtySet, Error> {
-        self.harvest(None, Kind::Snapshot)
-    }
-
-    /// Renamed [`Tracker::peek`] (a look at the dirty set, not to be confused with
-    /// [`Tracker::live_snapshot`], a copy of memory).
-    #[deprecated(
-        since = "0.1.0",
-        note = "renamed `peek` (not to be confused with live_snapshot)"
-    )]
-    pub fn snapshot(&self) -> Result<DirtySet, Error> {
-        self.peek()
+        self.harvest(None, Kind::Peek)
     }
 
     /// Resets every range to clean without reporting.
@@ -563,13 +562,7 @@ impl Tracker {
 
     /// [`Tracker::peek`] for one range.
     pub fn peek_range(&self, id: RangeId) -> Result<DirtySet, Error> {
-        self.harvest(Some(id), Kind::Snapshot)
-    }
-
-    /// Renamed [`Tracker::peek_range`].
-    #[deprecated(since = "0.1.0", note = "renamed `peek_range`")]
-    pub fn snapshot_range(&self, id: RangeId) -> Result<DirtySet, Error> {
-        self.peek_range(id)
+        self.harvest(Some(id), Kind::Peek)
     }
 
     /// [`Tracker::clear`] for one range.
@@ -577,7 +570,7 @@ impl Tracker {
         self.harvest(Some(id), Kind::Clear).map(drop)
     }
 
-    /// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+    /// Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
     /// it overlaps, in addition to what the page tables show.
     ///
     /// For changes page tables cannot show (the README's tracking contract): a direct-I/O read
@@ -765,7 +758,7 @@ impl Tracker {
         Ok(out)
     }
 
-    /// The harvest behind every collect, snapshot and clear: one range after the other, into
+    /// The harvest behind every collect, peek and clear: one range after the other, into
     /// `out`'s reused segment buffers. On error `out` is empty, and (collect) every page already
     /// taken is back in its range's marks.
     fn harvest_into(

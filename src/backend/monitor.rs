@@ -295,7 +295,7 @@ fn read_batch(
                 {
                     disturb_cow(r, from, from + len, ps, "an mremap");
                     if r.start() >= from && r.end() <= from + len {
-                        r.move_to(to + (r.start() - from));
+                        r.move_to(to + (r.start() - from), &core.moves);
                     } else {
                         r.mark_lost(
                             format!(
