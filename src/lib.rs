@@ -38,10 +38,10 @@
 //! | `bitmap` | the one bitmap code: word masks, the atomic per-range bitmap, the per-range result segment |
 //! | `dirty_set` | [`DirtySet`], the result of a collect |
 //! | `cow` | a range's copy-on-write state during a live snapshot |
-//! | `range` | one registered range: its address, marks, lost state |
-//! | `core` | the state the tracker, the backends and the monitor share; the lock table |
+//! | `range` | one registered range: its address, marks, lost state, how it is armed (`Arming`); the address indexes and their move count |
+//! | `state` | `TrackerState`: the state the tracker, the backends and the monitor share; the lock table |
 //! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there), `live` (live snapshots) |
-//! | `tracker` | [`Tracker`], [`TrackerBuilder`], [`RangeInfo`]: the API on top |
+//! | `tracker/` | the API on top: [`Tracker`] and [`RangeInfo`] (`mod.rs`), [`TrackerBuilder`] (`builder.rs`), registration (`register.rs`), test hooks (`hooks.rs`) |
 //! | `remote/` | tracking another process: the system-call injector, [`RemoteTracker`], pre-dump images (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -59,7 +59,6 @@ compile_error!(
 mod atomic;
 mod backend;
 mod bitmap;
-mod core;
 mod cow;
 mod dirty_set;
 mod error;
@@ -67,6 +66,7 @@ pub mod probe;
 mod range;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub mod remote;
+mod state;
 #[allow(missing_docs)]
 #[cfg(feature = "testing")]
 #[doc(hidden)]

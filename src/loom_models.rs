@@ -19,9 +19,8 @@
 //!
 //! A model fails with the interleaving that broke it (`LOOM_LOG=trace` prints it).
 
-use crate::backend::async_wp::Arming;
 use crate::bitmap::AtomicBitmap;
-use crate::range::{Moves, RangeList, RangeState, Registry};
+use crate::range::{Arming, Moves, RangeList, RangeState, Registry};
 use crate::types::RangeId;
 use bitvec::prelude::*;
 use loom::thread;

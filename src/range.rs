@@ -8,13 +8,34 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// How a range's pages are write-protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arming {
+    /// `UFFDIO_WRITEPROTECT` of the whole range: with `WP_UNPOPULATED` the kernel puts a
+    /// protection marker in the page-table entry of every never-touched page, which builds full
+    /// page tables (2 MiB per GiB: a 1 TiB range took 3–57 s and 2 GiB of page tables here), and
+    /// every scan walks them.
+    Full,
+    /// Only populated pages are protected (a `PAGEMAP_SCAN` with `WP_MATCHING` and
+    /// `backend::async_wp::POPULATED_WRITTEN`); cost and page tables grow with populated memory. Measured on
+    /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
+    /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
+    /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
+    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which a
+    /// collect neither reports nor protects, and a later write replaces it with a new page,
+    /// reported. (Register and clear protect more: see `backend::async_wp::protect_populated`.)
+    /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
+    /// after each harvest, as on kernels whose scan misses discards).
+    Populated,
+}
+
 /// One registered range.
 pub(crate) struct RangeState {
     pub(crate) id: RangeId,
     /// Current start address. Stored (Release) only by the monitor thread, under `ranges` (read,
     /// `read_recursive`) and `batch`, when it follows an `mremap` move; loaded (Acquire) by
     /// everyone. A reader that needs the address after a move that has returned takes the
-    /// `batch` barrier first (`Core::barrier`).
+    /// `batch` barrier first (`TrackerState::barrier`).
     pub(crate) start: AtomicUsize,
     /// Length in bytes (fixed).
     pub(crate) len: usize,
@@ -23,7 +44,7 @@ pub(crate) struct RangeState {
     /// What backs the range (from `/proc/self/maps` at registration).
     pub(crate) backing: crate::Backing,
     /// How its pages are protected (async mode; sync mode is always `Full`).
-    pub(crate) arming: crate::backend::async_wp::Arming,
+    pub(crate) arming: Arming,
     /// Start and end at registration (for error messages).
     pub(crate) registered_at: usize,
     /// Pages known dirty that the page tables may not show: sync-mode write faults recorded by
@@ -73,7 +94,7 @@ impl RangeState {
         page_size: usize,
         granule: usize,
         backing: crate::Backing,
-        arming: crate::backend::async_wp::Arming,
+        arming: Arming,
     ) -> RangeState {
         RangeState {
             id,
@@ -135,7 +156,7 @@ impl RangeState {
         if from < to {
             let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
             self.discards.get_or_alloc().set_range(a, b);
-            if self.arming == crate::backend::async_wp::Arming::Populated {
+            if self.arming == Arming::Populated {
                 self.freed.get_or_alloc().set_range(a, b);
             }
             self.marks.set_range(a, b);
@@ -171,7 +192,7 @@ impl RangeState {
     }
 }
 
-/// The registered ranges (the `Core::ranges` lock's contents): in registration order, which is
+/// The registered ranges (the `TrackerState::ranges` lock's contents): in registration order, which is
 /// the order collects report them in, plus an index by start address for [`RangeList::find`],
 /// which the monitor calls for every fault (a GC heap registers thousands of ranges).
 ///
@@ -385,7 +406,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::async_wp::Arming;
 
     fn range(id: u64, start: usize, pages: usize) -> Arc<RangeState> {
         Arc::new(RangeState::new(

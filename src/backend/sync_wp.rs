@@ -57,8 +57,8 @@
 use super::async_wp::Scanner;
 use super::{lost_error, range_error, Kind};
 use crate::bitmap::Segment;
-use crate::core::Core;
 use crate::range::RangeState;
+use crate::state::TrackerState;
 use crate::sys::{mem, uffd};
 use crate::types::Prefault;
 use crate::Error;
@@ -104,7 +104,7 @@ const MERGE_GAP_PAGES: usize = 8;
 /// scanner for pages changed with no event (guard regions), where the kernel can show them;
 /// what it finds is reported and re-protected with the marked pages.
 pub(crate) fn harvest_into(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     kind: Kind,
     seg: &mut Segment,
@@ -164,7 +164,7 @@ pub(crate) fn harvest_into(
 /// Re-protects the pages set in `seg.bits` (range `r` at `start`), one ioctl per run of marked
 /// pages (runs closer than [`MERGE_GAP_PAGES`] merged, widened to the range's granule).
 fn reprotect_marked(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     start: usize,
     seg: &Segment,
@@ -175,7 +175,7 @@ fn reprotect_marked(
     let flush = |(a, b): (usize, usize)| {
         let a = a - a % granule_pages;
         let b = b.div_ceil(granule_pages) * granule_pages;
-        Core::writeprotect_vmas(
+        TrackerState::writeprotect_vmas(
             core.uffd.as_fd(),
             start + a * ps,
             (b - a) * ps,
@@ -210,7 +210,7 @@ fn scan_unprotected(scanner: &mut Scanner, r: &RangeState, seg: &mut Segment, ps
 /// the `batch` lock: no fault is recorded or un-protected between the two. With `zaps`, the
 /// segment first gets the pages changed with no event (see the module docs).
 pub(crate) fn reprotect_then(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     mut zaps: Option<&mut Scanner>,
     at_instant: impl FnOnce(&mut Segment) -> Result<(), Error>,
@@ -222,7 +222,12 @@ pub(crate) fn reprotect_then(
         if let Some(scanner) = zaps.as_deref_mut() {
             scan_unprotected(scanner, r, &mut seg, core.page_size);
         }
-        match Core::writeprotect_vmas(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
+        match TrackerState::writeprotect_vmas(
+            core.uffd.as_fd(),
+            start,
+            r.len,
+            uffd::WRITEPROTECT_MODE_WP,
+        ) {
             Ok(()) => {
                 let result = at_instant(&mut seg);
                 // Pages discarded since the last harvest: their zap may land after this
@@ -256,7 +261,7 @@ pub(crate) fn reprotect_then(
 /// marked pages, so no ioctl hit the hole; seen on 6.18.15 under TCG.) Returns the guard and
 /// the range's start.
 fn lock_batch_at_start<'a>(
-    core: &'a Core,
+    core: &'a TrackerState,
     r: &RangeState,
 ) -> Result<(parking_lot::MutexGuard<'a, ()>, usize), Error> {
     loop {
@@ -282,7 +287,7 @@ fn lock_batch_at_start<'a>(
 
 /// Populates the pages discarded since the last re-protect (prefault fallbacks only): those
 /// queued by the last harvest, and those discarded since (read from `discards`, not taken).
-fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(), Error> {
+fn repopulate_discarded(core: &TrackerState, r: &RangeState, start: usize) -> Result<(), Error> {
     if r.discards.get().is_none() && r.repopulate.get().is_none() {
         return Ok(()); // never discarded: nothing to populate, nothing allocated
     }
