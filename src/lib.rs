@@ -40,7 +40,8 @@
 //! | `cow` | a range's copy-on-write state during a live snapshot |
 //! | `range` | one registered range: its address, marks, lost state, how it is armed (`Arming`); the address indexes and their move count |
 //! | `state` | `TrackerState`: the state the tracker, the backends and the monitor share; the lock table |
-//! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there), `live` (live snapshots) |
+//! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there) |
+//! | `live` | [`LiveSnapshot`], [`LiveCopy`]: consistent live snapshots (sync mode) and the hand-back of the pages a dropped snapshot owes |
 //! | `tracker/` | the API on top: [`Tracker`] and [`RangeInfo`] (`mod.rs`), [`TrackerBuilder`] (`builder.rs`), registration (`register.rs`), test hooks (`hooks.rs`) |
 //! | `remote/` | tracking another process: the system-call injector, [`RemoteTracker`], pre-dump images (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
 
@@ -62,6 +63,7 @@ mod bitmap;
 mod cow;
 mod dirty_set;
 mod error;
+mod live;
 pub mod probe;
 mod range;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -87,11 +89,11 @@ mod loom_models;
 #[doc(hidden)]
 pub mod fuzz_api;
 
-pub use backend::live::{LiveCopy, LiveSnapshot};
 #[cfg(feature = "vm-memory")]
 pub use dirty_set::BitmapTooSmall;
 pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
+pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::Capabilities;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use remote::{RemoteError, RemoteTracker};

@@ -6,7 +6,7 @@
 //! walk, under the page-table lock: a write racing the scan is either reported now (the scan saw
 //! the bit cleared and set it again) or faults after the re-protect and is reported next time.
 //!
-//! The rules that keep every write (KERNEL-FACTS.md, "Collecting exactly (async)"):
+//! The rules that keep every write (docs/kernel-facts.md, "Collecting exactly (async)"):
 //! - exactly `category_mask = return_mask = PAGE_IS_WRITTEN`, no anyof or inverted mask (other
 //!   shapes take a generic path that, before a 2026 fix, dropped discarded pages);
 //! - `PM_SCAN_CHECK_WPASYNC`, so a VMA that is no longer ours fails with `EPERM` instead of being

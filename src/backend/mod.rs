@@ -5,7 +5,6 @@
 //! - [`monitor`]: the thread that reads the userfaultfd (faults in sync mode, events in both).
 
 pub(crate) mod async_wp;
-pub(crate) mod live;
 pub(crate) mod monitor;
 pub(crate) mod sync_wp;
 

@@ -8,8 +8,9 @@
 //! pages". The monitor holds the same lock across "record, then un-protect". So a collect never
 //! falls between a page's record and its un-protect: if the monitor goes first, the collect's
 //! re-protect comes after the un-protect and its take includes the record; if the collect goes
-//! first, the record lands after the take and the next collect reports it. KERNEL-FACTS.md
-//! measured 0 lost with this rule (with a full re-protect; the argument is the same per page).
+//! first, the record lands after the take and the next collect reports it. docs/kernel-facts.md
+//! ("Collecting exactly (sync)") records 0 lost with this rule (with a full re-protect; the
+//! argument is the same per page).
 //!
 //! # Re-protecting only what was un-protected (issue 14)
 //!

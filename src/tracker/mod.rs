@@ -9,10 +9,10 @@ mod register;
 pub use builder::TrackerBuilder;
 
 use crate::backend::async_wp;
-use crate::backend::live::{self, LiveSnapshot};
 use crate::backend::{self, monitor::Monitor, sync_wp, Harvest, Kind};
 use crate::bitmap::Segment;
 use crate::dirty_set::DirtySet;
+use crate::live::{self, LiveSnapshot};
 use crate::probe::Capabilities;
 use crate::range::Arming;
 use crate::range::RangeState;
