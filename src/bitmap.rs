@@ -6,9 +6,9 @@
 //! (the layout of KVM's dirty log and of bitvec's `BitVec<u64, Lsb0>`). Bits past the length in
 //! the last word are always zero.
 
+use crate::atomic::{AtomicU64, Ordering};
 use crate::types::RangeId;
 use bitvec::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// The words and masks covering bits `[first, last)`: `(word index, mask)`, ascending, a whole
@@ -202,14 +202,38 @@ pub(crate) fn bit_runs(words: &[u64]) -> impl Iterator<Item = (usize, usize)> + 
 /// Words of an [`AtomicBitmap`] per summary bit (16 384 pages, 64 MiB of 4 KiB pages).
 const GROUP_WORDS: usize = 256;
 
-/// A bitmap whose words are updated atomically, so the monitor thread can mark pages while a
-/// collect harvests others (one `fetch_or` per mark, one `swap` per word per harvest).
+/// A bitmap whose words are updated atomically, so the monitor thread and any user thread
+/// (`Tracker::mark_dirty`) can mark pages while a collect harvests others.
 ///
 /// A summary bit per [`GROUP_WORDS`] words says which words may hold set bits, so taking from a
 /// huge, mostly clear bitmap (a 1 TiB range: 4 Mi words) reads only the groups that were marked.
-/// Ordering rule: a setter sets the word, then the summary bit; a taker clears the summary bit,
-/// then reads the words. A set racing a take is then either taken now or left with its summary
-/// bit set for the next take; a summary bit may be set over clear words (harmless).
+///
+/// # The summary protocol (checked by the loom models in `loom_models`)
+///
+/// - Every change of a word or of a summary word is a read-modify-write (`fetch_or`, `swap`,
+///   `fetch_and`), `AcqRel`. There is no plain store after construction.
+/// - A setter ORs its bits into the word, then ORs the group's bit into the summary, always:
+///   it never skips the summary on seeing the bit already set.
+/// - A taker swaps the summary word to 0, then swaps each word of the groups it had set.
+///
+/// Why no mark is lost: take one setter and one taker of the same group. Either the taker's
+/// summary swap comes after the setter's summary `fetch_or` in the summary's modification order
+/// — then the swap reads that value (or a later read-modify-write's), so the setter's `fetch_or`
+/// (release) synchronizes with the swap (acquire), the setter's word `fetch_or` happens before
+/// the taker's word read, and the taker takes the bit — or it comes before, and the group's bit
+/// is set again after the swap, so the next take looks at the word. A summary bit may be set
+/// over clear words (harmless: one more group read).
+///
+/// The older version skipped the summary `fetch_or` when a `Relaxed` load saw the bit set. That
+/// is the store-buffering shape: the setter's load could read the bit from before a concurrent
+/// swap while the taker's word load missed the setter's bit, leaving a set bit under a clear
+/// summary bit, invisible to every take until another mark landed in the same group. x86's
+/// locked instructions hid it; the memory model (so arm64) allows it, and the model
+/// `a_mark_racing_a_take_is_never_lost` finds it.
+///
+/// Because a taker's word swap reads the setter's word `fetch_or` whenever it takes the bit,
+/// everything the setter did before marking happens before whatever the taker does after taking:
+/// `RangeState::mark_discarded` relies on that (it marks `discards` before `marks`).
 ///
 /// The words are allocated zeroed by the allocator (`calloc`; for large bitmaps fresh pages from
 /// the kernel), so the untouched parts of a huge bitmap cost no resident memory.
@@ -226,6 +250,7 @@ const _: () = assert!(
 );
 
 /// `n` zeroed atomic words, allocated zeroed (see [`AtomicBitmap`]).
+#[cfg(not(all(test, loom)))]
 fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
     let words: Box<[u64]> = vec![0u64; n].into_boxed_slice();
     let raw = Box::into_raw(words) as *mut [AtomicU64];
@@ -233,6 +258,14 @@ fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
     // documented by std), so a boxed slice of `n` zero `u64`s is a valid boxed slice of `n` zero
     // `AtomicU64`s with the same allocation layout; ownership moves from one box to the other.
     unsafe { Box::from_raw(raw) }
+}
+
+/// `n` zeroed atomic words, one by one: loom's atomics carry model state and cannot be
+/// reinterpreted from zeroed memory. The only difference between the production code and what
+/// the loom models check.
+#[cfg(all(test, loom))]
+fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
 impl AtomicBitmap {
@@ -245,14 +278,11 @@ impl AtomicBitmap {
         }
     }
 
-    /// Records that word `w` may hold set bits (after it was set).
+    /// Records that word `w` may hold set bits (after it was set): always a `fetch_or`, never
+    /// skipped on a load that sees the bit set (see "The summary protocol" above).
     fn note(&self, w: usize) {
         let g = w / GROUP_WORDS;
-        let bit = 1u64 << (g % 64);
-        let s = &self.summary[g / 64];
-        if s.load(Ordering::Relaxed) & bit == 0 {
-            s.fetch_or(bit, Ordering::AcqRel);
-        }
+        self.summary[g / 64].fetch_or(1u64 << (g % 64), Ordering::AcqRel);
     }
 
     /// Calls `f(w)` for each word index `w` whose group's summary bit is set, clearing the
@@ -383,9 +413,26 @@ impl AtomicBitmap {
         }
     }
 
-    /// Clears every bit.
+    /// The protocol's invariant once no thread is marking or taking: every word holding set
+    /// bits is in a group whose summary bit is set (else no take would ever see it).
+    #[cfg(all(test, loom))]
+    pub(crate) fn summary_covers_every_set_word(&self) -> bool {
+        self.words.iter().enumerate().all(|(w, word)| {
+            let g = w / GROUP_WORDS;
+            word.load(Ordering::Acquire) == 0
+                || self.summary[g / 64].load(Ordering::Acquire) & (1 << (g % 64)) != 0
+        })
+    }
+
+    /// Clears every bit. A swap, not a store, like a take: a mark racing the clear is either
+    /// cleared (and what the marker did before it happens before this returns) or kept.
     pub(crate) fn clear(&self) {
-        self.for_each_noted_word(true, |w| self.words[w].store(0, Ordering::Release));
+        self.for_each_noted_word(true, |w| {
+            let word = &self.words[w];
+            if word.load(Ordering::Relaxed) != 0 {
+                word.swap(0, Ordering::AcqRel);
+            }
+        });
     }
 }
 

@@ -1,8 +1,8 @@
 //! The copy-on-write state of a range during a live snapshot: the copy buffer, which pages are
 //! copied, and why the copy failed if it did. The monitor thread copies a page here before it
-//! lets the first write through; the live-snapshot background pass (`backend::live`) copies the
+//! lets the first write through; the live-snapshot background pass (`live`) copies the
 //! rest. The orchestration (instant, background pass, hand-back of marks) lives in
-//! `backend::live`; this module only keeps the state consistent.
+//! `live`; this module only keeps the state consistent.
 
 use crate::sys::mem;
 use bitvec::prelude::*;

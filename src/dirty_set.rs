@@ -1,4 +1,4 @@
-//! [`DirtySet`]: the pages a collect or snapshot found written.
+//! [`DirtySet`]: the pages a collect or peek found written.
 //!
 //! A set is one bitmap per tracked range ([`Segment`]), so a VMM can walk it range by range
 //! ([`DirtySet::ranges`], [`RangeView`]) the way it walks KVM's per-slot dirty log: bit `i` of a
@@ -13,7 +13,7 @@ use std::ops::Range;
 /// A set of dirty pages, one bitmap per tracked range.
 ///
 /// Returned by [`Tracker::collect`](crate::Tracker::collect) and
-/// [`Tracker::snapshot`](crate::Tracker::snapshot). Addresses are process virtual addresses; every
+/// [`Tracker::peek`](crate::Tracker::peek). Addresses are process virtual addresses; every
 /// page address is page aligned.
 ///
 /// ```no_run

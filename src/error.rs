@@ -7,7 +7,7 @@ use std::io;
 ///
 /// No error path of this crate loses written pages: when a call fails part-way through a
 /// harvest, what it had already taken from the kernel, plus everything it could not scan, is kept
-/// and reported (as dirty) by the next successful `collect` or `snapshot`.
+/// and reported (as dirty) by the next successful `collect` or `peek`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -31,32 +31,44 @@
 //! | module | what it is |
 //! |---|---|
 //! | `sys/` | the kernel ABI only: raw `#[repr(C)]` structs, constants (each with the kernel version that added it), one thin wrapper per system call or ioctl; the only code that calls `libc::syscall`/`libc::ioctl`; crate-private |
+//! | `atomic` | the atomics of the lock-free code: std's, or loom's under `cfg(loom)` (the loom models in `loom_models` check the production code) |
 //! | `types` | the plain shared types: [`Mode`], [`RangeId`], [`Backing`], [`Thp`], [`Prefault`], [`FdSource`] |
 //! | `error` | [`Error`], the one error enum |
 //! | [`probe`] | capability probing on throwaway fds: [`Capabilities`] |
 //! | `bitmap` | the one bitmap code: word masks, the atomic per-range bitmap, the per-range result segment |
 //! | `dirty_set` | [`DirtySet`], the result of a collect |
 //! | `cow` | a range's copy-on-write state during a live snapshot |
-//! | `range` | one registered range: its address, marks, lost state |
-//! | `core` | the state the tracker, the backends and the monitor share; the lock table |
-//! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there), `live` (live snapshots) |
-//! | `tracker` | [`Tracker`], [`TrackerBuilder`], [`RangeInfo`]: the API on top |
+//! | `range` | one registered range: its address, marks, lost state, how it is armed (`Arming`); the address indexes and their move count |
+//! | `state` | `TrackerState`: the state the tracker, the backends and the monitor share; the lock table |
+//! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there) |
+//! | `live` | [`LiveSnapshot`], [`LiveCopy`]: consistent live snapshots (sync mode) and the hand-back of the pages a dropped snapshot owes |
+//! | `tracker/` | the API on top: [`Tracker`] and [`RangeInfo`] (`mod.rs`), [`TrackerBuilder`] (`builder.rs`), registration (`register.rs`), test hooks (`hooks.rs`) |
 //! | `remote/` | tracking another process: the system-call injector, [`RemoteTracker`], pre-dump images (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The `testing` feature is for this repository's own tests only (see build.rs).
+#[cfg(all(feature = "testing", not(dirtytrack_own_build)))]
+compile_error!(
+    "dirtytrack's `testing` feature exposes its kernel ABI module and test hooks to its own tests \
+     and is refused outside its repository; something in the dependency graph turned it on \
+     (`cargo tree -e features -i dirtytrack` shows what): remove it"
+);
+
 // The dependency order is the table above (rustfmt sorts these declarations).
+mod atomic;
 mod backend;
 mod bitmap;
-mod core;
 mod cow;
 mod dirty_set;
 mod error;
+mod live;
 pub mod probe;
 mod range;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub mod remote;
+mod state;
 #[allow(missing_docs)]
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -70,15 +82,18 @@ mod sys;
 mod tracker;
 mod types;
 
+#[cfg(all(test, loom))]
+mod loom_models;
+
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzz_api;
 
-pub use backend::live::{LiveCopy, LiveSnapshot};
 #[cfg(feature = "vm-memory")]
 pub use dirty_set::BitmapTooSmall;
 pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
+pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::Capabilities;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use remote::{RemoteError, RemoteTracker};

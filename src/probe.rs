@@ -129,8 +129,9 @@ impl Capabilities {
         caps
     }
 
-    /// The same capabilities with some `UFFD_FEATURE_*` bits hidden (to force fallbacks in tests).
-    pub fn without_features(mut self, mask: u64) -> Capabilities {
+    /// The same capabilities with some `UFFD_FEATURE_*` bits hidden (to force fallbacks in tests,
+    /// through the `testing` feature's `hide_features` knobs).
+    pub(crate) fn without_features(mut self, mask: u64) -> Capabilities {
         self.features &= !mask;
         self
     }

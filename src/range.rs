@@ -1,12 +1,33 @@
 //! Per-range state shared by the tracker, the backends and the monitor thread.
 
+use crate::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::bitmap::{AtomicBitmap, LazyBitmap, Segment};
 use crate::cow::Cow;
 use crate::types::RangeId;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// How a range's pages are write-protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arming {
+    /// `UFFDIO_WRITEPROTECT` of the whole range: with `WP_UNPOPULATED` the kernel puts a
+    /// protection marker in the page-table entry of every never-touched page, which builds full
+    /// page tables (2 MiB per GiB: a 1 TiB range took 3–57 s and 2 GiB of page tables here), and
+    /// every scan walks them.
+    Full,
+    /// Only populated pages are protected (a `PAGEMAP_SCAN` with `WP_MATCHING` and
+    /// `backend::async_wp::POPULATED_WRITTEN`); cost and page tables grow with populated memory. Measured on
+    /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
+    /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
+    /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
+    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which a
+    /// collect neither reports nor protects, and a later write replaces it with a new page,
+    /// reported. (Register and clear protect more: see `backend::async_wp::protect_populated`.)
+    /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
+    /// after each harvest, as on kernels whose scan misses discards).
+    Populated,
+}
 
 /// One registered range.
 pub(crate) struct RangeState {
@@ -14,7 +35,7 @@ pub(crate) struct RangeState {
     /// Current start address. Stored (Release) only by the monitor thread, under `ranges` (read,
     /// `read_recursive`) and `batch`, when it follows an `mremap` move; loaded (Acquire) by
     /// everyone. A reader that needs the address after a move that has returned takes the
-    /// `batch` barrier first (`Core::barrier`).
+    /// `batch` barrier first (`TrackerState::barrier`).
     pub(crate) start: AtomicUsize,
     /// Length in bytes (fixed).
     pub(crate) len: usize,
@@ -23,12 +44,12 @@ pub(crate) struct RangeState {
     /// What backs the range (from `/proc/self/maps` at registration).
     pub(crate) backing: crate::Backing,
     /// How its pages are protected (async mode; sync mode is always `Full`).
-    pub(crate) arming: crate::backend::async_wp::Arming,
+    pub(crate) arming: Arming,
     /// Start and end at registration (for error messages).
     pub(crate) registered_at: usize,
     /// Pages known dirty that the page tables may not show: sync-mode write faults recorded by
     /// the monitor, discards seen as `UFFD_EVENT_REMOVE`, and what a failed harvest had already
-    /// taken from the kernel or could not scan. Every collect takes these; every snapshot reads
+    /// taken from the kernel or could not scan. Every collect takes these; every peek reads
     /// them. Marked by any thread with `fetch_or`; never cleared except by a harvest.
     pub(crate) marks: AtomicBitmap,
     /// Pages discarded (`UFFD_EVENT_REMOVE`) since the last harvest. The discarding thread zaps
@@ -58,7 +79,7 @@ pub(crate) struct RangeState {
     /// is released when the userfaultfd is closed.
     /// Stored (Release) by whoever marks the range gone, loaded (Acquire) before any ioctl on
     /// the range's addresses.
-    pub(crate) gone: std::sync::atomic::AtomicBool,
+    pub(crate) gone: AtomicBool,
     /// The copy-on-write state while a live snapshot of this range runs (sync mode). Set and
     /// taken under the tracker's `batch` lock; read under it by the monitor and the background
     /// pass, and without it only to test whether a snapshot is in progress.
@@ -73,7 +94,7 @@ impl RangeState {
         page_size: usize,
         granule: usize,
         backing: crate::Backing,
-        arming: crate::backend::async_wp::Arming,
+        arming: Arming,
     ) -> RangeState {
         RangeState {
             id,
@@ -89,7 +110,7 @@ impl RangeState {
             freed: LazyBitmap::new(len / page_size),
             lost: Mutex::new(None),
             cow: Mutex::new(None),
-            gone: std::sync::atomic::AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -98,10 +119,11 @@ impl RangeState {
     }
 
     /// The memory moved to `start` (`mremap`, followed by the monitor under the `batch` lock).
-    /// Makes every [`Registry`] rebuild its index before its next lookup.
-    pub(crate) fn move_to(&self, start: usize) {
+    /// The start is stored before the tracker's move count is bumped, so an index that sees the
+    /// new count and sorts again sees the new start (see [`Moves`]).
+    pub(crate) fn move_to(&self, start: usize, moves: &Moves) {
         self.start.store(start, Ordering::Release);
-        RANGE_MOVES.fetch_add(1, Ordering::AcqRel);
+        moves.bump();
     }
 
     pub(crate) fn end(&self) -> usize {
@@ -119,16 +141,25 @@ impl RangeState {
 
     /// A discard of `[from, to)` (absolute): the contents changed, and the pages lost their
     /// page-table entries.
+    ///
+    /// `discards` (and `freed`) are marked before `marks`, and that order matters: an async
+    /// harvest takes `marks` and then re-arms `discards` without the `batch` lock, while the
+    /// monitor may be marking. A harvest that takes a discarded page from `marks` therefore also
+    /// finds it in `discards` (the `AtomicBitmap` protocol makes the monitor's earlier marks
+    /// happen before the harvest's later reads) and reports it again next time, when the zap
+    /// that follows the event may have landed. Marked the other way round, a harvest could take
+    /// the page from `marks`, miss it in `discards`, and the collect after the zap would not
+    /// report it (model `a_discard_taken_by_a_harvest_is_reported_again_by_the_next`).
     pub(crate) fn mark_discarded(&self, from: usize, to: usize, page_size: usize) {
         let start = self.start();
         let (from, to) = (from.max(start), to.min(start + self.len));
         if from < to {
             let (a, b) = ((from - start) / page_size, (to - start).div_ceil(page_size));
-            self.marks.set_range(a, b);
             self.discards.get_or_alloc().set_range(a, b);
-            if self.arming == crate::backend::async_wp::Arming::Populated {
+            if self.arming == Arming::Populated {
                 self.freed.get_or_alloc().set_range(a, b);
             }
+            self.marks.set_range(a, b);
         }
     }
 
@@ -161,7 +192,7 @@ impl RangeState {
     }
 }
 
-/// The registered ranges (the `Core::ranges` lock's contents): in registration order, which is
+/// The registered ranges (the `TrackerState::ranges` lock's contents): in registration order, which is
 /// the order collects report them in, plus an index by start address for [`RangeList::find`],
 /// which the monitor calls for every fault (a GC heap registers thousands of ranges).
 ///
@@ -169,12 +200,12 @@ impl RangeState {
 /// applied by the monitor under the read lock) can leave it out of order until the next
 /// [`RangeList::resort`]; `find` checks every answer, and falls back to a linear search when
 /// the index gives none, so a stale index costs time, never a wrong answer.
-#[derive(Default)]
 pub(crate) struct RangeList {
     list: Vec<Arc<RangeState>>,
     /// The same ranges, by start address as of `moves_seen`.
     by_start: Vec<Arc<RangeState>>,
-    /// `RANGE_MOVES` when `by_start` was last sorted.
+    /// The tracker's move count, and its value when `by_start` was last sorted.
+    moves: Moves,
     moves_seen: u64,
 }
 
@@ -186,6 +217,16 @@ impl std::ops::Deref for RangeList {
 }
 
 impl RangeList {
+    /// An empty list of the ranges whose moves `moves` counts.
+    pub(crate) fn new(moves: Moves) -> RangeList {
+        RangeList {
+            list: Vec::new(),
+            by_start: Vec::new(),
+            moves_seen: moves.count(),
+            moves,
+        }
+    }
+
     /// Adds `r` (last in registration order).
     pub(crate) fn push(&mut self, r: Arc<RangeState>) {
         self.list.push(r.clone());
@@ -229,12 +270,13 @@ impl RangeList {
 
     /// Whether a range moved since the index was sorted.
     pub(crate) fn index_stale(&self) -> bool {
-        RANGE_MOVES.load(Ordering::Acquire) != self.moves_seen
+        self.moves.count() != self.moves_seen
     }
 
     /// Sorts the index by the ranges' current starts.
     pub(crate) fn resort(&mut self) {
-        self.moves_seen = RANGE_MOVES.load(Ordering::Acquire);
+        // The count first: a move that lands during the sort leaves the index stale.
+        self.moves_seen = self.moves.count();
         // Keys are unique (ids are); an unstable sort allocates nothing.
         self.by_start.sort_unstable_by_key(|r| (r.start(), r.id.0));
     }
@@ -261,15 +303,38 @@ impl RangeList {
     }
 }
 
-/// Moves of any range of any tracker in the process (see [`RangeState::move_to`]).
-static RANGE_MOVES: AtomicU64 = AtomicU64::new(0);
+/// How many times a range of one tracker moved (`mremap`, [`RangeState::move_to`]). The
+/// tracker's address indexes ([`RangeList`], [`Registry`]) remember the count they were sorted
+/// at and sort again when it changed.
+///
+/// Protocol: a move stores the range's new start (release), then bumps the count
+/// (`fetch_add`, `AcqRel`); an index loads the count (acquire) before reading the starts. An
+/// index that sees a bump therefore sees the start stored before it; one that misses a
+/// concurrent bump sorts again at its next lookup, and its lookups check every answer against
+/// the current starts meanwhile (model `a_moved_range_is_found_at_its_new_start`).
+#[derive(Clone)]
+pub(crate) struct Moves(Arc<AtomicU64>);
+
+impl Moves {
+    pub(crate) fn new() -> Moves {
+        Moves(Arc::new(AtomicU64::new(0)))
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
 
 /// What the tracker's `registry` lock owns: the next range id, and every registered range
 /// indexed by start address for the overlap check (O(log n) per register instead of a scan of
 /// every range; a GC heap registers thousands of small ranges).
 ///
 /// The index is keyed by each range's start when it was last (re)built. A range moves only by
-/// `mremap` ([`RangeState::move_to`]), which bumps a process-wide counter; a lookup that sees a
+/// `mremap` ([`RangeState::move_to`]), which bumps the tracker's [`Moves`]; a lookup that sees a
 /// new count rebuilds the index from the ranges' current starts first. Ranges in the index do
 /// not overlap, except lost ones (their memory was unmapped or moved away): so a lookup checks
 /// every range that starts less than the longest range's length below the new range's end.
@@ -280,23 +345,25 @@ pub(crate) struct Registry {
     by_start: BTreeMap<(usize, u64), Arc<RangeState>>,
     /// The longest registered length (not lowered on removal; reset on rebuild).
     max_len: usize,
-    /// `RANGE_MOVES` when the index was last built.
+    /// The tracker's move count, and its value when the index was last built.
+    moves: Moves,
     moves_seen: u64,
 }
 
 impl Registry {
-    pub(crate) fn new() -> Registry {
+    pub(crate) fn new(moves: Moves) -> Registry {
         Registry {
             next_id: 0,
             by_start: BTreeMap::new(),
             max_len: 0,
-            moves_seen: RANGE_MOVES.load(Ordering::Acquire),
+            moves_seen: moves.count(),
+            moves,
         }
     }
 
     /// A registered range overlapping `[start, end)`, if any.
     pub(crate) fn overlapping(&mut self, start: usize, end: usize) -> Option<Arc<RangeState>> {
-        let moves = RANGE_MOVES.load(Ordering::Acquire);
+        let moves = self.moves.count();
         if moves != self.moves_seen {
             let all: Vec<Arc<RangeState>> =
                 std::mem::take(&mut self.by_start).into_values().collect();
@@ -339,7 +406,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::async_wp::Arming;
 
     fn range(id: u64, start: usize, pages: usize) -> Arc<RangeState> {
         Arc::new(RangeState::new(
@@ -355,7 +421,8 @@ mod tests {
 
     #[test]
     fn find_answers_right_with_a_stale_index_and_prefers_live_ranges() {
-        let mut l = RangeList::default();
+        let moves = Moves::new();
+        let mut l = RangeList::new(moves.clone());
         // Registered high to low, as mmap hands out addresses.
         let (a, b, c) = (
             range(1, 0x30_000, 4),
@@ -371,7 +438,7 @@ mod tests {
         }
         assert!(l.find(0x14_000).is_none() && l.find(0x34_000).is_none());
         // c moves above a (mremap): the index is stale, answers stay right.
-        c.move_to(0x40_000);
+        c.move_to(0x40_000, &moves);
         assert!(l.index_stale());
         assert_eq!(l.find(0x41_000).map(|r| r.id.0), Some(3));
         assert!(l.find(0x10_000).is_none());
@@ -380,7 +447,7 @@ mod tests {
         assert_eq!(l.find(0x41_000).map(|r| r.id.0), Some(3));
         // b's memory is unmapped and a moves over it: the live range wins, either order.
         b.mark_gone("unmapped".into(), 4096);
-        a.move_to(0x20_000);
+        a.move_to(0x20_000, &moves);
         assert_eq!(l.find(0x21_000).map(|r| r.id.0), Some(1));
         l.resort();
         assert_eq!(l.find(0x21_000).map(|r| r.id.0), Some(1));

@@ -112,7 +112,7 @@ pub enum FdSource {
 ///
 /// Write-protecting a range only protects pages that have a page-table entry; without one of
 /// these, the first write to a page never touched before protection is not seen
-/// (KERNEL-FACTS.md: 22 of 22 lost).
+/// (docs/kernel-facts.md, "Never-touched pages": 22 of 22 lost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefault {
     /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+): the kernel installs markers in empty entries.

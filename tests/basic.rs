@@ -35,7 +35,7 @@ per_mode! {
 }
 
 per_mode! {
-    fn snapshot_is_non_destructive_and_clear_resets(mode: Mode) {
+    fn peek_is_non_destructive_and_clear_resets(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
         let mut r = Region::anon(16);
         t.register(r.ptr(), r.len).unwrap();

@@ -643,18 +643,18 @@ per_mode! {
                 held.push(fd);
             }
             let mut out = format!("{} fds held; ", held.len());
-            // Collect, snapshot, clear need no new fd: they must work, exactly.
+            // Collect, peek, clear need no new fd: they must work, exactly.
             a.touch(4);
             a.touch(9);
             if let Err(e) = kernel_write(&a, 11) {
                 out += &format!("(no pipe for a kernel write: {e}) ");
             }
-            let s = t.peek().map_err(|e| format!("snapshot without fds: {e}"))?;
+            let s = t.peek().map_err(|e| format!("peek without fds: {e}"))?;
             let d = t.collect().map_err(|e| format!("collect without fds: {e}"))?;
-            check(s.len() == d.len(), || format!("snapshot {s:?} vs collect {d:?}"))?;
+            check(s.len() == d.len(), || format!("peek {s:?} vs collect {d:?}"))?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.check(&d, true))).map_err(|_| format!("oracle: {d:?}"))?;
             t.clear().map_err(|e| format!("clear without fds: {e}"))?;
-            out += "collect/snapshot/clear exact; ";
+            out += "collect/peek/clear exact; ";
             // Register reads /proc/self/maps: a clear resource error, or success.
             let b = Region::anon(8);
             match t.register(b.ptr(), b.len) {
@@ -852,7 +852,7 @@ fn stress_secs() -> f64 {
 
 per_mode! {
     fn everything_at_once_on_shared_ranges(mode: Mode) {
-        // Six threads register, unregister, collect, snapshot and clear shared ranges at random
+        // Six threads register, unregister, collect, peek and clear shared ranges at random
         // while two threads write; one "anchor" range is never unregistered or cleared and its
         // writes are checked against the union of every collect. Only documented errors may
         // appear (UnknownRange, Overlap). Then the tracker is dropped while the writers are

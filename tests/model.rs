@@ -7,7 +7,7 @@
 //! trips, register (and register over a tracked page, which must fail with `Overlap`),
 //! unregister, `mremap` of a whole range to the other area of its pair (the tracker must follow
 //! it), replacing part of a range (`mmap(MAP_FIXED)` over it, or `munmap` then map again: the
-//! range is lost), `collect`, `snapshot`, `clear` and their per-range forms.
+//! range is lost), `collect`, `peek`, `clear` and their per-range forms.
 //!
 //! Reference model: for every page, whether it MUST be reported (written or discarded since the
 //! last reset of its range) and until how many resets it MAY be reported (discarded pages: also
@@ -15,7 +15,7 @@
 //! once, whose second fault message can arrive after the next re-protect: a documented harmless
 //! over-report). The model also tracks where VMAs may be split, to move only ranges that are one
 //! VMA (`mremap` fails with EFAULT across VMAs of a userfaultfd-registered range). Lost ranges make whole-tracker harvests fail
-//! with `RangeLost`. After every successful collect or snapshot: every MUST page and every page
+//! with `RangeLost`. After every successful collect or peek: every MUST page and every page
 //! whose bytes differ from the shadow copy (the shared oracle) is reported, and nothing else is
 //! (private anonymous memory is exact). `t.ranges()` must match the model after every operation
 //! (addresses after moves, lost flags).
@@ -182,10 +182,10 @@ enum Op {
         munmap_first: bool,
     },
     Collect,
-    Snapshot,
+    Peek,
     Clear,
     CollectRange(u32),
-    SnapshotRange(u32),
+    PeekRange(u32),
     ClearRange(u32),
 }
 
@@ -360,7 +360,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                     .boxed(),
             ),
             (8, Just(Op::Collect).boxed()),
-            (3, Just(Op::Snapshot).boxed()),
+            (3, Just(Op::Peek).boxed()),
             (2, Just(Op::Clear).boxed()),
         ];
         let free = s.free_runs();
@@ -424,7 +424,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                     .boxed(),
             ));
             arms.push((5, key.clone().prop_map(Op::CollectRange).boxed()));
-            arms.push((2, key.clone().prop_map(Op::SnapshotRange).boxed()));
+            arms.push((2, key.clone().prop_map(Op::PeekRange).boxed()));
             arms.push((1, key.prop_map(Op::ClearRange).boxed()));
         }
         Union::new_weighted(arms).boxed()
@@ -450,7 +450,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                 span_ok(*area, *start, *pages)
                     && (*start..start + pages).any(|p| s.owner(*area, p).is_some())
             }
-            Op::Unregister(k) | Op::CollectRange(k) | Op::SnapshotRange(k) | Op::ClearRange(k) => {
+            Op::Unregister(k) | Op::CollectRange(k) | Op::PeekRange(k) | Op::ClearRange(k) => {
                 s.range(*k).is_some()
             }
             Op::Move(k) => s.range(*k).is_some_and(|r| {
@@ -465,7 +465,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
             } => s
                 .range(*key)
                 .is_some_and(|r| *pages > 0 && start + pages <= r.pages),
-            Op::Collect | Op::Snapshot | Op::Clear => true,
+            Op::Collect | Op::Peek | Op::Clear => true,
         }
     }
 
@@ -563,7 +563,7 @@ impl<const SYNC: bool> ReferenceStateMachine for RefModel<SYNC> {
                     s.reset(*k);
                 }
             }
-            Op::Snapshot | Op::SnapshotRange(_) => {}
+            Op::Peek | Op::PeekRange(_) => {}
         }
         s
     }
@@ -611,10 +611,10 @@ const OP_NAMES: [&str; 18] = [
     "munmap+mmap",
     "mmap-fixed-over",
     "collect",
-    "snapshot",
+    "peek",
     "clear",
     "collect-range",
-    "snapshot-range",
+    "peek-range",
     "clear-range",
 ];
 
@@ -636,10 +636,10 @@ impl Op {
             } => 10,
             Op::Replace { .. } => 11,
             Op::Collect => 12,
-            Op::Snapshot => 13,
+            Op::Peek => 13,
             Op::Clear => 14,
             Op::CollectRange(_) => 15,
-            Op::SnapshotRange(_) => 16,
+            Op::PeekRange(_) => 16,
             Op::ClearRange(_) => 17,
         }
     }
@@ -979,11 +979,11 @@ impl Sut {
                     self.rebase(&keys);
                 }
             }
-            Op::Snapshot => {
+            Op::Peek => {
                 let res = self.t.peek();
-                if !self.expect_lost(&res, "snapshot") {
+                if !self.expect_lost(&res, "peek") {
                     let keys = self.live_keys();
-                    self.check(&res.expect("ok"), &keys, "snapshot");
+                    self.check(&res.expect("ok"), &keys, "peek");
                 }
             }
             Op::Clear => {
@@ -993,12 +993,12 @@ impl Sut {
                 let keys = self.live_keys();
                 self.rebase(&keys);
             }
-            Op::CollectRange(k) | Op::SnapshotRange(k) | Op::ClearRange(k) => {
+            Op::CollectRange(k) | Op::PeekRange(k) | Op::ClearRange(k) => {
                 let id = self.ids[k];
                 let lost = self.pre.range(*k).expect("range").lost;
                 let res = match op {
                     Op::CollectRange(_) => self.t.collect_range(id),
-                    Op::SnapshotRange(_) => self.t.peek_range(id),
+                    Op::PeekRange(_) => self.t.peek_range(id),
                     _ => self.t.clear_range(id).map(|()| DirtySet::new()),
                 };
                 let what = format!("{op:?}");
@@ -1010,7 +1010,7 @@ impl Sut {
                         if !matches!(op, Op::ClearRange(_)) {
                             self.check(&d, &[*k], &what);
                         }
-                        if !matches!(op, Op::SnapshotRange(_)) {
+                        if !matches!(op, Op::PeekRange(_)) {
                             self.rebase(&[*k]);
                         }
                     }

@@ -197,7 +197,7 @@ per_mode! {
     /// pins the page, then the device writes it: no fault at write time) while the main thread
     /// collects in a loop and replays every reported page into an image. With
     /// `mark_dirty` after each completed read, the image equals the memory at the end, byte for
-    /// byte. (Without it, KERNEL-FACTS.md measured 61 of 64 pages lost in async mode.)
+    /// byte. (Without it such writes are lost: docs/kernel-facts.md, "Pinned direct I/O".)
     fn direct_io_racing_collects_is_exact_with_mark_dirty(mode: Mode) {
         use std::os::unix::fs::FileExt;
         let Some(t) = tracker(mode) else { return };

@@ -107,7 +107,7 @@ int main(void) {
     CHECK(dt_tracker_new(&t));
     CHECK(dt_tracker_mode(t, &mode));
     printf("tracker in %s mode, page size %zu\n", mode == DT_MODE_ASYNC ? "async" : "sync", ps);
-    CHECK(dt_register(t, mem, len, &id));
+    CHECK(dt_tracker_register(t, mem, len, &id));
     printf("registered %zu pages at %p as range %llu\n", (size_t)PAGES, (void *)mem,
            (unsigned long long)id);
 
@@ -119,7 +119,7 @@ int main(void) {
         want1[round1[i]] = 1;
     }
     memset(mem + 21 * ps, 2, ps);
-    CHECK(dt_collect(t, &dirty));
+    CHECK(dt_tracker_collect(t, &dirty));
     printf("collect 1:\n");
     if (!verify(dirty, mem, ps, want1)) {
         failed = 1;
@@ -134,13 +134,13 @@ int main(void) {
         mem[round2[i] * ps] ^= 0x55;
         want2[round2[i]] = 1;
     }
-    CHECK(dt_collect(t, &dirty));
+    CHECK(dt_tracker_collect(t, &dirty));
     printf("collect 2:\n");
     if (!verify(dirty, mem, ps, want2)) {
         failed = 1;
     }
 
-    CHECK(dt_unregister(t, id));
+    CHECK(dt_tracker_unregister(t, id));
 
 out:
     dt_dirty_set_free(dirty); /* NULL is fine */

@@ -8,10 +8,18 @@
  *
  * Conventions for every function:
  *
+ * - Names: dt_<object>_<verb>. A function on an object takes it first and is named after its
+ *   type and the Rust method it calls (dt_tracker_collect_range(t, id, &set) is
+ *   Tracker::collect_range; dt_dirty_set_union, dt_live_snapshot_wait, dt_live_copy_commit);
+ *   dt_<object>_new / dt_capabilities_probe create one, dt_<object>_free frees it. Functions
+ *   of no object: dt_status_name, dt_last_error_message, dt_open_handles, dt_page_size.
+ *
  * - Status: fallible functions return a dt_status: DT_OK (0) or a negative code.
- *   dt_last_error_message() then returns the explanation (what happened and what to do),
- *   thread-local; like errno it is kept until the next FAILING dt_ call on the same thread, so
- *   cleanup calls do not erase it. dt_status_name() names a code.
+ *   dt_last_error_message() then returns the explanation: the function that failed, what
+ *   happened and what to do ("dt_tracker_register: the range 0x7f0000..0x7f2000 is not fully
+ *   mapped (...): map the whole range before calling dt_tracker_register"), thread-local;
+ *   like errno it is kept until the next FAILING dt_ call on the same thread, so cleanup calls
+ *   do not erase it. dt_status_name() names a code.
  *
  * - Handles: dt_tracker, dt_tracker_builder, dt_dirty_set, dt_live_snapshot and dt_live_copy
  *   are opaque handles.
@@ -55,7 +63,7 @@
 
 /*
  Size of `dt_capabilities.async_why_not` and `sync_why_not`, with the NUL. A longer reason is
- cut (ending in "..."); `dt_probe_report` has it in full.
+ cut (ending in "..."); `dt_capabilities_probe_report` has it in full.
  */
 #define DT_REASON_LEN 512
 
@@ -148,7 +156,7 @@ typedef enum dt_status {
      */
     DT_ERR_SCAN_NO_PROGRESS = -19,
     /*
-     `dt_mark_dirty` named memory that no registered range covers.
+     `dt_tracker_mark_dirty` named memory that no registered range covers.
      */
     DT_ERR_NOT_TRACKED = -20,
     /*
@@ -176,7 +184,7 @@ typedef enum dt_status {
      */
     DT_ERR_INVALID_ARGUMENT = -103,
     /*
-     A caller buffer is too small (for a string, or for `dt_ranges`); the call says how
+     A caller buffer is too small (for a string, or for `dt_tracker_ranges`); the call says how
      big it must be.
      */
     DT_ERR_BUFFER_TOO_SMALL = -104,
@@ -243,7 +251,7 @@ typedef enum dt_thp {
 } dt_thp;
 
 /*
- A set of dirty pages (opaque handle). Created by the collect/snapshot functions,
+ A set of dirty pages (opaque handle). Created by the collect/peek functions,
  `dt_dirty_set_new` and `dt_live_copy_dirty_at_instant`; freed by `dt_dirty_set_free`.
  */
 typedef struct dt_dirty_set dt_dirty_set;
@@ -255,7 +263,7 @@ typedef struct dt_dirty_set dt_dirty_set;
 typedef struct dt_live_copy dt_live_copy;
 
 /*
- A live snapshot in progress (opaque handle). Created by `dt_live_snapshot_start`; consumed by
+ A live snapshot in progress (opaque handle). Created by `dt_tracker_live_snapshot`; consumed by
  `dt_live_snapshot_wait` or freed by `dt_live_snapshot_free`.
  */
 typedef struct dt_live_snapshot dt_live_snapshot;
@@ -274,7 +282,7 @@ typedef struct dt_tracker_builder dt_tracker_builder;
 
 /*
  What the running kernel and this process's privileges allow, as plain data
- (`dt_probe_capabilities`, `dt_tracker_capabilities`). Strings are NUL-terminated, in place:
+ (`dt_capabilities_probe`, `dt_tracker_capabilities`). Strings are NUL-terminated, in place:
  nothing to free.
  */
 typedef struct dt_capabilities {
@@ -339,7 +347,7 @@ typedef struct dt_capabilities {
 } dt_capabilities;
 
 /*
- Where a registered range lives now (`dt_tracker_range`, `dt_ranges`).
+ Where a registered range lives now (`dt_tracker_range`, `dt_tracker_ranges`).
  */
 typedef struct dt_range_info {
     /*
@@ -418,7 +426,7 @@ const char *dt_last_error_message(void);
  How many handles of all types this process holds and has not freed yet (a leak check for
  tests: it should be 0 once a program has freed everything).
 
- Thread safety: any thread; the count is a snapshot.
+ Thread safety: any thread; the count is as of the call.
 
  # Safety
 
@@ -439,39 +447,12 @@ size_t dt_open_handles(void);
 
  `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
  */
-enum dt_status dt_probe_capabilities(struct dt_capabilities *out);
-
-/*
- Stores in `*out` what the kernel offered when the tracker was built.
-
- Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
-
- Ownership: `*out` is a plain struct, the caller's. Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
- */
-enum dt_status dt_tracker_capabilities(const struct dt_tracker *t, struct dt_capabilities *out);
+enum dt_status dt_capabilities_probe(struct dt_capabilities *out);
 
 /*
  Writes the capability report of the running kernel (what it offers, which modes are
- available and why not; several lines of text) into `buf`, without creating a tracker. Same
- buffer rules as `dt_capabilities_report`.
-
- Ownership: `buf` stays the caller's. Thread safety: any thread. Cost: as
- `dt_probe_capabilities`.
-
- # Safety
-
- `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
- `out_needed` must be NULL or valid for a write of a `size_t`.
- */
-enum dt_status dt_probe_report(char *buf, size_t cap, size_t *out_needed);
-
-/*
- Writes the tracker's capability report (what the kernel offered when the tracker was
- built, and why this mode was chosen; several lines of text) into `buf`, NUL-terminated.
+ available and why not; several lines of text) into `buf`, NUL-terminated, without creating
+ a tracker.
 
  Buffer rules (snprintf-like): if `out_needed` is not NULL, `*out_needed` is set to the size
  the text needs including its NUL. If `cap` is too small, the text is truncated to `cap - 1`
@@ -479,17 +460,14 @@ enum dt_status dt_probe_report(char *buf, size_t cap, size_t *out_needed);
  returned: call again with `*out_needed` bytes. Pass `buf = NULL, cap = 0` to ask the size.
 
  Ownership: `buf` stays the caller's (no string is allocated for the caller to free).
- Thread safety: any thread.
+ Thread safety: any thread. Cost: as `dt_capabilities_probe`.
 
  # Safety
 
  `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
  `out_needed` must be NULL or valid for a write of a `size_t`.
  */
-enum dt_status dt_capabilities_report(const struct dt_tracker *t,
-                                      char *buf,
-                                      size_t cap,
-                                      size_t *out_needed);
+enum dt_status dt_capabilities_probe_report(char *buf, size_t cap, size_t *out_needed);
 
 /*
  The page size of this process in bytes (every address and length the library deals in is a
@@ -558,7 +536,8 @@ enum dt_status dt_tracker_builder_set_prefault(struct dt_tracker_builder *b, int
  Creates a tracker with the builder's options and stores it in `*out`. The builder is not
  consumed: it may build more trackers, and is freed with `dt_tracker_builder_free`.
 
- Errors: as `dt_tracker_new_with_mode`.
+ Errors: as `dt_tracker_new_with_mode`, and `DT_ERR_UNSUPPORTED_KERNEL` for a forced
+ `dt_prefault` the kernel lacks.
 
  Ownership: on `DT_OK` the caller owns `*out` (`dt_tracker_free`); on error `*out` is NULL.
 
@@ -599,7 +578,7 @@ enum dt_status dt_tracker_new(struct dt_tracker **out);
  opens the userfaultfd and starts the monitor thread.
 
  Errors: `DT_ERR_INVALID_ARGUMENT` (not a `dt_mode`), `DT_ERR_UNSUPPORTED_KERNEL`,
- `DT_ERR_PERMISSION` (no userfaultfd: see `dt_probe_capabilities`),
+ `DT_ERR_PERMISSION` (no userfaultfd: see `dt_capabilities_probe`),
  `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`.
 
  Ownership: on `DT_OK` the caller owns `*out` and frees it with `dt_tracker_free`; on error
@@ -647,6 +626,38 @@ enum dt_status dt_tracker_free(struct dt_tracker *t);
 enum dt_status dt_tracker_mode(const struct dt_tracker *t, enum dt_mode *out);
 
 /*
+ Stores in `*out` what the kernel offered when the tracker was built.
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: `*out` is a plain struct, the caller's. Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
+ */
+enum dt_status dt_tracker_capabilities(const struct dt_tracker *t, struct dt_capabilities *out);
+
+/*
+ Writes the tracker's capability report (what the kernel offered when the tracker was
+ built, and why this mode was chosen; several lines of text) into `buf`, NUL-terminated.
+ Buffer rules as `dt_capabilities_probe_report` (pass `buf = NULL, cap = 0` to ask the
+ size; `DT_ERR_BUFFER_TOO_SMALL` when it does not fit).
+
+ Ownership: `buf` stays the caller's (no string is allocated for the caller to free).
+ Thread safety: any thread.
+
+ # Safety
+
+ `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
+ `out_needed` must be NULL or valid for a write of a `size_t`.
+ */
+enum dt_status dt_tracker_capabilities_report(const struct dt_tracker *t,
+                                              char *buf,
+                                              size_t cap,
+                                              size_t *out_needed);
+
+/*
  Starts tracking `[addr, addr + len)`, which must be page aligned and fully mapped; stores
  the new range's id in `*out_range_id` (never 0). Every page counts as clean when this
  returns. Registering never changes the memory's contents.
@@ -656,7 +667,7 @@ enum dt_status dt_tracker_mode(const struct dt_tracker *t, enum dt_mode *out);
  `DT_ERR_MAPPING_NOT_SUPPORTED`, `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_POISONED`,
  `DT_ERR_FORKED_CHILD`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 
- Ownership: the memory stays the caller's; it must stay mapped until `dt_unregister` (if it
+ Ownership: the memory stays the caller's; it must stay mapped until `dt_tracker_unregister` (if it
  goes away, the range is reported lost: `DT_ERR_RANGE_LOST`). In sync mode, do not register
  memory the allocator or the library writes (e.g. malloc heap pages): use memory you mapped.
 
@@ -667,7 +678,10 @@ enum dt_status dt_tracker_mode(const struct dt_tracker *t, enum dt_mode *out);
  `out_range_id` must be NULL (an error) or valid for a write of a `uint64_t`. `addr` is not
  dereferenced by this call; the library validates that the range is mapped.
  */
-enum dt_status dt_register(struct dt_tracker *t, void *addr, size_t len, uint64_t *out_range_id);
+enum dt_status dt_tracker_register(struct dt_tracker *t,
+                                   void *addr,
+                                   size_t len,
+                                   uint64_t *out_range_id);
 
 /*
  Stops tracking a range: un-protects it and forgets its pending dirty pages. A lost range is
@@ -677,13 +691,13 @@ enum dt_status dt_register(struct dt_tracker *t, void *addr, size_t len, uint64_
  `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 
  Ownership: the memory stays the caller's. Thread safety: any thread; serialized with
- collects, snapshots and clears.
+ collects, peeks and clears.
 
  # Safety
 
  None: handles are validated, never dereferenced.
  */
-enum dt_status dt_unregister(struct dt_tracker *t, uint64_t range_id);
+enum dt_status dt_tracker_unregister(struct dt_tracker *t, uint64_t range_id);
 
 /*
  Stores in `*out_info` where a range lives now (after `mremap` its address changes) and
@@ -710,7 +724,7 @@ enum dt_status dt_tracker_range(const struct dt_tracker *t,
 
  Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 
- Ownership: `buf` stays the caller's. Thread safety: any thread; the list is a snapshot
+ Ownership: `buf` stays the caller's. Thread safety: any thread; the list is as of the call
  (another thread may register or unregister right after).
 
  # Safety
@@ -718,10 +732,10 @@ enum dt_status dt_tracker_range(const struct dt_tracker *t,
  `buf` must be valid for writes of `cap` `dt_range_info`s (it may be NULL when `cap` is 0);
  `out_count` must be NULL (an error) or valid for a write of a `size_t`.
  */
-enum dt_status dt_ranges(const struct dt_tracker *t,
-                         struct dt_range_info *buf,
-                         size_t cap,
-                         size_t *out_count);
+enum dt_status dt_tracker_ranges(const struct dt_tracker *t,
+                                 struct dt_range_info *buf,
+                                 size_t cap,
+                                 size_t *out_count);
 
 /*
  Collects: stores in `*out` a new set of the pages written since the last collect or clear
@@ -736,16 +750,16 @@ enum dt_status dt_ranges(const struct dt_tracker *t,
  Ownership: on `DT_OK` the caller owns `*out` (free it with `dt_dirty_set_free`); on error
  `*out` is NULL. If dumping the set fails, merge it into the next one (`dt_dirty_set_union`).
 
- Thread safety: any thread; collects, snapshots, clears and unregisters run one at a time.
+ Thread safety: any thread; collects, peeks, clears and unregisters run one at a time.
 
  # Safety
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_collect(struct dt_tracker *t, struct dt_dirty_set **out);
+enum dt_status dt_tracker_collect(struct dt_tracker *t, struct dt_dirty_set **out);
 
 /*
- Like `dt_collect` but resets nothing: the pages written since the last collect or clear.
+ Like `dt_tracker_collect` but resets nothing: the pages written since the last collect or clear.
 
  Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
  Thread safety: any thread.
@@ -754,21 +768,21 @@ enum dt_status dt_collect(struct dt_tracker *t, struct dt_dirty_set **out);
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_snapshot(const struct dt_tracker *t, struct dt_dirty_set **out);
+enum dt_status dt_tracker_peek(const struct dt_tracker *t, struct dt_dirty_set **out);
 
 /*
  Resets every range to clean without reporting.
 
- Errors: as `dt_collect`. Ownership: borrows the tracker. Thread safety: any thread.
+ Errors: as `dt_tracker_collect`. Ownership: borrows the tracker. Thread safety: any thread.
 
  # Safety
 
  None: handles are validated, never dereferenced.
  */
-enum dt_status dt_clear(struct dt_tracker *t);
+enum dt_status dt_tracker_clear(struct dt_tracker *t);
 
 /*
- `dt_collect` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+ `dt_tracker_collect` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 
  Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
  Thread safety: any thread.
@@ -777,10 +791,12 @@ enum dt_status dt_clear(struct dt_tracker *t);
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_collect_range(struct dt_tracker *t, uint64_t range_id, struct dt_dirty_set **out);
+enum dt_status dt_tracker_collect_range(struct dt_tracker *t,
+                                        uint64_t range_id,
+                                        struct dt_dirty_set **out);
 
 /*
- `dt_snapshot` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+ `dt_tracker_peek` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 
  Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
  Thread safety: any thread.
@@ -789,12 +805,12 @@ enum dt_status dt_collect_range(struct dt_tracker *t, uint64_t range_id, struct 
 
  `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
  */
-enum dt_status dt_snapshot_range(const struct dt_tracker *t,
-                                 uint64_t range_id,
-                                 struct dt_dirty_set **out);
+enum dt_status dt_tracker_peek_range(const struct dt_tracker *t,
+                                     uint64_t range_id,
+                                     struct dt_dirty_set **out);
 
 /*
- `dt_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+ `dt_tracker_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 
  Ownership: borrows the tracker. Thread safety: any thread.
 
@@ -802,10 +818,10 @@ enum dt_status dt_snapshot_range(const struct dt_tracker *t,
 
  None: handles are validated, never dereferenced.
  */
-enum dt_status dt_clear_range(struct dt_tracker *t, uint64_t range_id);
+enum dt_status dt_tracker_clear_range(struct dt_tracker *t, uint64_t range_id);
 
 /*
- Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+ Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
  it overlaps, in addition to what the page tables show. For changes page tables cannot show:
  a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
  pins the buffer and writes it later) that was in flight across a collect, or a write through
@@ -826,7 +842,30 @@ enum dt_status dt_clear_range(struct dt_tracker *t, uint64_t range_id);
  None: handles are validated, never dereferenced; `addr` is only compared with the
  registered ranges.
  */
-enum dt_status dt_mark_dirty(struct dt_tracker *t, const void *addr, size_t len);
+enum dt_status dt_tracker_mark_dirty(struct dt_tracker *t, const void *addr, size_t len);
+
+/*
+ Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
+ contents as of one instant, made while the program keeps writing. Returns at the instant;
+ the copy completes in the background. The instant acts as a collect of this range.
+
+ Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
+ `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
+ `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
+ `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
+ consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
+
+ Thread safety: any thread.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
+ */
+enum dt_status dt_tracker_live_snapshot(struct dt_tracker *t,
+                                        uint64_t range_id,
+                                        struct dt_live_snapshot **out);
 
 /*
  Creates an empty dirty set (e.g. to accumulate sets with `dt_dirty_set_union`).
@@ -952,29 +991,6 @@ enum dt_status dt_dirty_set_runs(const struct dt_dirty_set *set,
  None: handles are validated, never dereferenced.
  */
 enum dt_status dt_dirty_set_union(struct dt_dirty_set *dst, const struct dt_dirty_set *src);
-
-/*
- Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
- contents as of one instant, made while the program keeps writing. Returns at the instant;
- the copy completes in the background. The instant acts as a collect of this range.
-
- Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
- `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
- `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
- `DT_ERR_INVALID_HANDLE`.
-
- Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
- consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
-
- Thread safety: any thread.
-
- # Safety
-
- `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
- */
-enum dt_status dt_live_snapshot_start(struct dt_tracker *t,
-                                      uint64_t range_id,
-                                      struct dt_live_snapshot **out);
 
 /*
  Stores the number of pages copied so far and the total in `*out_copied` and `*out_total`

@@ -1,6 +1,7 @@
-//! Checked out-parameters and caller buffers. Every pointer from C is checked for NULL and
-//! alignment before use, and written with `ptr::write` (never through a reference to caller
-//! memory, which may be uninitialised).
+//! Checked arguments: out-parameters and caller buffers, and C enum values. Every pointer from C
+//! is checked for NULL and alignment before use, and written with `ptr::write` (never through a
+//! reference to caller memory, which may be uninitialised); an `int32_t` enum argument is checked
+//! against its constants.
 
 use crate::error::{fail, Res};
 use crate::status::status;
@@ -85,6 +86,17 @@ impl<T> OutBuf<T> {
         // non-NULL and aligned when cap > 0 (checked in `new`).
         unsafe { self.ptr.add(i).write(value) }
     }
+}
+
+/// The value of a C enum argument passed as an `int32_t` (`parsed`: what it stands for, `None`
+/// when it is not a `what`), or `DT_ERR_INVALID_ARGUMENT` naming the accepted values.
+pub(crate) fn enum_arg<T>(value: i32, parsed: Option<T>, what: &str, choices: &str) -> Res<T> {
+    parsed.ok_or_else(|| {
+        fail(
+            status::DT_ERR_INVALID_ARGUMENT,
+            format!("{value} is not a {what}: use {choices}"),
+        )
+    })
 }
 
 /// The error of a buffer with room for `cap` of the `need` items (or bytes) a call has.

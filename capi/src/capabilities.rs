@@ -1,10 +1,14 @@
-//! What the kernel and this process allow: as a struct (`dt_capabilities`) and as the library's
-//! text report; and the page size.
+//! What the kernel and this process allow: the `dt_capabilities` struct and the text report
+//! (`dt_capabilities_probe`, `dt_capabilities_probe_report`; a tracker's own are
+//! `dt_tracker_capabilities` and `dt_tracker_capabilities_report`, in [`crate::tracker`], which
+//! uses [`to_c`] and [`write_report`] from here; the report's text is
+//! [`crate::message::report`]); and the page size.
 
 use crate::args::{copy_string, fixed_string, Out, OutBuf};
-use crate::error::{c_words, entry, panic_message, set_last_error};
+use crate::error::{entry, panic_message, set_last_error, Res};
+use crate::message::{report, why_not};
+use crate::options::{mode, mode_to_c, prefault, prefault_to_c};
 use crate::status::{code_of, status};
-use crate::tracker::{get_tracker, mode, mode_to_c, prefault, prefault_to_c, tracker};
 use dirtytrack::{Capabilities, Error};
 use libc::size_t;
 use std::ffi::c_char;
@@ -15,11 +19,11 @@ use std::panic::catch_unwind;
 pub const DT_KERNEL_RELEASE_LEN: usize = 65;
 
 /// Size of `dt_capabilities.async_why_not` and `sync_why_not`, with the NUL. A longer reason is
-/// cut (ending in "..."); `dt_probe_report` has it in full.
+/// cut (ending in "..."); `dt_capabilities_probe_report` has it in full.
 pub const DT_REASON_LEN: usize = 512;
 
 /// What the running kernel and this process's privileges allow, as plain data
-/// (`dt_probe_capabilities`, `dt_tracker_capabilities`). Strings are NUL-terminated, in place:
+/// (`dt_capabilities_probe`, `dt_tracker_capabilities`). Strings are NUL-terminated, in place:
 /// nothing to free.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -62,11 +66,12 @@ pub struct capabilities {
 fn availability(check: Result<(), Error>) -> (status, [c_char; DT_REASON_LEN]) {
     match check {
         Ok(()) => (status::DT_OK, [0; DT_REASON_LEN]),
-        Err(e) => (code_of(&e), fixed_string(&c_words(&e.to_string()))),
+        Err(e) => (code_of(&e), fixed_string(&why_not(&e))),
     }
 }
 
-fn to_c(caps: &Capabilities) -> capabilities {
+/// The C struct of `caps`.
+pub(crate) fn to_c(caps: &Capabilities) -> capabilities {
     let (async_status, async_why_not) = availability(caps.check_async());
     let (sync_status, sync_why_not) = availability(caps.check_sync());
     capabilities {
@@ -98,8 +103,8 @@ fn to_c(caps: &Capabilities) -> capabilities {
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_probe_capabilities(out: *mut capabilities) -> status {
-    entry(|| {
+pub unsafe extern "C" fn dt_capabilities_probe(out: *mut capabilities) -> status {
+    entry("dt_capabilities_probe", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(to_c(&Capabilities::probe()));
@@ -107,40 +112,20 @@ pub unsafe extern "C" fn dt_probe_capabilities(out: *mut capabilities) -> status
     })
 }
 
-/// Stores in `*out` what the kernel offered when the tracker was built.
-///
-/// Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
-///
-/// Ownership: `*out` is a plain struct, the caller's. Thread safety: any thread.
+/// The body of the report functions: writes the report of the capabilities `caps` gives into a
+/// caller buffer (the buffer rules of `dt_capabilities_probe_report`), failing as `func`.
 ///
 /// # Safety
 ///
-/// `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
-#[no_mangle]
-pub unsafe extern "C" fn dt_tracker_capabilities(
-    t: *const tracker,
-    out: *mut capabilities,
-) -> status {
-    entry(|| {
-        // SAFETY: `out` is NULL or valid for a write (this function's contract).
-        let out = unsafe { Out::new(out, "out")? };
-        out.set(to_c(get_tracker(t)?.capabilities()));
-        Ok(())
-    })
-}
-
-/// Writes `caps`'s report into a caller buffer (the rules of `dt_capabilities_report`).
-///
-/// # Safety
-///
-/// As `dt_capabilities_report`.
-unsafe fn report(
-    caps: impl FnOnce() -> crate::error::Res<String>,
+/// As `dt_capabilities_probe_report`.
+pub(crate) unsafe fn write_report(
+    func: &str,
+    caps: impl FnOnce() -> Res<String>,
     buf: *mut c_char,
     cap: size_t,
     out_needed: *mut size_t,
 ) -> status {
-    entry(|| {
+    entry(func, || {
         // SAFETY: the caller guarantees `buf` is valid for `cap` bytes and `out_needed` is NULL
         // or valid (this function's contract).
         let (buf, needed) = unsafe {
@@ -149,40 +134,13 @@ unsafe fn report(
                 Out::optional(out_needed, "out_needed")?,
             )
         };
-        copy_string(&c_words(&caps()?), &buf, needed)
+        copy_string(&caps()?, &buf, needed)
     })
 }
 
 /// Writes the capability report of the running kernel (what it offers, which modes are
-/// available and why not; several lines of text) into `buf`, without creating a tracker. Same
-/// buffer rules as `dt_capabilities_report`.
-///
-/// Ownership: `buf` stays the caller's. Thread safety: any thread. Cost: as
-/// `dt_probe_capabilities`.
-///
-/// # Safety
-///
-/// `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
-/// `out_needed` must be NULL or valid for a write of a `size_t`.
-#[no_mangle]
-pub unsafe extern "C" fn dt_probe_report(
-    buf: *mut c_char,
-    cap: size_t,
-    out_needed: *mut size_t,
-) -> status {
-    // SAFETY: same contract.
-    unsafe {
-        report(
-            || Ok(Capabilities::probe().to_string()),
-            buf,
-            cap,
-            out_needed,
-        )
-    }
-}
-
-/// Writes the tracker's capability report (what the kernel offered when the tracker was
-/// built, and why this mode was chosen; several lines of text) into `buf`, NUL-terminated.
+/// available and why not; several lines of text) into `buf`, NUL-terminated, without creating
+/// a tracker.
 ///
 /// Buffer rules (snprintf-like): if `out_needed` is not NULL, `*out_needed` is set to the size
 /// the text needs including its NUL. If `cap` is too small, the text is truncated to `cap - 1`
@@ -190,22 +148,21 @@ pub unsafe extern "C" fn dt_probe_report(
 /// returned: call again with `*out_needed` bytes. Pass `buf = NULL, cap = 0` to ask the size.
 ///
 /// Ownership: `buf` stays the caller's (no string is allocated for the caller to free).
-/// Thread safety: any thread.
+/// Thread safety: any thread. Cost: as `dt_capabilities_probe`.
 ///
 /// # Safety
 ///
 /// `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
 /// `out_needed` must be NULL or valid for a write of a `size_t`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_capabilities_report(
-    t: *const tracker,
+pub unsafe extern "C" fn dt_capabilities_probe_report(
     buf: *mut c_char,
     cap: size_t,
     out_needed: *mut size_t,
 ) -> status {
-    let text = || Ok(get_tracker(t)?.capabilities().to_string());
+    let text = || Ok(report(&Capabilities::probe()));
     // SAFETY: same contract.
-    unsafe { report(text, buf, cap, out_needed) }
+    unsafe { write_report("dt_capabilities_probe_report", text, buf, cap, out_needed) }
 }
 
 /// The page size of this process in bytes (every address and length the library deals in is a
@@ -222,7 +179,7 @@ pub extern "C" fn dt_page_size() -> size_t {
     match catch_unwind(dirtytrack::page_size) {
         Ok(ps) => ps,
         Err(payload) => {
-            set_last_error(&panic_message(&*payload));
+            set_last_error(&panic_message("dt_page_size", &*payload));
             std::mem::forget(payload);
             0
         }

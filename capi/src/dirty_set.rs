@@ -1,4 +1,4 @@
-//! Dirty sets: the pages a collect or snapshot reported, read by index into caller buffers.
+//! Dirty sets: the pages a collect or peek reported, read by index into caller buffers.
 //!
 //! Iteration copies pages or runs into caller buffers by index. The first call on a set builds a
 //! run table (one pass over its bitmap, cached until the set changes), after which a call costs
@@ -6,7 +6,7 @@
 
 use crate::args::{Out, OutBuf};
 use crate::error::{entry, Res};
-use crate::handles::{free, insert, lookup};
+use crate::handles::{free, insert, lookup, Handle};
 use crate::status::status;
 use dirtytrack::DirtySet;
 use libc::size_t;
@@ -24,7 +24,7 @@ pub struct run {
     pub len: size_t,
 }
 
-/// A set of dirty pages (opaque handle). Created by the collect/snapshot functions,
+/// A set of dirty pages (opaque handle). Created by the collect/peek functions,
 /// `dt_dirty_set_new` and `dt_live_copy_dirty_at_instant`; freed by `dt_dirty_set_free`.
 pub struct dirty_set {
     _opaque: [u8; 0],
@@ -33,6 +33,10 @@ pub struct dirty_set {
 /// A dirty set and its run table (built on first iteration, dropped when the set changes).
 pub(crate) struct SetObj {
     state: RwLock<SetState>,
+}
+
+impl Handle for SetObj {
+    const C_NAME: &'static str = "dt_dirty_set";
 }
 
 struct SetState {
@@ -97,7 +101,7 @@ fn get_set(s: *const dirty_set) -> Res<Arc<SetObj>> {
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_dirty_set_new(out: *mut *mut dirty_set) -> status {
-    entry(|| {
+    entry("dt_dirty_set_new", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(new_set(DirtySet::new()));
@@ -118,7 +122,7 @@ pub unsafe extern "C" fn dt_dirty_set_new(out: *mut *mut dirty_set) -> status {
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_dirty_set_free(set: *mut dirty_set) -> status {
-    free::<SetObj, _>(set)
+    free::<SetObj, _>("dt_dirty_set_free", set)
 }
 
 /// Stores the number of dirty pages in `*out`. O(1).
@@ -131,7 +135,7 @@ pub extern "C" fn dt_dirty_set_free(set: *mut dirty_set) -> status {
 /// `out` must be NULL (an error) or valid for a write of a `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_dirty_set_len(set: *const dirty_set, out: *mut size_t) -> status {
-    entry(|| {
+    entry("dt_dirty_set_len", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(0);
@@ -150,7 +154,7 @@ pub unsafe extern "C" fn dt_dirty_set_len(set: *const dirty_set, out: *mut size_
 /// `out` must be NULL (an error) or valid for a write of a `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_dirty_set_run_count(set: *const dirty_set, out: *mut size_t) -> status {
-    entry(|| {
+    entry("dt_dirty_set_run_count", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(0);
@@ -172,7 +176,7 @@ pub unsafe extern "C" fn dt_dirty_set_contains(
     addr: usize,
     out: *mut bool,
 ) -> status {
-    entry(|| {
+    entry("dt_dirty_set_contains", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(false);
@@ -189,13 +193,14 @@ pub unsafe extern "C" fn dt_dirty_set_contains(
 /// `buf` is valid for writes of `cap` `T`s (it may be NULL when `cap` is 0); `out_written` is
 /// NULL or valid for a write of a `size_t`.
 unsafe fn read_into<T>(
+    func: &str,
     set: *const dirty_set,
     buf: *mut T,
     cap: size_t,
     out_written: *mut size_t,
     fill: impl FnOnce(&SetState, &OutBuf<T>) -> usize,
 ) -> status {
-    entry(|| {
+    entry(func, || {
         // SAFETY: forwarded from this function's contract.
         let (out, buf) = unsafe {
             (
@@ -266,7 +271,7 @@ pub unsafe extern "C" fn dt_dirty_set_pages(
         n
     };
     // SAFETY: same contract.
-    unsafe { read_into(set, buf, cap, out_written, fill) }
+    unsafe { read_into("dt_dirty_set_pages", set, buf, cap, out_written, fill) }
 }
 
 /// Copies runs `start_index`, `start_index + 1`, ... of maximal contiguous dirty pages (in
@@ -301,7 +306,7 @@ pub unsafe extern "C" fn dt_dirty_set_runs(
         to - from
     };
     // SAFETY: same contract.
-    unsafe { read_into(set, buf, cap, out_written, fill) }
+    unsafe { read_into("dt_dirty_set_runs", set, buf, cap, out_written, fill) }
 }
 
 /// Adds every page of `src` to `dst` (e.g. a dump of a collected set failed: merge it into the
@@ -317,7 +322,7 @@ pub unsafe extern "C" fn dt_dirty_set_runs(
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_dirty_set_union(dst: *mut dirty_set, src: *const dirty_set) -> status {
-    entry(|| {
+    entry("dt_dirty_set_union", || {
         let (d, s) = (get_set(dst)?, get_set(src)?);
         if Arc::ptr_eq(&d, &s) {
             return Ok(());
@@ -341,7 +346,12 @@ pub extern "C" fn dt_dirty_set_union(dst: *mut dirty_set, src: *const dirty_set)
 mod tests {
     use super::*;
     use crate::handles::HANDLE_TAG;
-    use crate::tracker::dt_tracker_free;
+
+    /// Another handle type, to check that a set is not taken for one.
+    struct Other;
+    impl Handle for Other {
+        const C_NAME: &'static str = "dt_other";
+    }
 
     #[test]
     fn handles_are_odd_and_validated() {
@@ -350,9 +360,9 @@ mod tests {
         assert_eq!(unsafe { dt_dirty_set_new(&mut s) }, status::DT_OK);
         assert_eq!(s as usize & 0xf, HANDLE_TAG);
         assert_eq!(
-            dt_tracker_free(s.cast()),
+            free::<Other, _>("dt_other_free", s),
             status::DT_ERR_INVALID_HANDLE,
-            "a set is not a tracker"
+            "a set is not another type"
         );
         assert_eq!(dt_dirty_set_free(s), status::DT_OK);
         assert_eq!(dt_dirty_set_free(s), status::DT_ERR_INVALID_HANDLE);

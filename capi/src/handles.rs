@@ -7,69 +7,38 @@
 //! ids are never reused. The registry holds an `Arc` per object and every call clones it for its
 //! duration, so freeing a handle while another thread is inside a call on it is sound: the
 //! object goes away when the last call returns.
+//!
+//! This module knows no object type: the registry holds `Arc<dyn Any + Send + Sync>` with the C
+//! name of its type, and each object's module implements [`Handle`] for its own type (so the
+//! object modules use this one, never the reverse).
 
-use crate::dirty_set::SetObj;
 use crate::error::{entry, fail, Failure, Res};
-use crate::live::{CopyObj, LiveObj};
 use crate::status::status;
-use crate::tracker::BuilderObj;
-use dirtytrack::Tracker;
 use libc::size_t;
 use parking_lot::RwLock;
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A type whose objects live behind handles.
-pub(crate) trait Handle: Sized {
-    /// The C type name, for error messages.
+/// A type whose objects live behind handles. Each object's module implements it for its own
+/// type (this module knows no object type).
+pub(crate) trait Handle: Any + Send + Sync + Sized {
+    /// The C type name, for error messages (`"dt_tracker"`).
     const C_NAME: &'static str;
-    /// The object if `o` is one of this type.
-    fn pick(o: &Object) -> Option<Arc<Self>>;
-    /// Wraps an object of this type for the registry.
-    fn wrap(obj: Arc<Self>) -> Object;
 }
 
-/// Declares the registry's object types: the `Object` enum, and `Handle` for each type.
-macro_rules! object_types {
-    ($($variant:ident($ty:ty) = $c_name:literal,)*) => {
-        /// An object in the registry.
-        #[derive(Clone)]
-        pub(crate) enum Object {
-            $($variant(Arc<$ty>),)*
-        }
-
-        impl Object {
-            fn c_name(&self) -> &'static str {
-                match self {
-                    $(Object::$variant(_) => $c_name,)*
-                }
-            }
-        }
-
-        $(
-            impl Handle for $ty {
-                const C_NAME: &'static str = $c_name;
-                fn pick(o: &Object) -> Option<Arc<Self>> {
-                    match o {
-                        Object::$variant(x) => Some(x.clone()),
-                        #[allow(unreachable_patterns)]
-                        _ => None,
-                    }
-                }
-                fn wrap(obj: Arc<Self>) -> Object {
-                    Object::$variant(obj)
-                }
-            }
-        )*
-    };
+/// An object in the registry and the C name of its type.
+#[derive(Clone)]
+struct Object {
+    obj: Arc<dyn Any + Send + Sync>,
+    c_name: &'static str,
 }
 
-object_types! {
-    Tracker(Tracker) = "dt_tracker",
-    Builder(BuilderObj) = "dt_tracker_builder",
-    Set(SetObj) = "dt_dirty_set",
-    Live(LiveObj) = "dt_live_snapshot",
-    Copy(CopyObj) = "dt_live_copy",
+impl Object {
+    /// The object if it is a `T`.
+    fn pick<T: Handle>(&self) -> Option<Arc<T>> {
+        self.obj.clone().downcast::<T>().ok()
+    }
 }
 
 struct Registry {
@@ -95,7 +64,10 @@ fn encode(id: u64) -> Option<usize> {
 /// Registers `obj` and returns its handle as a `P` (never NULL, never reused unless the id
 /// space of a 32-bit process wraps, and then never one that is live).
 pub(crate) fn insert<T: Handle, P>(obj: T) -> *mut P {
-    let obj = T::wrap(Arc::new(obj));
+    let obj = Object {
+        obj: Arc::new(obj),
+        c_name: T::C_NAME,
+    };
     let mut reg = REGISTRY.write();
     loop {
         reg.last_id = reg.last_id.wrapping_add(1);
@@ -114,7 +86,7 @@ fn invalid(handle: usize, want: &str, found: Option<&Object>) -> Failure {
     match found {
         Some(other) => fail(
             status::DT_ERR_INVALID_HANDLE,
-            format!("handle {handle:#x} is a {}, not a {want}", other.c_name()),
+            format!("handle {handle:#x} is a {}, not a {want}", other.c_name),
         ),
         None => fail(
             status::DT_ERR_INVALID_HANDLE,
@@ -136,7 +108,7 @@ pub(crate) fn lookup<T: Handle, P>(handle: *const P) -> Res<Arc<T>> {
     let reg = REGISTRY.read();
     let found = reg.objects.get(&handle);
     found
-        .and_then(T::pick)
+        .and_then(Object::pick::<T>)
         .ok_or_else(|| invalid(handle, T::C_NAME, found))
 }
 
@@ -150,7 +122,7 @@ pub(crate) fn take<T: Handle, P>(handle: *const P) -> Res<Arc<T>> {
     let mut reg = REGISTRY.write();
     let found = reg.objects.get(&handle);
     let got = found
-        .and_then(T::pick)
+        .and_then(Object::pick::<T>)
         .ok_or_else(|| invalid(handle, T::C_NAME, found))?;
     reg.objects.remove(&handle);
     Ok(got)
@@ -160,8 +132,8 @@ pub(crate) fn take<T: Handle, P>(handle: *const P) -> Res<Arc<T>> {
 /// else must be a live handle of type `T`. The object is destroyed outside the registry lock
 /// (a tracker joins its monitor thread, a live snapshot its copy thread), or when the last call
 /// still using it in another thread returns.
-pub(crate) fn free<T: Handle, P>(handle: *mut P) -> status {
-    entry(|| {
+pub(crate) fn free<T: Handle, P>(func: &str, handle: *mut P) -> status {
+    entry(func, || {
         if !handle.is_null() {
             drop(take::<T, P>(handle)?);
         }
@@ -172,7 +144,7 @@ pub(crate) fn free<T: Handle, P>(handle: *mut P) -> status {
 /// How many handles of all types this process holds and has not freed yet (a leak check for
 /// tests: it should be 0 once a program has freed everything).
 ///
-/// Thread safety: any thread; the count is a snapshot.
+/// Thread safety: any thread; the count is as of the call.
 ///
 /// # Safety
 ///

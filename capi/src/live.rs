@@ -1,18 +1,19 @@
 //! Live snapshots (sync-mode trackers): a consistent copy of a range made while the program
-//! keeps writing, and the copy it produces.
+//! keeps writing (`dt_live_snapshot`, started by `dt_tracker_live_snapshot`), and the copy it
+//! produces (`dt_live_copy`). The two are one object in its two states: the snapshot in
+//! progress becomes the copy when waited on.
 
 use crate::args::Out;
 use crate::dirty_set::{dirty_set, new_set};
 use crate::error::{entry, fail, Res};
-use crate::handles::{free, insert, lookup, take};
+use crate::handles::{free, insert, lookup, take, Handle};
 use crate::status::status;
-use crate::tracker::{get_tracker, tracker};
-use dirtytrack::{LiveCopy, LiveSnapshot, RangeId};
+use dirtytrack::{LiveCopy, LiveSnapshot};
 use libc::size_t;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-/// A live snapshot in progress (opaque handle). Created by `dt_live_snapshot_start`; consumed by
+/// A live snapshot in progress (opaque handle). Created by `dt_tracker_live_snapshot`; consumed by
 /// `dt_live_snapshot_wait` or freed by `dt_live_snapshot_free`.
 pub struct live_snapshot {
     _opaque: [u8; 0],
@@ -29,6 +30,10 @@ pub(crate) struct CopyObj {
     copy: Mutex<LiveCopy>,
 }
 
+impl Handle for CopyObj {
+    const C_NAME: &'static str = "dt_live_copy";
+}
+
 fn get_copy(c: *const live_copy) -> Res<Arc<CopyObj>> {
     lookup(c)
 }
@@ -38,39 +43,14 @@ pub(crate) struct LiveObj {
     snapshot: Mutex<Option<LiveSnapshot>>,
 }
 
-/// Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
-/// contents as of one instant, made while the program keeps writing. Returns at the instant;
-/// the copy completes in the background. The instant acts as a collect of this range.
-///
-/// Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
-/// `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
-/// `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
-/// `DT_ERR_INVALID_HANDLE`.
-///
-/// Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
-/// consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
-///
-/// Thread safety: any thread.
-///
-/// # Safety
-///
-/// `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
-#[no_mangle]
-pub unsafe extern "C" fn dt_live_snapshot_start(
-    t: *mut tracker,
-    range_id: u64,
-    out: *mut *mut live_snapshot,
-) -> status {
-    entry(|| {
-        // SAFETY: `out` is NULL or valid for a write (this function's contract).
-        let out = unsafe { Out::new(out, "out")? };
-        out.set(std::ptr::null_mut());
-        let snap = get_tracker(t)?.live_snapshot(RangeId::from_raw(range_id))?;
-        let obj = LiveObj {
-            snapshot: Mutex::new(Some(snap)),
-        };
-        out.set(insert(obj));
-        Ok(())
+impl Handle for LiveObj {
+    const C_NAME: &'static str = "dt_live_snapshot";
+}
+
+/// Registers a snapshot just started and returns its handle.
+pub(crate) fn new_snapshot(snap: LiveSnapshot) -> *mut live_snapshot {
+    insert(LiveObj {
+        snapshot: Mutex::new(Some(snap)),
     })
 }
 
@@ -88,7 +68,7 @@ pub unsafe extern "C" fn dt_live_snapshot_progress(
     out_copied: *mut size_t,
     out_total: *mut size_t,
 ) -> status {
-    entry(|| {
+    entry("dt_live_snapshot_progress", || {
         // SAFETY: each is NULL or valid for a write (this function's contract).
         let (copied, total) = unsafe {
             (
@@ -130,7 +110,7 @@ pub unsafe extern "C" fn dt_live_snapshot_wait(
     s: *mut live_snapshot,
     out: *mut *mut live_copy,
 ) -> status {
-    entry(|| {
+    entry("dt_live_snapshot_wait", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(std::ptr::null_mut());
@@ -163,7 +143,7 @@ pub unsafe extern "C" fn dt_live_snapshot_wait(
 #[no_mangle]
 pub extern "C" fn dt_live_snapshot_free(s: *mut live_snapshot) -> status {
     // Dropping the snapshot waits for its copy thread, outside every lock.
-    free::<LiveObj, _>(s)
+    free::<LiveObj, _>("dt_live_snapshot_free", s)
 }
 
 /// Stores the range's start address at the snapshot instant in `*out`.
@@ -175,7 +155,7 @@ pub extern "C" fn dt_live_snapshot_free(s: *mut live_snapshot) -> status {
 /// `out` must be NULL (an error) or valid for a write of a `uintptr_t`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_live_copy_addr(c: *const live_copy, out: *mut usize) -> status {
-    entry(|| {
+    entry("dt_live_copy_addr", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(0);
@@ -200,7 +180,7 @@ pub unsafe extern "C" fn dt_live_copy_data(
     out_data: *mut *const u8,
     out_len: *mut size_t,
 ) -> status {
-    entry(|| {
+    entry("dt_live_copy_data", || {
         // SAFETY: each is NULL or valid for a write (this function's contract).
         let (data, len) = unsafe {
             (
@@ -234,7 +214,7 @@ pub unsafe extern "C" fn dt_live_copy_dirty_at_instant(
     c: *const live_copy,
     out: *mut *mut dirty_set,
 ) -> status {
-    entry(|| {
+    entry("dt_live_copy_dirty_at_instant", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(std::ptr::null_mut());
@@ -260,7 +240,7 @@ pub unsafe extern "C" fn dt_live_copy_dirty_at_instant(
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_live_copy_commit(c: *mut live_copy) -> status {
-    entry(|| {
+    entry("dt_live_copy_commit", || {
         get_copy(c)?.copy.lock().commit();
         Ok(())
     })
@@ -280,5 +260,5 @@ pub extern "C" fn dt_live_copy_commit(c: *mut live_copy) -> status {
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_live_copy_free(c: *mut live_copy) -> status {
-    free::<CopyObj, _>(c)
+    free::<CopyObj, _>("dt_live_copy_free", c)
 }

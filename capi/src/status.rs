@@ -92,7 +92,7 @@ status_table! {
     DT_ERR_KERNEL = -18 from Error::Kernel { .. },
     /// `PAGEMAP_SCAN` stopped making progress (the unscanned rest was kept as dirty).
     DT_ERR_SCAN_NO_PROGRESS = -19 from Error::ScanNoProgress { .. },
-    /// `dt_mark_dirty` named memory that no registered range covers.
+    /// `dt_tracker_mark_dirty` named memory that no registered range covers.
     DT_ERR_NOT_TRACKED = -20 from Error::NotTracked { .. },
     /// An error of the library that this version of the C API has no dedicated code for; the
     /// message says what happened and what to do.
@@ -108,7 +108,7 @@ status_table! {
     /// An argument has a value outside its domain (e.g. an unknown mode), or an out-parameter
     /// is misaligned.
     DT_ERR_INVALID_ARGUMENT = -103 from Error::InvalidPageSize { .. },
-    /// A caller buffer is too small (for a string, or for `dt_ranges`); the call says how
+    /// A caller buffer is too small (for a string, or for `dt_tracker_ranges`); the call says how
     /// big it must be.
     DT_ERR_BUFFER_TOO_SMALL = -104,
 }

@@ -13,7 +13,7 @@ use crate::tracker::{get_tracker, tracker};
 /// None: it takes no pointer.
 #[no_mangle]
 pub extern "C" fn dt__test_panic() -> status {
-    entry(|| panic!("dt__test_panic was called"))
+    entry("dt__test_panic", || panic!("dt__test_panic was called"))
 }
 
 /// Test hook: makes the tracker's monitor thread panic the next time it wakes up (the tracker
@@ -24,7 +24,7 @@ pub extern "C" fn dt__test_panic() -> status {
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt__test_poison(t: *mut tracker) -> status {
-    entry(|| {
+    entry("dt__test_poison", || {
         get_tracker(t)?.__panic_monitor_for_test();
         Ok(())
     })

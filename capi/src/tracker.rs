@@ -1,59 +1,24 @@
-//! Trackers and their builder: create, configure, register memory, collect.
+//! Trackers (`dt_tracker`): create, register memory, collect, peek, clear, mark dirty, list
+//! ranges, report capabilities, start live snapshots. Every function taking a `dt_tracker *` is
+//! here, named `dt_tracker_<method>` after the Rust `Tracker` method it calls. Uses the objects
+//! it creates ([`crate::dirty_set`], [`crate::live`]) and [`crate::capabilities`]; the builder
+//! ([`crate::builder`]) uses this module, not the other way round.
 
-use crate::args::{copy_items, Out, OutBuf};
+use crate::args::{copy_items, enum_arg, Out, OutBuf};
+use crate::capabilities::{capabilities, to_c, write_report};
 use crate::dirty_set::{dirty_set, new_set};
-use crate::error::{entry, fail, Res};
-use crate::handles::{free, insert, lookup};
+use crate::error::{entry, Res};
+use crate::handles::{free, insert, lookup, Handle};
+use crate::live::{live_snapshot, new_snapshot};
+use crate::message::report;
+use crate::options::{mode, mode_from_c, mode_to_c, MODE_CHOICES};
 use crate::status::status;
-use dirtytrack::{DirtySet, Error, Mode, Prefault, RangeId, RangeInfo, Thp, Tracker};
+use dirtytrack::{DirtySet, Error, RangeId, RangeInfo, Tracker, TrackerBuilder};
 use libc::size_t;
-use parking_lot::Mutex;
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-/// How write faults are resolved. Passed as an `int32_t` (so an out-of-range value is an
-/// error, not undefined behaviour); `dt_tracker_mode` reports `DT_MODE_ASYNC` or
-/// `DT_MODE_SYNC`, never `DT_MODE_AUTO`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum mode {
-    /// Async when the kernel has it (Linux 6.7+), else sync.
-    DT_MODE_AUTO = 0,
-    /// `UFFD_FEATURE_WP_ASYNC` + `PAGEMAP_SCAN` (Linux 6.7+): no thread, no blocked writer.
-    DT_MODE_ASYNC = 1,
-    /// A monitor thread records each first write after a collect (Linux 5.7+).
-    DT_MODE_SYNC = 2,
-}
-
-/// What to do about transparent huge pages in registered ranges
-/// (`dt_tracker_builder_set_thp`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum thp {
-    /// Leave THP as the system and the mapping have it (the default). A first write to a
-    /// protected huge page splits it; dirty pages are still reported per base page.
-    DT_THP_LEAVE = 0,
-    /// `madvise(MADV_NOHUGEPAGE)` each range on register: never collapsed into huge pages.
-    DT_THP_DISABLE = 1,
-}
-
-/// How sync mode makes the first write to a never-touched page fault
-/// (`dt_tracker_builder_set_prefault`; `dt_capabilities.prefault` is the best one the kernel
-/// has). Async mode needs none.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum prefault {
-    /// The best the kernel has (the default).
-    DT_PREFAULT_BEST = 0,
-    /// `UFFD_FEATURE_WP_UNPOPULATED` (6.4+): the kernel protects empty page-table entries.
-    DT_PREFAULT_UNPOPULATED = 1,
-    /// `madvise(MADV_POPULATE_READ)` (5.14+) before protecting: maps the zero page.
-    DT_PREFAULT_POPULATE_READ = 2,
-    /// Read one byte of every page before protecting (5.7-5.13).
-    DT_PREFAULT_READ_TOUCH = 3,
-}
-
-/// Where a registered range lives now (`dt_tracker_range`, `dt_ranges`).
+/// Where a registered range lives now (`dt_tracker_range`, `dt_tracker_ranges`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct range_info {
@@ -75,216 +40,35 @@ pub struct tracker {
     _opaque: [u8; 0],
 }
 
-/// A tracker's configuration (opaque handle). Created by `dt_tracker_builder_new`, freed by
-/// `dt_tracker_builder_free`.
-pub struct tracker_builder {
-    _opaque: [u8; 0],
-}
-
-/// The options a builder handle holds; `TrackerBuilder` is made from them at build time.
-#[derive(Default)]
-pub(crate) struct BuilderObj {
-    options: Mutex<Options>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct Options {
-    mode: Mode,
-    thp: Thp,
-    prefault: Option<Prefault>,
-}
-
-fn invalid_value(value: i32, what: &str, choices: &str) -> Res<()> {
-    Err(fail(
-        status::DT_ERR_INVALID_ARGUMENT,
-        format!("{value} is not a {what}: use {choices}"),
-    ))
-}
-
-fn mode_from_c(m: i32) -> Res<Mode> {
-    match m {
-        0 => Ok(Mode::Auto),
-        1 => Ok(Mode::Async),
-        2 => Ok(Mode::Sync),
-        _ => invalid_value(
-            m,
-            "dt_mode",
-            "DT_MODE_AUTO (0), DT_MODE_ASYNC (1) or DT_MODE_SYNC (2)",
-        )
-        .map(|()| Mode::Auto),
-    }
-}
-
-pub(crate) fn mode_to_c(m: Mode) -> mode {
-    match m {
-        Mode::Async => mode::DT_MODE_ASYNC,
-        Mode::Sync => mode::DT_MODE_SYNC,
-        _ => mode::DT_MODE_AUTO,
-    }
-}
-
-pub(crate) fn prefault_to_c(p: Prefault) -> prefault {
-    match p {
-        Prefault::Unpopulated => prefault::DT_PREFAULT_UNPOPULATED,
-        Prefault::PopulateRead => prefault::DT_PREFAULT_POPULATE_READ,
-        Prefault::ReadTouch => prefault::DT_PREFAULT_READ_TOUCH,
-    }
-}
-
-fn build(options: Options) -> Result<Tracker, Error> {
-    let mut b = Tracker::builder().mode(options.mode).thp(options.thp);
-    if let Some(p) = options.prefault {
-        b = b.prefault(p);
-    }
-    b.build()
+impl Handle for Tracker {
+    const C_NAME: &'static str = "dt_tracker";
 }
 
 pub(crate) fn get_tracker(t: *const tracker) -> Res<Arc<Tracker>> {
     lookup(t)
 }
 
-fn get_builder(b: *const tracker_builder) -> Res<Arc<BuilderObj>> {
-    lookup(b)
-}
-
-/// Stores a new tracker built from `options` in `out` (NULL on failure).
-fn new_tracker(out: &Out<*mut tracker>, options: Options) -> Res<()> {
+/// Builds a tracker and stores its handle in `out` (NULL on failure).
+pub(crate) fn new_tracker(out: &Out<*mut tracker>, builder: TrackerBuilder) -> Res<()> {
     out.set(std::ptr::null_mut());
-    out.set(insert(build(options)?));
+    out.set(insert(builder.build()?));
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Builder
-// ---------------------------------------------------------------------------------------------
-
-/// Creates a tracker builder with the defaults (`DT_MODE_AUTO`, `DT_THP_LEAVE`,
-/// `DT_PREFAULT_BEST`) and stores it in `*out`.
-///
-/// Ownership: on `DT_OK` the caller owns `*out` (`dt_tracker_builder_free`); on error `*out` is
-/// NULL. Thread safety: any thread; a builder may be shared (its setters are serialized).
+/// The body of `dt_tracker_new` and `dt_tracker_new_with_mode`, failing as `func`.
 ///
 /// # Safety
 ///
-/// `out` must be NULL (an error) or valid for a write of a `dt_tracker_builder *`.
-#[no_mangle]
-pub unsafe extern "C" fn dt_tracker_builder_new(out: *mut *mut tracker_builder) -> status {
-    entry(|| {
-        // SAFETY: `out` is NULL or valid for a write (this function's contract).
-        let out = unsafe { Out::new(out, "out")? };
-        out.set(insert(BuilderObj::default()));
-        Ok(())
-    })
-}
-
-/// Sets the mode (a `dt_mode` value; default `DT_MODE_AUTO`).
-///
-/// Errors: `DT_ERR_INVALID_ARGUMENT` (not a `dt_mode`; the builder is unchanged), `DT_ERR_NULL`,
-/// `DT_ERR_INVALID_HANDLE`.
-///
-/// # Safety
-///
-/// None: handles are validated, never dereferenced.
-#[no_mangle]
-pub extern "C" fn dt_tracker_builder_set_mode(b: *mut tracker_builder, mode: i32) -> status {
-    entry(|| {
-        let b = get_builder(b)?;
-        b.options.lock().mode = mode_from_c(mode)?;
-        Ok(())
-    })
-}
-
-/// Sets what to do about transparent huge pages (a `dt_thp` value; default `DT_THP_LEAVE`).
-///
-/// Errors: `DT_ERR_INVALID_ARGUMENT` (not a `dt_thp`), `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
-///
-/// # Safety
-///
-/// None: handles are validated, never dereferenced.
-#[no_mangle]
-pub extern "C" fn dt_tracker_builder_set_thp(b: *mut tracker_builder, thp: i32) -> status {
-    entry(|| {
-        let b = get_builder(b)?;
-        b.options.lock().thp = match thp {
-            0 => Thp::Leave,
-            1 => Thp::Disable,
-            _ => return invalid_value(thp, "dt_thp", "DT_THP_LEAVE (0) or DT_THP_DISABLE (1)"),
-        };
-        Ok(())
-    })
-}
-
-/// Forces sync mode's never-touched-page strategy (a `dt_prefault` value; default
-/// `DT_PREFAULT_BEST`, the best the kernel has). Asking for one the kernel lacks makes
-/// `dt_tracker_builder_build` fail with `DT_ERR_UNSUPPORTED_KERNEL`. Ignored in async mode.
-///
-/// Errors: `DT_ERR_INVALID_ARGUMENT` (not a `dt_prefault`), `DT_ERR_NULL`,
-/// `DT_ERR_INVALID_HANDLE`.
-///
-/// # Safety
-///
-/// None: handles are validated, never dereferenced.
-#[no_mangle]
-pub extern "C" fn dt_tracker_builder_set_prefault(
-    b: *mut tracker_builder,
-    prefault: i32,
-) -> status {
-    entry(|| {
-        let b = get_builder(b)?;
-        b.options.lock().prefault = match prefault {
-            0 => None,
-            1 => Some(Prefault::Unpopulated),
-            2 => Some(Prefault::PopulateRead),
-            3 => Some(Prefault::ReadTouch),
-            _ => return invalid_value(
-                prefault,
-                "dt_prefault",
-                "DT_PREFAULT_BEST (0), DT_PREFAULT_UNPOPULATED (1), DT_PREFAULT_POPULATE_READ (2) or DT_PREFAULT_READ_TOUCH (3)",
-            ),
-        };
-        Ok(())
-    })
-}
-
-/// Creates a tracker with the builder's options and stores it in `*out`. The builder is not
-/// consumed: it may build more trackers, and is freed with `dt_tracker_builder_free`.
-///
-/// Errors: as `dt_tracker_new_with_mode`.
-///
-/// Ownership: on `DT_OK` the caller owns `*out` (`dt_tracker_free`); on error `*out` is NULL.
-///
-/// # Safety
-///
-/// `out` must be NULL (an error) or valid for a write of a `dt_tracker *`.
-#[no_mangle]
-pub unsafe extern "C" fn dt_tracker_builder_build(
-    b: *const tracker_builder,
-    out: *mut *mut tracker,
-) -> status {
-    entry(|| {
+/// `out` is NULL or valid for a write of a `dt_tracker *`.
+unsafe fn new_with_mode(func: &str, mode: i32, out: *mut *mut tracker) -> status {
+    entry(func, || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(std::ptr::null_mut());
-        let options = *get_builder(b)?.options.lock();
-        new_tracker(&out, options)
+        let mode = enum_arg(mode, mode_from_c(mode), "dt_mode", MODE_CHOICES)?;
+        new_tracker(&out, Tracker::builder().mode(mode))
     })
 }
-
-/// Frees a builder (trackers built from it are independent). NULL is accepted and ignored.
-///
-/// Errors: `DT_ERR_INVALID_HANDLE` (not a live builder; double frees are detected).
-///
-/// # Safety
-///
-/// None: handles are validated, never dereferenced.
-#[no_mangle]
-pub extern "C" fn dt_tracker_builder_free(b: *mut tracker_builder) -> status {
-    free::<BuilderObj, _>(b)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Trackers
-// ---------------------------------------------------------------------------------------------
 
 /// Creates a tracker in `DT_MODE_AUTO` (async if the kernel has it, else sync) and stores its
 /// handle in `*out`. See `dt_tracker_new_with_mode`.
@@ -298,7 +82,7 @@ pub extern "C" fn dt_tracker_builder_free(b: *mut tracker_builder) -> status {
 #[no_mangle]
 pub unsafe extern "C" fn dt_tracker_new(out: *mut *mut tracker) -> status {
     // SAFETY: same contract.
-    unsafe { dt_tracker_new_with_mode(mode::DT_MODE_AUTO as i32, out) }
+    unsafe { new_with_mode("dt_tracker_new", mode::DT_MODE_AUTO as i32, out) }
 }
 
 /// Creates a tracker in `mode` (a `dt_mode` value) with the other options at their defaults
@@ -306,7 +90,7 @@ pub unsafe extern "C" fn dt_tracker_new(out: *mut *mut tracker) -> status {
 /// opens the userfaultfd and starts the monitor thread.
 ///
 /// Errors: `DT_ERR_INVALID_ARGUMENT` (not a `dt_mode`), `DT_ERR_UNSUPPORTED_KERNEL`,
-/// `DT_ERR_PERMISSION` (no userfaultfd: see `dt_probe_capabilities`),
+/// `DT_ERR_PERMISSION` (no userfaultfd: see `dt_capabilities_probe`),
 /// `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`.
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` and frees it with `dt_tracker_free`; on error
@@ -319,16 +103,8 @@ pub unsafe extern "C" fn dt_tracker_new(out: *mut *mut tracker) -> status {
 /// `out` must be NULL (an error) or valid for a write of a `dt_tracker *`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_tracker_new_with_mode(mode: i32, out: *mut *mut tracker) -> status {
-    entry(|| {
-        // SAFETY: `out` is NULL or valid for a write (this function's contract).
-        let out = unsafe { Out::new(out, "out")? };
-        out.set(std::ptr::null_mut());
-        let options = Options {
-            mode: mode_from_c(mode)?,
-            ..Options::default()
-        };
-        new_tracker(&out, options)
-    })
+    // SAFETY: same contract.
+    unsafe { new_with_mode("dt_tracker_new_with_mode", mode, out) }
 }
 
 /// Frees a tracker: un-protects and forgets every range, stops the monitor thread, closes the
@@ -350,7 +126,7 @@ pub unsafe extern "C" fn dt_tracker_new_with_mode(mode: i32, out: *mut *mut trac
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
 pub extern "C" fn dt_tracker_free(t: *mut tracker) -> status {
-    free::<Tracker, _>(t)
+    free::<Tracker, _>("dt_tracker_free", t)
 }
 
 /// Stores the tracker's mode in `*out`: `DT_MODE_ASYNC` or `DT_MODE_SYNC`, never
@@ -363,13 +139,59 @@ pub extern "C" fn dt_tracker_free(t: *mut tracker) -> status {
 /// `out` must be NULL (an error) or valid for a write of a `dt_mode`.
 #[no_mangle]
 pub unsafe extern "C" fn dt_tracker_mode(t: *const tracker, out: *mut mode) -> status {
-    entry(|| {
+    entry("dt_tracker_mode", || {
         // SAFETY: `out` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out, "out")? };
         out.set(mode::DT_MODE_AUTO);
         out.set(mode_to_c(get_tracker(t)?.mode()));
         Ok(())
     })
+}
+
+/// Stores in `*out` what the kernel offered when the tracker was built.
+///
+/// Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+///
+/// Ownership: `*out` is a plain struct, the caller's. Thread safety: any thread.
+///
+/// # Safety
+///
+/// `out` must be NULL (an error) or valid for a write of a `dt_capabilities`.
+#[no_mangle]
+pub unsafe extern "C" fn dt_tracker_capabilities(
+    t: *const tracker,
+    out: *mut capabilities,
+) -> status {
+    entry("dt_tracker_capabilities", || {
+        // SAFETY: `out` is NULL or valid for a write (this function's contract).
+        let out = unsafe { Out::new(out, "out")? };
+        out.set(to_c(get_tracker(t)?.capabilities()));
+        Ok(())
+    })
+}
+
+/// Writes the tracker's capability report (what the kernel offered when the tracker was
+/// built, and why this mode was chosen; several lines of text) into `buf`, NUL-terminated.
+/// Buffer rules as `dt_capabilities_probe_report` (pass `buf = NULL, cap = 0` to ask the
+/// size; `DT_ERR_BUFFER_TOO_SMALL` when it does not fit).
+///
+/// Ownership: `buf` stays the caller's (no string is allocated for the caller to free).
+/// Thread safety: any thread.
+///
+/// # Safety
+///
+/// `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0);
+/// `out_needed` must be NULL or valid for a write of a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn dt_tracker_capabilities_report(
+    t: *const tracker,
+    buf: *mut c_char,
+    cap: size_t,
+    out_needed: *mut size_t,
+) -> status {
+    let text = || Ok(report(get_tracker(t)?.capabilities()));
+    // SAFETY: same contract.
+    unsafe { write_report("dt_tracker_capabilities_report", text, buf, cap, out_needed) }
 }
 
 /// Starts tracking `[addr, addr + len)`, which must be page aligned and fully mapped; stores
@@ -381,7 +203,7 @@ pub unsafe extern "C" fn dt_tracker_mode(t: *const tracker, out: *mut mode) -> s
 /// `DT_ERR_MAPPING_NOT_SUPPORTED`, `DT_ERR_RESOURCE_EXHAUSTED`, `DT_ERR_POISONED`,
 /// `DT_ERR_FORKED_CHILD`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 ///
-/// Ownership: the memory stays the caller's; it must stay mapped until `dt_unregister` (if it
+/// Ownership: the memory stays the caller's; it must stay mapped until `dt_tracker_unregister` (if it
 /// goes away, the range is reported lost: `DT_ERR_RANGE_LOST`). In sync mode, do not register
 /// memory the allocator or the library writes (e.g. malloc heap pages): use memory you mapped.
 ///
@@ -392,13 +214,13 @@ pub unsafe extern "C" fn dt_tracker_mode(t: *const tracker, out: *mut mode) -> s
 /// `out_range_id` must be NULL (an error) or valid for a write of a `uint64_t`. `addr` is not
 /// dereferenced by this call; the library validates that the range is mapped.
 #[no_mangle]
-pub unsafe extern "C" fn dt_register(
+pub unsafe extern "C" fn dt_tracker_register(
     t: *mut tracker,
     addr: *mut c_void,
     len: size_t,
     out_range_id: *mut u64,
 ) -> status {
-    entry(|| {
+    entry("dt_tracker_register", || {
         // SAFETY: `out_range_id` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out_range_id, "out_range_id")? };
         out.set(0);
@@ -415,14 +237,16 @@ pub unsafe extern "C" fn dt_register(
 /// `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 ///
 /// Ownership: the memory stays the caller's. Thread safety: any thread; serialized with
-/// collects, snapshots and clears.
+/// collects, peeks and clears.
 ///
 /// # Safety
 ///
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
-pub extern "C" fn dt_unregister(t: *mut tracker, range_id: u64) -> status {
-    entry(|| Ok(get_tracker(t)?.unregister(RangeId::from_raw(range_id))?))
+pub extern "C" fn dt_tracker_unregister(t: *mut tracker, range_id: u64) -> status {
+    entry("dt_tracker_unregister", || {
+        Ok(get_tracker(t)?.unregister(RangeId::from_raw(range_id))?)
+    })
 }
 
 fn range_info_of(info: &RangeInfo) -> range_info {
@@ -452,7 +276,7 @@ pub unsafe extern "C" fn dt_tracker_range(
     range_id: u64,
     out_info: *mut range_info,
 ) -> status {
-    entry(|| {
+    entry("dt_tracker_range", || {
         // SAFETY: `out_info` is NULL or valid for a write (this function's contract).
         let out = unsafe { Out::new(out_info, "out_info")? };
         let info = get_tracker(t)?.range(RangeId::from_raw(range_id))?;
@@ -468,7 +292,7 @@ pub unsafe extern "C" fn dt_tracker_range(
 ///
 /// Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
 ///
-/// Ownership: `buf` stays the caller's. Thread safety: any thread; the list is a snapshot
+/// Ownership: `buf` stays the caller's. Thread safety: any thread; the list is as of the call
 /// (another thread may register or unregister right after).
 ///
 /// # Safety
@@ -476,13 +300,13 @@ pub unsafe extern "C" fn dt_tracker_range(
 /// `buf` must be valid for writes of `cap` `dt_range_info`s (it may be NULL when `cap` is 0);
 /// `out_count` must be NULL (an error) or valid for a write of a `size_t`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_ranges(
+pub unsafe extern "C" fn dt_tracker_ranges(
     t: *const tracker,
     buf: *mut range_info,
     cap: size_t,
     out_count: *mut size_t,
 ) -> status {
-    entry(|| {
+    entry("dt_tracker_ranges", || {
         // SAFETY: the caller guarantees `buf` is valid for `cap` elements and `out_count` is
         // NULL or valid (this function's contract).
         let (count, buf) = unsafe {
@@ -497,17 +321,18 @@ pub unsafe extern "C" fn dt_ranges(
     })
 }
 
-/// The shared body of the collect and snapshot functions.
+/// The shared body of the collect and peek functions.
 ///
 /// # Safety
 ///
 /// `out` is NULL or valid for a write of a `dt_dirty_set *`.
 unsafe fn harvest_into(
+    func: &str,
     t: *const tracker,
     out: *mut *mut dirty_set,
     op: impl FnOnce(&Tracker) -> Result<DirtySet, Error>,
 ) -> status {
-    entry(|| {
+    entry(func, || {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { Out::new(out, "out")? };
         out.set(std::ptr::null_mut());
@@ -529,18 +354,18 @@ unsafe fn harvest_into(
 /// Ownership: on `DT_OK` the caller owns `*out` (free it with `dt_dirty_set_free`); on error
 /// `*out` is NULL. If dumping the set fails, merge it into the next one (`dt_dirty_set_union`).
 ///
-/// Thread safety: any thread; collects, snapshots, clears and unregisters run one at a time.
+/// Thread safety: any thread; collects, peeks, clears and unregisters run one at a time.
 ///
 /// # Safety
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_collect(t: *mut tracker, out: *mut *mut dirty_set) -> status {
+pub unsafe extern "C" fn dt_tracker_collect(t: *mut tracker, out: *mut *mut dirty_set) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, Tracker::collect) }
+    unsafe { harvest_into("dt_tracker_collect", t, out, Tracker::collect) }
 }
 
-/// Like `dt_collect` but resets nothing: the pages written since the last collect or clear.
+/// Like `dt_tracker_collect` but resets nothing: the pages written since the last collect or clear.
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
 /// Thread safety: any thread.
@@ -549,24 +374,24 @@ pub unsafe extern "C" fn dt_collect(t: *mut tracker, out: *mut *mut dirty_set) -
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_snapshot(t: *const tracker, out: *mut *mut dirty_set) -> status {
+pub unsafe extern "C" fn dt_tracker_peek(t: *const tracker, out: *mut *mut dirty_set) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, Tracker::peek) }
+    unsafe { harvest_into("dt_tracker_peek", t, out, Tracker::peek) }
 }
 
 /// Resets every range to clean without reporting.
 ///
-/// Errors: as `dt_collect`. Ownership: borrows the tracker. Thread safety: any thread.
+/// Errors: as `dt_tracker_collect`. Ownership: borrows the tracker. Thread safety: any thread.
 ///
 /// # Safety
 ///
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
-pub extern "C" fn dt_clear(t: *mut tracker) -> status {
-    entry(|| Ok(get_tracker(t)?.clear()?))
+pub extern "C" fn dt_tracker_clear(t: *mut tracker) -> status {
+    entry("dt_tracker_clear", || Ok(get_tracker(t)?.clear()?))
 }
 
-/// `dt_collect` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+/// `dt_tracker_collect` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
 /// Thread safety: any thread.
@@ -575,16 +400,20 @@ pub extern "C" fn dt_clear(t: *mut tracker) -> status {
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_collect_range(
+pub unsafe extern "C" fn dt_tracker_collect_range(
     t: *mut tracker,
     range_id: u64,
     out: *mut *mut dirty_set,
 ) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, |t| t.collect_range(RangeId::from_raw(range_id))) }
+    unsafe {
+        harvest_into("dt_tracker_collect_range", t, out, |t| {
+            t.collect_range(RangeId::from_raw(range_id))
+        })
+    }
 }
 
-/// `dt_snapshot` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+/// `dt_tracker_peek` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 ///
 /// Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
 /// Thread safety: any thread.
@@ -593,16 +422,20 @@ pub unsafe extern "C" fn dt_collect_range(
 ///
 /// `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
 #[no_mangle]
-pub unsafe extern "C" fn dt_snapshot_range(
+pub unsafe extern "C" fn dt_tracker_peek_range(
     t: *const tracker,
     range_id: u64,
     out: *mut *mut dirty_set,
 ) -> status {
     // SAFETY: same contract.
-    unsafe { harvest_into(t, out, |t| t.peek_range(RangeId::from_raw(range_id))) }
+    unsafe {
+        harvest_into("dt_tracker_peek_range", t, out, |t| {
+            t.peek_range(RangeId::from_raw(range_id))
+        })
+    }
 }
 
-/// `dt_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
+/// `dt_tracker_clear` for one range (`DT_ERR_UNKNOWN_RANGE` if the id is not registered).
 ///
 /// Ownership: borrows the tracker. Thread safety: any thread.
 ///
@@ -610,11 +443,13 @@ pub unsafe extern "C" fn dt_snapshot_range(
 ///
 /// None: handles are validated, never dereferenced.
 #[no_mangle]
-pub extern "C" fn dt_clear_range(t: *mut tracker, range_id: u64) -> status {
-    entry(|| Ok(get_tracker(t)?.clear_range(RangeId::from_raw(range_id))?))
+pub extern "C" fn dt_tracker_clear_range(t: *mut tracker, range_id: u64) -> status {
+    entry("dt_tracker_clear_range", || {
+        Ok(get_tracker(t)?.clear_range(RangeId::from_raw(range_id))?)
+    })
 }
 
-/// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+/// Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
 /// it overlaps, in addition to what the page tables show. For changes page tables cannot show:
 /// a direct-I/O read (`O_DIRECT`, io_uring or AIO on an `O_DIRECT` file, RDMA: anything that
 /// pins the buffer and writes it later) that was in flight across a collect, or a write through
@@ -635,6 +470,45 @@ pub extern "C" fn dt_clear_range(t: *mut tracker, range_id: u64) -> status {
 /// None: handles are validated, never dereferenced; `addr` is only compared with the
 /// registered ranges.
 #[no_mangle]
-pub extern "C" fn dt_mark_dirty(t: *mut tracker, addr: *const c_void, len: size_t) -> status {
-    entry(|| Ok(get_tracker(t)?.mark_dirty(addr.cast(), len)?))
+pub extern "C" fn dt_tracker_mark_dirty(
+    t: *mut tracker,
+    addr: *const c_void,
+    len: size_t,
+) -> status {
+    entry("dt_tracker_mark_dirty", || {
+        Ok(get_tracker(t)?.mark_dirty(addr.cast(), len)?)
+    })
+}
+
+/// Starts a consistent live snapshot of range `range_id` (sync-mode trackers): a copy of its
+/// contents as of one instant, made while the program keeps writing. Returns at the instant;
+/// the copy completes in the background. The instant acts as a collect of this range.
+///
+/// Errors: `DT_ERR_NEEDS_SYNC_MODE`, `DT_ERR_UNKNOWN_RANGE`, `DT_ERR_SNAPSHOT_IN_PROGRESS`,
+/// `DT_ERR_RESOURCE_EXHAUSTED` (the copy needs as much memory as the range),
+/// `DT_ERR_POISONED`, `DT_ERR_FORKED_CHILD`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
+/// `DT_ERR_INVALID_HANDLE`.
+///
+/// Ownership: on `DT_OK` the caller owns `*out`: pass it to `dt_live_snapshot_wait` (which
+/// consumes it) or `dt_live_snapshot_free`. On error `*out` is NULL.
+///
+/// Thread safety: any thread.
+///
+/// # Safety
+///
+/// `out` must be NULL (an error) or valid for a write of a `dt_live_snapshot *`.
+#[no_mangle]
+pub unsafe extern "C" fn dt_tracker_live_snapshot(
+    t: *mut tracker,
+    range_id: u64,
+    out: *mut *mut live_snapshot,
+) -> status {
+    entry("dt_tracker_live_snapshot", || {
+        // SAFETY: `out` is NULL or valid for a write (this function's contract).
+        let out = unsafe { Out::new(out, "out")? };
+        out.set(std::ptr::null_mut());
+        let snap = get_tracker(t)?.live_snapshot(RangeId::from_raw(range_id))?;
+        out.set(new_snapshot(snap));
+        Ok(())
+    })
 }

@@ -63,6 +63,17 @@ static size_t PS;
         }                                                                                          \
     } while (0)
 
+/* The last error message starts with `prefix` (messages start with the function called). */
+#define MESSAGE_STARTS(prefix)                                                                     \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (strncmp(dt_last_error_message(), (prefix), strlen(prefix)) != 0) {                     \
+            fprintf(stderr, "FAIL %s:%d: message \"%s\" does not start with \"%s\"\n", __FILE__,  \
+                    __LINE__, dt_last_error_message(), (prefix));                                  \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
 /* The last error message contains `needle`. */
 #define MESSAGE_HAS(needle)                                                                        \
     do {                                                                                           \
@@ -115,6 +126,7 @@ static void test_statics(void) {
 
     section("a panic inside the library becomes DT_ERR_PANIC");
     EXPECT(dt__test_panic(), DT_ERR_PANIC);
+    MESSAGE_STARTS("dt__test_panic: internal error");
     MESSAGE_HAS("panic");
     MESSAGE_HAS("dt__test_panic was called");
     /* Like errno: successful calls keep the last failure's message ... */
@@ -125,26 +137,27 @@ static void test_statics(void) {
     MESSAGE_HAS("dt__test_panic was called");
     /* ... and the next failing call replaces it. */
     EXPECT(dt_dirty_set_free(s), DT_ERR_INVALID_HANDLE);
+    MESSAGE_STARTS("dt_dirty_set_free: ");
     MESSAGE_HAS("already freed");
     ASSERT(strstr(dt_last_error_message(), "dt__test_panic") == NULL);
 }
 
 static void test_probe_report(void) {
-    section("dt_probe_report: size query, full buffer, truncation, NULL buffer");
+    section("dt_capabilities_probe_report: size query, full buffer, truncation, NULL buffer");
     size_t need = 0;
-    EXPECT(dt_probe_report(NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(dt_capabilities_probe_report(NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
     MESSAGE_HAS("call again with at least");
     ASSERT(need > 20);
     char *buf = malloc(need);
-    OK(dt_probe_report(buf, need, NULL));
+    OK(dt_capabilities_probe_report(buf, need, NULL));
     ASSERT(strlen(buf) == need - 1);
     ASSERT(strstr(buf, "async mode") != NULL && strstr(buf, "sync mode") != NULL);
     char small[8];
     size_t need2 = 0;
-    EXPECT(dt_probe_report(small, sizeof small, &need2), DT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(dt_capabilities_probe_report(small, sizeof small, &need2), DT_ERR_BUFFER_TOO_SMALL);
     ASSERT(strlen(small) == sizeof small - 1 && strncmp(small, buf, sizeof small - 1) == 0);
     ASSERT(need2 == need);
-    EXPECT(dt_probe_report(NULL, 16, NULL), DT_ERR_NULL);
+    EXPECT(dt_capabilities_probe_report(NULL, 16, NULL), DT_ERR_NULL);
     free(buf);
 }
 
@@ -154,7 +167,7 @@ static void test_tracker_creation(void) {
     dt_tracker *t = (dt_tracker *)0x1;
     EXPECT(dt_tracker_new_with_mode(7, &t), DT_ERR_INVALID_ARGUMENT);
     ASSERT(t == NULL);
-    MESSAGE_HAS("is not a dt_mode");
+    MESSAGE_STARTS("dt_tracker_new_with_mode: 7 is not a dt_mode");
     EXPECT(dt_tracker_new_with_mode(-1, &t), DT_ERR_INVALID_ARGUMENT);
 }
 
@@ -165,21 +178,22 @@ static void test_handles(dt_tracker *t) {
     dt_dirty_set *set = NULL;
     dt_mode mode;
 
-    EXPECT(dt_register(NULL, mem, PS, &id), DT_ERR_NULL);
+    EXPECT(dt_tracker_register(NULL, mem, PS, &id), DT_ERR_NULL);
+    MESSAGE_STARTS("dt_tracker_register: ");
     MESSAGE_HAS("dt_tracker handle is NULL");
     EXPECT(dt_tracker_mode(NULL, &mode), DT_ERR_NULL);
-    EXPECT(dt_collect(NULL, &set), DT_ERR_NULL);
+    EXPECT(dt_tracker_collect(NULL, &set), DT_ERR_NULL);
     ASSERT(set == NULL);
-    EXPECT(dt_clear(NULL), DT_ERR_NULL);
+    EXPECT(dt_tracker_clear(NULL), DT_ERR_NULL);
     size_t len = 0;
     EXPECT(dt_dirty_set_len(NULL, &len), DT_ERR_NULL);
 
     /* Garbage handles: never dereferenced, reported as invalid. */
     dt_tracker *garbage = (dt_tracker *)(uintptr_t)0xdeadbeef;
-    EXPECT(dt_register(garbage, mem, PS, &id), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_register(garbage, mem, PS, &id), DT_ERR_INVALID_HANDLE);
     MESSAGE_HAS("is not a live dt_tracker handle");
     int on_stack = 0;
-    EXPECT(dt_clear((dt_tracker *)&on_stack), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_clear((dt_tracker *)&on_stack), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_tracker_free((dt_tracker *)mem), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_dirty_set_free((dt_dirty_set *)(uintptr_t)0x1234567), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_live_copy_free((dt_live_copy *)(uintptr_t)-1), DT_ERR_INVALID_HANDLE);
@@ -187,17 +201,17 @@ static void test_handles(dt_tracker *t) {
 
     /* A handle of another type. */
     OK(dt_dirty_set_new(&set));
-    EXPECT(dt_clear((dt_tracker *)set), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_clear((dt_tracker *)set), DT_ERR_INVALID_HANDLE);
     MESSAGE_HAS("is a dt_dirty_set, not a dt_tracker");
     EXPECT(dt_dirty_set_free((dt_dirty_set *)t), DT_ERR_INVALID_HANDLE);
     MESSAGE_HAS("is a dt_tracker, not a dt_dirty_set");
     OK(dt_tracker_mode(t, &mode)); /* still alive after the wrong-type free */
 
     /* NULL out-parameters and buffers. */
-    EXPECT(dt_register(t, mem, PS, NULL), DT_ERR_NULL);
+    EXPECT(dt_tracker_register(t, mem, PS, NULL), DT_ERR_NULL);
     MESSAGE_HAS("out_range_id is NULL");
     EXPECT(dt_tracker_mode(t, NULL), DT_ERR_NULL);
-    EXPECT(dt_collect(t, NULL), DT_ERR_NULL);
+    EXPECT(dt_tracker_collect(t, NULL), DT_ERR_NULL);
     EXPECT(dt_dirty_set_len(set, NULL), DT_ERR_NULL);
     EXPECT(dt_dirty_set_contains(set, 0, NULL), DT_ERR_NULL);
     size_t n = 99;
@@ -210,7 +224,7 @@ static void test_handles(dt_tracker *t) {
     /* Misaligned out-parameters are refused, not written. */
     uint64_t words[3] = {0, 0, 0};
     uint64_t *misaligned = (uint64_t *)((char *)words + 1);
-    EXPECT(dt_register(t, mem, PS, misaligned), DT_ERR_INVALID_ARGUMENT);
+    EXPECT(dt_tracker_register(t, mem, PS, misaligned), DT_ERR_INVALID_ARGUMENT);
     MESSAGE_HAS("not aligned");
     uintptr_t pages[4];
     EXPECT(dt_dirty_set_pages(set, 0, (uintptr_t *)((char *)pages + 2), 2, &n),
@@ -226,30 +240,37 @@ static void test_register_errors(dt_tracker *t) {
     char *mem = map(8);
     uint64_t id = 1234, id2 = 0;
 
-    EXPECT(dt_register(t, mem + 1, PS, &id), DT_ERR_UNALIGNED);
+    EXPECT(dt_tracker_register(t, mem + 1, PS, &id), DT_ERR_UNALIGNED);
     ASSERT(id == 0); /* set to 0 on failure */
+    MESSAGE_STARTS("dt_tracker_register: address 0x");
     MESSAGE_HAS("is not a multiple of the page size");
-    EXPECT(dt_register(t, mem, PS + 1, &id), DT_ERR_UNALIGNED);
+    EXPECT(dt_tracker_register(t, mem, PS + 1, &id), DT_ERR_UNALIGNED);
     MESSAGE_HAS("length");
-    EXPECT(dt_register(t, mem, 0, &id), DT_ERR_ZERO_LENGTH);
+    EXPECT(dt_tracker_register(t, mem, 0, &id), DT_ERR_ZERO_LENGTH);
     MESSAGE_HAS("has length 0");
     void *top = (void *)(uintptr_t)(UINTPTR_MAX - PS + 1);
-    EXPECT(dt_register(t, top, 2 * PS, &id), DT_ERR_ADDRESS_OVERFLOW);
+    EXPECT(dt_tracker_register(t, top, 2 * PS, &id), DT_ERR_ADDRESS_OVERFLOW);
     MESSAGE_HAS("overflows the address space");
 
     /* A hole in the middle. */
     munmap(mem + 4 * PS, PS);
-    EXPECT(dt_register(t, mem, 8 * PS, &id), DT_ERR_NOT_MAPPED);
+    EXPECT(dt_tracker_register(t, mem, 8 * PS, &id), DT_ERR_NOT_MAPPED);
     MESSAGE_HAS("is not fully mapped");
-    EXPECT(dt_register(t, mem + 4 * PS, PS, &id), DT_ERR_NOT_MAPPED);
+    MESSAGE_HAS("map the whole range before calling dt_tracker_register");
+    EXPECT(dt_tracker_register(t, mem + 4 * PS, PS, &id), DT_ERR_NOT_MAPPED);
 
     /* Overlap with a registered range. */
-    OK(dt_register(t, mem, 4 * PS, &id));
+    OK(dt_tracker_register(t, mem, 4 * PS, &id));
     ASSERT(id != 0);
-    EXPECT(dt_register(t, mem + 2 * PS, 2 * PS, &id2), DT_ERR_OVERLAP);
-    MESSAGE_HAS("overlaps");
-    EXPECT(dt_register(t, mem, 4 * PS, &id2), DT_ERR_OVERLAP);
-    OK(dt_register(t, mem + 5 * PS, 3 * PS, &id2)); /* the part after the hole */
+    EXPECT(dt_tracker_register(t, mem + 2 * PS, 2 * PS, &id2), DT_ERR_OVERLAP);
+    MESSAGE_HAS("overlaps range ");
+    {
+        char fix[64];
+        snprintf(fix, sizeof fix, "dt_tracker_unregister(t, %llu)", (unsigned long long)id);
+        MESSAGE_HAS(fix);
+    }
+    EXPECT(dt_tracker_register(t, mem, 4 * PS, &id2), DT_ERR_OVERLAP);
+    OK(dt_tracker_register(t, mem + 5 * PS, 3 * PS, &id2)); /* the part after the hole */
     ASSERT(id2 != id && id2 != 0);
 
     dt_range_info info;
@@ -258,8 +279,8 @@ static void test_register_errors(dt_tracker *t) {
     ASSERT(info.registered_addr == (uintptr_t)mem);
     EXPECT(dt_tracker_range(t, id, NULL), DT_ERR_NULL);
 
-    OK(dt_unregister(t, id));
-    OK(dt_unregister(t, id2));
+    OK(dt_tracker_unregister(t, id));
+    OK(dt_tracker_unregister(t, id2));
     munmap(mem, 8 * PS);
 }
 
@@ -267,68 +288,70 @@ static void test_unknown_ranges(dt_tracker *t) {
     section("unknown range ids");
     dt_dirty_set *s = (dt_dirty_set *)0x1;
     dt_range_info info;
-    EXPECT(dt_unregister(t, 0), DT_ERR_UNKNOWN_RANGE);
-    MESSAGE_HAS("range 0 is not registered with this tracker");
+    EXPECT(dt_tracker_unregister(t, 0), DT_ERR_UNKNOWN_RANGE);
+    MESSAGE_STARTS("dt_tracker_unregister: range 0 is not registered with this tracker");
+    MESSAGE_HAS("dt_tracker_ranges lists them");
     ASSERT(strstr(dt_last_error_message(), "RangeId") == NULL);
-    EXPECT(dt_unregister(t, 987654), DT_ERR_UNKNOWN_RANGE);
-    EXPECT(dt_collect_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_unregister(t, 987654), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_collect_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    MESSAGE_STARTS("dt_tracker_collect_range: range 987654 ");
     ASSERT(s == NULL);
-    EXPECT(dt_snapshot_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
-    EXPECT(dt_clear_range(t, 987654), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_peek_range(t, 987654, &s), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_clear_range(t, 987654), DT_ERR_UNKNOWN_RANGE);
     EXPECT(dt_tracker_range(t, 987654, &info), DT_ERR_UNKNOWN_RANGE);
 
     /* An id that was valid once. */
     char *mem = map(2);
     uint64_t id = 0;
-    OK(dt_register(t, mem, 2 * PS, &id));
-    OK(dt_unregister(t, id));
-    EXPECT(dt_unregister(t, id), DT_ERR_UNKNOWN_RANGE);
-    EXPECT(dt_clear_range(t, id), DT_ERR_UNKNOWN_RANGE);
+    OK(dt_tracker_register(t, mem, 2 * PS, &id));
+    OK(dt_tracker_unregister(t, id));
+    EXPECT(dt_tracker_unregister(t, id), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_clear_range(t, id), DT_ERR_UNKNOWN_RANGE);
     munmap(mem, 2 * PS);
 }
 
 static void test_tracking(dt_tracker *t) {
-    section("collect, snapshot, clear, and their per-range forms");
+    section("collect, peek, clear, and their per-range forms");
     char *a = map(16), *b = map(8);
     uint64_t ia = 0, ib = 0;
     dt_dirty_set *s = NULL;
-    OK(dt_register(t, a, 16 * PS, &ia));
-    OK(dt_register(t, b, 8 * PS, &ib));
+    OK(dt_tracker_register(t, a, 16 * PS, &ia));
+    OK(dt_tracker_register(t, b, 8 * PS, &ib));
 
     /* Nothing written yet. */
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_collect(t, &s));
     ASSERT(set_len(s) == 0);
     OK(dt_dirty_set_free(s));
 
     a[0] = 1;
     a[5 * PS + 3] = 1;
     b[7 * PS] = 1;
-    /* snapshot does not reset. */
-    OK(dt_snapshot(t, &s));
+    /* peek does not reset. */
+    OK(dt_tracker_peek(t, &s));
     ASSERT(set_len(s) == 3 && has(s, a) && has(s, a + 5 * PS + 100) && has(s, b + 7 * PS));
     ASSERT(!has(s, a + PS) && !has(s, b));
     OK(dt_dirty_set_free(s));
-    OK(dt_snapshot_range(t, ib, &s));
+    OK(dt_tracker_peek_range(t, ib, &s));
     ASSERT(set_len(s) == 1 && has(s, b + 7 * PS));
     OK(dt_dirty_set_free(s));
 
     /* collect_range resets only its range. */
-    OK(dt_collect_range(t, ia, &s));
+    OK(dt_tracker_collect_range(t, ia, &s));
     ASSERT(set_len(s) == 2 && has(s, a) && !has(s, b + 7 * PS));
     OK(dt_dirty_set_free(s));
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_collect(t, &s));
     ASSERT(set_len(s) == 1 && has(s, b + 7 * PS));
     OK(dt_dirty_set_free(s));
 
     /* clear and clear_range. */
     a[PS] = 2;
     b[PS] = 2;
-    OK(dt_clear_range(t, ib));
-    OK(dt_snapshot(t, &s));
+    OK(dt_tracker_clear_range(t, ib));
+    OK(dt_tracker_peek(t, &s));
     ASSERT(set_len(s) == 1 && has(s, a + PS));
     OK(dt_dirty_set_free(s));
-    OK(dt_clear(t));
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_clear(t));
+    OK(dt_tracker_collect(t, &s));
     ASSERT(set_len(s) == 0);
     OK(dt_dirty_set_free(s));
 
@@ -337,7 +360,7 @@ static void test_tracking(dt_tracker *t) {
         a[p * PS] = 3;
     }
     a[12 * PS] = 3;
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_collect(t, &s));
     size_t nruns = 0, n = 0;
     OK(dt_dirty_set_run_count(s, &nruns));
     ASSERT(nruns == 2);
@@ -348,8 +371,8 @@ static void test_tracking(dt_tracker *t) {
     ASSERT(runs[1].start == (uintptr_t)(a + 12 * PS) && runs[1].len == PS);
     OK(dt_dirty_set_free(s));
 
-    OK(dt_unregister(t, ia));
-    OK(dt_unregister(t, ib));
+    OK(dt_tracker_unregister(t, ia));
+    OK(dt_tracker_unregister(t, ib));
     munmap(a, 16 * PS);
     munmap(b, 8 * PS);
 }
@@ -361,7 +384,7 @@ static void test_iteration(dt_tracker *t) {
     uint64_t id = 0;
     int want[N] = {0};
     size_t expect_pages = 0;
-    OK(dt_register(t, mem, N * PS, &id));
+    OK(dt_tracker_register(t, mem, N * PS, &id));
     for (int p = 0; p < N; p++) {
         if (p % 7 == 0 || (p >= 100 && p < 170) || p == N - 1) {
             mem[p * PS] = 9;
@@ -370,7 +393,7 @@ static void test_iteration(dt_tracker *t) {
         }
     }
     dt_dirty_set *s = NULL;
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_collect(t, &s));
     ASSERT(set_len(s) == expect_pages);
 
     const size_t caps[] = {1, 2, 3, 5, 64, 1000};
@@ -423,7 +446,7 @@ static void test_iteration(dt_tracker *t) {
     ASSERT(n == 1 && one == (uintptr_t)(mem + 105 * PS));
 
     OK(dt_dirty_set_free(s));
-    OK(dt_unregister(t, id));
+    OK(dt_tracker_unregister(t, id));
     munmap(mem, N * PS);
 }
 
@@ -431,14 +454,14 @@ static void test_sets(dt_tracker *t) {
     section("dirty sets: union (also with itself), empty sets, double free");
     char *mem = map(32);
     uint64_t id = 0;
-    OK(dt_register(t, mem, 32 * PS, &id));
+    OK(dt_tracker_register(t, mem, 32 * PS, &id));
     dt_dirty_set *a = NULL, *b = NULL, *acc = NULL;
     mem[0] = 1;
     mem[10 * PS] = 1;
-    OK(dt_collect(t, &a));
+    OK(dt_tracker_collect(t, &a));
     mem[10 * PS] = 2;
     mem[20 * PS] = 2;
-    OK(dt_collect(t, &b));
+    OK(dt_tracker_collect(t, &b));
 
     OK(dt_dirty_set_new(&acc));
     ASSERT(set_len(acc) == 0);
@@ -467,31 +490,31 @@ static void test_sets(dt_tracker *t) {
     OK(dt_dirty_set_free(NULL));
     OK(dt_dirty_set_free(b));
     OK(dt_dirty_set_free(acc));
-    OK(dt_unregister(t, id));
+    OK(dt_tracker_unregister(t, id));
     munmap(mem, 32 * PS);
 }
 
 static void test_capabilities(dt_tracker *t) {
-    section("dt_capabilities_report");
+    section("dt_tracker_capabilities_report");
     size_t need = 0;
-    EXPECT(dt_capabilities_report(t, NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(dt_tracker_capabilities_report(t, NULL, 0, &need), DT_ERR_BUFFER_TOO_SMALL);
     char *buf = malloc(need);
     size_t need2 = 0;
-    OK(dt_capabilities_report(t, buf, need, &need2));
+    OK(dt_tracker_capabilities_report(t, buf, need, &need2));
     ASSERT(need2 == need && strlen(buf) == need - 1);
     ASSERT(strstr(buf, "DT_MODE_AUTO chooses DT_MODE_") != NULL);
     ASSERT(strstr(buf, "Mode::") == NULL);
     char tiny[1] = {'x'};
-    EXPECT(dt_capabilities_report(t, tiny, 1, NULL), DT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(dt_tracker_capabilities_report(t, tiny, 1, NULL), DT_ERR_BUFFER_TOO_SMALL);
     ASSERT(tiny[0] == '\0');
-    EXPECT(dt_capabilities_report(NULL, buf, need, NULL), DT_ERR_NULL);
+    EXPECT(dt_tracker_capabilities_report(NULL, buf, need, NULL), DT_ERR_NULL);
     free(buf);
 }
 
 static void test_message_persistence(dt_tracker *t) {
     section("the last failure's message survives the cleanup calls that follow it (errno rule)");
     dt_dirty_set *s = (dt_dirty_set *)0x1;
-    EXPECT(dt_collect_range(t, 999999, &s), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_collect_range(t, 999999, &s), DT_ERR_UNKNOWN_RANGE);
     char saved[512];
     snprintf(saved, sizeof saved, "%s", dt_last_error_message());
     ASSERT(strstr(saved, "range 999999 is not registered") != NULL);
@@ -538,22 +561,22 @@ static void test_builder(dt_tracker *t, int skip_sync_writes) {
     ASSERT(mode2 == mode);
     char *mem = map(8);
     uint64_t id = 0;
-    OK(dt_register(t2, mem, 8 * PS, &id));
+    OK(dt_tracker_register(t2, mem, 8 * PS, &id));
     if (mode == DT_MODE_ASYNC || !skip_sync_writes) {
         mem[2 * PS] = 1;
         mem[7 * PS + 9] = 1;
         dt_dirty_set *s = NULL;
-        OK(dt_collect(t2, &s));
+        OK(dt_tracker_collect(t2, &s));
         ASSERT(set_len(s) == 2 && has(s, mem + 2 * PS) && has(s, mem + 7 * PS));
         OK(dt_dirty_set_free(s));
     }
-    OK(dt_unregister(t2, id));
+    OK(dt_tracker_unregister(t2, id));
     OK(dt_tracker_free(t2));
     munmap(mem, 8 * PS);
 
     /* Sync mode with an explicit prefault strategy, when this process can run sync mode. */
     dt_capabilities caps;
-    OK(dt_probe_capabilities(&caps));
+    OK(dt_capabilities_probe(&caps));
     if (caps.sync_status == DT_OK && caps.madv_populate_read) {
         OK(dt_tracker_builder_set_mode(b, DT_MODE_SYNC));
         OK(dt_tracker_builder_set_prefault(b, DT_PREFAULT_POPULATE_READ));
@@ -573,35 +596,35 @@ static void test_builder(dt_tracker *t, int skip_sync_writes) {
 }
 
 static void test_ranges(dt_tracker *t) {
-    section("dt_ranges: count query, short buffer, full list, registration order");
+    section("dt_tracker_ranges: count query, short buffer, full list, registration order");
     size_t n = 99;
-    OK(dt_ranges(t, NULL, 0, &n));
+    OK(dt_tracker_ranges(t, NULL, 0, &n));
     ASSERT(n == 0);
     char *a = map(4), *b = map(2), *c = map(1);
     uint64_t ia = 0, ib = 0, ic = 0;
-    OK(dt_register(t, a, 4 * PS, &ia));
-    OK(dt_register(t, b, 2 * PS, &ib));
-    OK(dt_register(t, c, 1 * PS, &ic));
-    EXPECT(dt_ranges(t, NULL, 0, &n), DT_ERR_BUFFER_TOO_SMALL);
+    OK(dt_tracker_register(t, a, 4 * PS, &ia));
+    OK(dt_tracker_register(t, b, 2 * PS, &ib));
+    OK(dt_tracker_register(t, c, 1 * PS, &ic));
+    EXPECT(dt_tracker_ranges(t, NULL, 0, &n), DT_ERR_BUFFER_TOO_SMALL);
     ASSERT(n == 3);
     MESSAGE_HAS("call again with at least 3");
     dt_range_info buf[4];
     memset(buf, 0, sizeof buf);
-    EXPECT(dt_ranges(t, buf, 2, &n), DT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(dt_tracker_ranges(t, buf, 2, &n), DT_ERR_BUFFER_TOO_SMALL);
     ASSERT(n == 3 && buf[0].id == ia && buf[1].id == ib && buf[2].id == 0);
-    OK(dt_ranges(t, buf, 4, &n));
+    OK(dt_tracker_ranges(t, buf, 4, &n));
     ASSERT(n == 3);
     ASSERT(buf[0].id == ia && buf[0].addr == (uintptr_t)a && buf[0].len == 4 * PS && !buf[0].lost);
     ASSERT(buf[1].id == ib && buf[1].addr == (uintptr_t)b && buf[1].len == 2 * PS);
     ASSERT(buf[2].id == ic && buf[2].registered_addr == (uintptr_t)c && buf[2].len == PS);
-    EXPECT(dt_ranges(t, NULL, 1, &n), DT_ERR_NULL);
-    EXPECT(dt_ranges(t, buf, 4, NULL), DT_ERR_NULL);
-    EXPECT(dt_ranges(NULL, buf, 4, &n), DT_ERR_NULL);
-    OK(dt_unregister(t, ib));
-    OK(dt_ranges(t, buf, 4, &n));
+    EXPECT(dt_tracker_ranges(t, NULL, 1, &n), DT_ERR_NULL);
+    EXPECT(dt_tracker_ranges(t, buf, 4, NULL), DT_ERR_NULL);
+    EXPECT(dt_tracker_ranges(NULL, buf, 4, &n), DT_ERR_NULL);
+    OK(dt_tracker_unregister(t, ib));
+    OK(dt_tracker_ranges(t, buf, 4, &n));
     ASSERT(n == 2 && buf[0].id == ia && buf[1].id == ic);
-    OK(dt_unregister(t, ia));
-    OK(dt_unregister(t, ic));
+    OK(dt_tracker_unregister(t, ia));
+    OK(dt_tracker_unregister(t, ic));
     munmap(a, 4 * PS);
     munmap(b, 2 * PS);
     munmap(c, PS);
@@ -612,10 +635,10 @@ static int terminated(const char *s, size_t size) { return memchr(s, 0, size) !=
 
 static void test_capabilities_struct(dt_tracker *t) {
     section("dt_capabilities: probe and tracker, modes and why not, C words");
-    EXPECT(dt_probe_capabilities(NULL), DT_ERR_NULL);
+    EXPECT(dt_capabilities_probe(NULL), DT_ERR_NULL);
     dt_capabilities c, ct;
     memset(&c, 0x7f, sizeof c);
-    OK(dt_probe_capabilities(&c));
+    OK(dt_capabilities_probe(&c));
     ASSERT(terminated(c.kernel_release, DT_KERNEL_RELEASE_LEN));
     ASSERT(terminated(c.async_why_not, DT_REASON_LEN) && terminated(c.sync_why_not, DT_REASON_LEN));
     struct utsname u;
@@ -642,33 +665,33 @@ static void test_capabilities_struct(dt_tracker *t) {
 }
 
 static void test_mark_dirty(dt_tracker *t) {
-    section("dt_mark_dirty: unaligned spans, zero length, untracked memory, overflow");
+    section("dt_tracker_mark_dirty: unaligned spans, zero length, untracked memory, overflow");
     char *mem = map(8), *other = map(2);
     uint64_t id = 0;
-    OK(dt_register(t, mem, 8 * PS, &id));
+    OK(dt_tracker_register(t, mem, 8 * PS, &id));
     dt_dirty_set *s = NULL;
     /* From inside page 3 to inside page 5: pages 3, 4 and 5. */
-    OK(dt_mark_dirty(t, mem + 3 * PS + 10, 2 * PS));
-    OK(dt_mark_dirty(t, mem + 7 * PS, 0)); /* nothing */
-    OK(dt_collect(t, &s));
+    OK(dt_tracker_mark_dirty(t, mem + 3 * PS + 10, 2 * PS));
+    OK(dt_tracker_mark_dirty(t, mem + 7 * PS, 0)); /* nothing */
+    OK(dt_tracker_collect(t, &s));
     ASSERT(set_len(s) == 3 && has(s, mem + 3 * PS) && has(s, mem + 4 * PS) && has(s, mem + 5 * PS));
     OK(dt_dirty_set_free(s));
-    OK(dt_collect(t, &s)); /* the collect reset the marks */
+    OK(dt_tracker_collect(t, &s)); /* the collect reset the marks */
     ASSERT(set_len(s) == 0);
     OK(dt_dirty_set_free(s));
 
-    EXPECT(dt_mark_dirty(t, other, PS), DT_ERR_NOT_TRACKED);
+    EXPECT(dt_tracker_mark_dirty(t, other, PS), DT_ERR_NOT_TRACKED);
     MESSAGE_HAS("is not tracked");
-    MESSAGE_HAS("dt_mark_dirty records changes only for registered memory");
+    MESSAGE_HAS("dt_tracker_mark_dirty records changes only for registered memory");
     /* A span that runs past the range marks nothing. */
-    EXPECT(dt_mark_dirty(t, mem + 6 * PS, 4 * PS), DT_ERR_NOT_TRACKED);
-    OK(dt_snapshot(t, &s));
+    EXPECT(dt_tracker_mark_dirty(t, mem + 6 * PS, 4 * PS), DT_ERR_NOT_TRACKED);
+    OK(dt_tracker_peek(t, &s));
     ASSERT(set_len(s) == 0);
     OK(dt_dirty_set_free(s));
-    EXPECT(dt_mark_dirty(t, (void *)(UINTPTR_MAX - 10), 100), DT_ERR_ADDRESS_OVERFLOW);
-    EXPECT(dt_mark_dirty(NULL, mem, PS), DT_ERR_NULL);
-    OK(dt_unregister(t, id));
-    EXPECT(dt_mark_dirty(t, mem, PS), DT_ERR_NOT_TRACKED);
+    EXPECT(dt_tracker_mark_dirty(t, (void *)(UINTPTR_MAX - 10), 100), DT_ERR_ADDRESS_OVERFLOW);
+    EXPECT(dt_tracker_mark_dirty(NULL, mem, PS), DT_ERR_NULL);
+    OK(dt_tracker_unregister(t, id));
+    EXPECT(dt_tracker_mark_dirty(t, mem, PS), DT_ERR_NOT_TRACKED);
     munmap(mem, 8 * PS);
     munmap(other, 2 * PS);
 }
@@ -677,22 +700,23 @@ static void test_range_lost(dt_tracker *t) {
     section("an unmapped range is reported lost (DT_ERR_RANGE_LOST), then unregistered");
     char *mem = map(16), *keep = map(4);
     uint64_t id = 0, other = 0;
-    OK(dt_register(t, mem, 16 * PS, &id));
-    OK(dt_register(t, keep, 4 * PS, &other));
+    OK(dt_tracker_register(t, mem, 16 * PS, &id));
+    OK(dt_tracker_register(t, keep, 4 * PS, &other));
     munmap(mem + 4 * PS, 4 * PS);
     keep[PS] = 1;
     dt_dirty_set *s = NULL;
-    EXPECT(dt_collect(t, &s), DT_ERR_RANGE_LOST);
+    EXPECT(dt_tracker_collect(t, &s), DT_ERR_RANGE_LOST);
     ASSERT(s == NULL);
-    MESSAGE_HAS("unregister it");
+    MESSAGE_STARTS("dt_tracker_collect: range ");
+    MESSAGE_HAS("unregister it (dt_tracker_unregister(t, ");
     dt_range_info info;
     OK(dt_tracker_range(t, id, &info));
     ASSERT(info.lost);
-    OK(dt_unregister(t, id));
-    OK(dt_collect(t, &s)); /* nothing lost for the other range */
+    OK(dt_tracker_unregister(t, id));
+    OK(dt_tracker_collect(t, &s)); /* nothing lost for the other range */
     ASSERT(has(s, keep + PS));
     OK(dt_dirty_set_free(s));
-    OK(dt_unregister(t, other));
+    OK(dt_tracker_unregister(t, other));
     munmap(mem, 16 * PS);
     munmap(keep, 4 * PS);
 }
@@ -705,10 +729,12 @@ static void test_other_userfaultfd(dt_tracker *t) {
     OK(dt_tracker_new_with_mode(mode, &t2));
     char *mem = map(4);
     uint64_t id = 0, id2 = 0;
-    OK(dt_register(t, mem, 4 * PS, &id));
-    EXPECT(dt_register(t2, mem, 4 * PS, &id2), DT_ERR_OWNED_BY_ANOTHER_USERFAULTFD);
+    OK(dt_tracker_register(t, mem, 4 * PS, &id));
+    EXPECT(dt_tracker_register(t2, mem, 4 * PS, &id2), DT_ERR_OWNED_BY_ANOTHER_USERFAULTFD);
+    MESSAGE_STARTS("dt_tracker_register: ");
     MESSAGE_HAS("already registered with another userfaultfd");
-    OK(dt_unregister(t, id));
+    MESSAGE_HAS("dt_tracker_free");
+    OK(dt_tracker_unregister(t, id));
     OK(dt_tracker_free(t2));
     munmap(mem, 4 * PS);
 }
@@ -722,14 +748,15 @@ static void test_needs_sync(dt_tracker *t) {
     section("live snapshot of an async tracker (DT_ERR_NEEDS_SYNC_MODE)");
     char *mem = map(2);
     uint64_t id = 0;
-    OK(dt_register(t, mem, 2 * PS, &id));
+    OK(dt_tracker_register(t, mem, 2 * PS, &id));
     dt_live_snapshot *ls = (dt_live_snapshot *)0x1;
-    EXPECT(dt_live_snapshot_start(t, id, &ls), DT_ERR_NEEDS_SYNC_MODE);
+    EXPECT(dt_tracker_live_snapshot(t, id, &ls), DT_ERR_NEEDS_SYNC_MODE);
     ASSERT(ls == NULL);
+    MESSAGE_STARTS("dt_tracker_live_snapshot: ");
     MESSAGE_HAS("needs DT_MODE_SYNC");
     MESSAGE_HAS("dt_tracker_builder_set_mode(b, DT_MODE_SYNC)");
     ASSERT(strstr(dt_last_error_message(), "Tracker::") == NULL);
-    OK(dt_unregister(t, id));
+    OK(dt_tracker_unregister(t, id));
     munmap(mem, 2 * PS);
 }
 
@@ -754,22 +781,23 @@ static void test_sync_mode(int skip_writes) {
         mem[p * PS] = (char)p;
     }
     uint64_t id = 0;
-    OK(dt_register(t, mem, 32 * PS, &id));
+    OK(dt_tracker_register(t, mem, 32 * PS, &id));
 
     dt_dirty_set *s = NULL;
     if (!skip_writes) {
         mem[3 * PS] = 33;
-        OK(dt_collect(t, &s));
+        OK(dt_tracker_collect(t, &s));
         ASSERT(set_len(s) == 1 && has(s, mem + 3 * PS));
         OK(dt_dirty_set_free(s));
         mem[4 * PS] = 44; /* dirty before the instant */
     }
 
     dt_live_snapshot *ls = NULL, *ls2 = (dt_live_snapshot *)0x1;
-    OK(dt_live_snapshot_start(t, id, &ls));
-    EXPECT(dt_live_snapshot_start(t, id, &ls2), DT_ERR_SNAPSHOT_IN_PROGRESS);
+    OK(dt_tracker_live_snapshot(t, id, &ls));
+    EXPECT(dt_tracker_live_snapshot(t, id, &ls2), DT_ERR_SNAPSHOT_IN_PROGRESS);
     ASSERT(ls2 == NULL);
-    MESSAGE_HAS("already in progress");
+    MESSAGE_STARTS("dt_tracker_live_snapshot: a live snapshot of range ");
+    MESSAGE_HAS("already in progress: wait for it first (dt_live_snapshot_wait)");
     if (!skip_writes) {
         mem[5 * PS] = 55; /* after the instant: copied before it goes through */
     }
@@ -792,7 +820,7 @@ static void test_sync_mode(int skip_writes) {
     EXPECT(dt_live_snapshot_free(ls), DT_ERR_INVALID_HANDLE);
     EXPECT(dt_live_snapshot_wait(NULL, &copy), DT_ERR_NULL);
 
-    OK(dt_live_snapshot_start(t, id, &ls));
+    OK(dt_tracker_live_snapshot(t, id, &ls));
     OK(dt_live_snapshot_wait(ls, &copy));
     /* That second snapshot's instant was after every write above. */
     uintptr_t addr = 0;
@@ -815,7 +843,7 @@ static void test_sync_mode(int skip_writes) {
     /* Freed without a commit: the pre-instant page (5) goes back to the tracker. */
     OK(dt_live_copy_free(copy));
     if (!skip_writes) {
-        OK(dt_collect_range(t, id, &s));
+        OK(dt_tracker_collect_range(t, id, &s));
         ASSERT(has(s, mem + 5 * PS) && has(s, mem + 6 * PS));
         OK(dt_dirty_set_free(s));
     }
@@ -823,7 +851,7 @@ static void test_sync_mode(int skip_writes) {
     OK(dt_live_copy_free(NULL));
 
     /* Abandoning a snapshot. */
-    OK(dt_live_snapshot_start(t, id, &ls));
+    OK(dt_tracker_live_snapshot(t, id, &ls));
     OK(dt_live_snapshot_free(ls));
     OK(dt_live_snapshot_free(NULL));
 
@@ -835,8 +863,10 @@ static void test_sync_mode(int skip_writes) {
             char *f = mmap(NULL, 4 * PS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
             if (f != MAP_FAILED) {
                 uint64_t fid = 0;
-                EXPECT(dt_register(t, f, 4 * PS, &fid), DT_ERR_MAPPING_NOT_SUPPORTED);
+                EXPECT(dt_tracker_register(t, f, 4 * PS, &fid), DT_ERR_MAPPING_NOT_SUPPORTED);
                 MESSAGE_HAS("sync mode tracks anonymous");
+                MESSAGE_HAS("in DT_MODE_SYNC (");
+                MESSAGE_HAS("use DT_MODE_ASYNC");
                 munmap(f, 4 * PS);
             }
         }
@@ -848,7 +878,7 @@ static void test_sync_mode(int skip_writes) {
         printf("  - SKIP mapping-not-supported: the current directory is on tmpfs\n");
     }
 
-    OK(dt_unregister(t, id));
+    OK(dt_tracker_unregister(t, id));
     OK(dt_tracker_free(t));
     munmap(mem, 32 * PS);
 }
@@ -885,7 +915,7 @@ static int in_child(int (*fn)(void *), void *arg) {
 
 static int collect_in_child(void *arg) {
     dt_dirty_set *s = NULL;
-    dt_status st = dt_collect((dt_tracker *)arg, &s);
+    dt_status st = dt_tracker_collect((dt_tracker *)arg, &s);
     return st == DT_ERR_FORKED_CHILD && s == NULL &&
                    strstr(dt_last_error_message(), "a fork child") != NULL
                ? 0
@@ -924,14 +954,14 @@ static void test_poisoned(void) {
     OK(dt_tracker_new(&t));
     char *mem = map(8);
     uint64_t id = 0;
-    OK(dt_register(t, mem, 8 * PS, &id));
+    OK(dt_tracker_register(t, mem, 8 * PS, &id));
     OK(dt__test_poison(t));
     /* A discard event wakes the monitor thread, which then panics. */
     madvise(mem, PS, MADV_DONTNEED);
     dt_dirty_set *s = NULL;
     dt_status st = DT_OK;
     for (int i = 0; i < 2000; i++) {
-        st = dt_collect(t, &s);
+        st = dt_tracker_collect(t, &s);
         if (st != DT_OK) {
             break;
         }
@@ -942,7 +972,8 @@ static void test_poisoned(void) {
     }
     EXPECT(st, DT_ERR_POISONED);
     MESSAGE_HAS("poisoned");
-    EXPECT(dt_register(t, mem, PS, &id), DT_ERR_POISONED);
+    MESSAGE_HAS("free the tracker (dt_tracker_free) and create a new one (dt_tracker_new)");
+    EXPECT(dt_tracker_register(t, mem, PS, &id), DT_ERR_POISONED);
     for (int p = 0; p < 8; p++) {
         mem[p * PS] = 1; /* writers are not blocked */
     }
@@ -962,7 +993,7 @@ static void *error_thread(void *arg) {
     struct shared *sh = arg;
     uint64_t id;
     /* This thread's error ... */
-    dt_status st = dt_register(sh->t, (void *)(uintptr_t)1, PS, &id);
+    dt_status st = dt_tracker_register(sh->t, (void *)(uintptr_t)1, PS, &id);
     pthread_barrier_wait(&sh->barrier); /* ... while the main thread succeeds and fails otherwise */
     pthread_barrier_wait(&sh->barrier);
     if (st != DT_ERR_UNALIGNED || strstr(dt_last_error_message(), "address 0x1 ") == NULL) {
@@ -975,7 +1006,7 @@ static void *collector(void *arg) {
     struct shared *sh = arg;
     for (int i = 0; i < 200; i++) {
         dt_dirty_set *s = NULL;
-        dt_status st = (i % 2) ? dt_snapshot(sh->t, &s) : dt_collect(sh->t, &s);
+        dt_status st = (i % 2) ? dt_tracker_peek(sh->t, &s) : dt_tracker_collect(sh->t, &s);
         if (st == DT_ERR_INVALID_HANDLE) {
             break; /* freed by the main thread: a clean error, not a crash */
         }
@@ -999,15 +1030,15 @@ static void test_threads(void) {
     pthread_t th;
     pthread_create(&th, NULL, error_thread, &sh);
     pthread_barrier_wait(&sh.barrier);
-    EXPECT(dt_unregister(sh.t, 424242), DT_ERR_UNKNOWN_RANGE);
+    EXPECT(dt_tracker_unregister(sh.t, 424242), DT_ERR_UNKNOWN_RANGE);
     pthread_barrier_wait(&sh.barrier);
     pthread_join(th, NULL);
-    MESSAGE_HAS("range 424242");
+    MESSAGE_STARTS("dt_tracker_unregister: range 424242");
     ASSERT(!sh.bad);
 
     char *mem = map(64);
     uint64_t id = 0;
-    OK(dt_register(sh.t, mem, 64 * PS, &id));
+    OK(dt_tracker_register(sh.t, mem, 64 * PS, &id));
     pthread_t c[4];
     for (int i = 0; i < 4; i++) {
         pthread_create(&c[i], NULL, collector, &sh);
@@ -1076,7 +1107,7 @@ int main(void) {
     section("tracker free, double free, use after free, free(NULL)");
     OK(dt_tracker_free(t));
     EXPECT(dt_tracker_free(t), DT_ERR_INVALID_HANDLE);
-    EXPECT(dt_clear(t), DT_ERR_INVALID_HANDLE);
+    EXPECT(dt_tracker_clear(t), DT_ERR_INVALID_HANDLE);
     MESSAGE_HAS("already freed");
     OK(dt_tracker_free(NULL));
 

@@ -1,8 +1,8 @@
 //! The public API's argument checking against real mappings: one async-mode `Tracker` (built
 //! once), a fixed layout of real mappings with unmapped holes, and arbitrary sequences of
 //! register (addresses derived from the mappings ± arbitrary offsets: unaligned, huge, zero,
-//! overflowing, across holes), unregister / collect_range / snapshot_range / clear_range / range
-//! of arbitrary ids, collect / snapshot / clear, and writes.
+//! overflowing, across holes), unregister / collect_range / peek_range / clear_range / range
+//! of arbitrary ids, collect / peek / clear, and writes.
 //!
 //! Invariants: no panic; every error is a documented variant whose condition holds (with the
 //! right fields); a register that should succeed does; a page written while registered is
@@ -277,10 +277,10 @@ enum Op {
     RegisterRun { run: u8, page: u8, pages: u8 },
     Unregister(IdSel),
     Collect,
-    Snapshot,
+    Peek,
     Clear,
     CollectRange(IdSel),
-    SnapshotRange(IdSel),
+    PeekRange(IdSel),
     ClearRange(IdSel),
     Range(IdSel),
     Write { run: u8, page: u8 },
@@ -518,7 +518,7 @@ fn register(w: &World, m: &mut Model, addr: usize, len: usize) {
     }
 }
 
-/// Checks a collected / snapshot set against the pending pages of `ids`.
+/// Checks a collected / peeked set against the pending pages of `ids`.
 fn check_dirty(what: &str, w: &World, m: &Model, ids: &[RangeId], set: &dirtytrack::DirtySet) {
     let want: BTreeSet<usize> = ids.iter().flat_map(|id| m.pending[id].iter().copied()).collect();
     let got: BTreeSet<usize> = set.pages().collect();
@@ -572,7 +572,7 @@ fn run_op(w: &World, m: &mut Model, op: Op) {
             }
             check_ranges(w, m);
         }
-        Op::Collect | Op::Snapshot => {
+        Op::Collect | Op::Peek => {
             let collect = matches!(op, Op::Collect);
             let set = if collect { t.collect() } else { t.peek() };
             let set = set.unwrap_or_else(|e| panic!("{op:?}: {e}"));
@@ -586,12 +586,12 @@ fn run_op(w: &World, m: &mut Model, op: Op) {
             t.clear().unwrap_or_else(|e| panic!("clear: {e}"));
             m.pending.values_mut().for_each(BTreeSet::clear);
         }
-        Op::CollectRange(sel) | Op::SnapshotRange(sel) => {
+        Op::CollectRange(sel) | Op::PeekRange(sel) => {
             let Some(id) = pick_id(w, m, sel) else { return };
             let collect = matches!(op, Op::CollectRange(_));
             let res = if collect { t.collect_range(id) } else { t.peek_range(id) };
             if m.find(id).is_none() {
-                return unknown("collect_range/snapshot_range", id, res);
+                return unknown("collect_range/peek_range", id, res);
             }
             let set = res.unwrap_or_else(|e| panic!("{op:?} {id:?}: {e}"));
             check_dirty(&format!("{op:?} {id:?}"), w, m, &[id], &set);

@@ -6,7 +6,7 @@
 //! walk, under the page-table lock: a write racing the scan is either reported now (the scan saw
 //! the bit cleared and set it again) or faults after the re-protect and is reported next time.
 //!
-//! The rules that keep every write (KERNEL-FACTS.md, "Collecting exactly (async)"):
+//! The rules that keep every write (docs/kernel-facts.md, "Collecting exactly (async)"):
 //! - exactly `category_mask = return_mask = PAGE_IS_WRITTEN`, no anyof or inverted mask (other
 //!   shapes take a generic path that, before a 2026 fix, dropped discarded pages);
 //! - `PM_SCAN_CHECK_WPASYNC`, so a VMA that is no longer ours fails with `EPERM` instead of being
@@ -18,8 +18,8 @@
 
 use super::{lost_error, range_error, Kind};
 use crate::bitmap::Segment;
-use crate::core::Core;
-use crate::range::RangeState;
+use crate::range::{Arming, RangeState};
+use crate::state::TrackerState;
 use crate::sys::pagemap::{self, PageRegion, ScanRequest};
 use crate::sys::uffd;
 use crate::Error;
@@ -54,7 +54,7 @@ const WRITTEN: Masks = Masks {
     anyof: 0,
 };
 
-/// Ranges armed with [`Arming::Populated`]: pages with a page-table entry (present or swapped)
+/// Ranges armed with [`Arming::Populated`](crate::range::Arming::Populated): pages with a page-table entry (present or swapped)
 /// that is not write-protected and does not map the shared zero page. Never-touched pages (no
 /// entry) are not selected, so no protection marker is ever installed for them.
 pub(crate) const POPULATED_WRITTEN: Masks = Masks {
@@ -63,28 +63,7 @@ pub(crate) const POPULATED_WRITTEN: Masks = Masks {
     anyof: pagemap::PAGE_IS_PRESENT | pagemap::PAGE_IS_SWAPPED,
 };
 
-/// How a range's pages are write-protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arming {
-    /// `UFFDIO_WRITEPROTECT` of the whole range: with `WP_UNPOPULATED` the kernel puts a
-    /// protection marker in the page-table entry of every never-touched page, which builds full
-    /// page tables (2 MiB per GiB: a 1 TiB range took 3–57 s and 2 GiB of page tables here), and
-    /// every scan walks them.
-    Full,
-    /// Only populated pages are protected (a `PAGEMAP_SCAN` with `WP_MATCHING` and
-    /// [`POPULATED_WRITTEN`]); cost and page tables grow with populated memory. Measured on
-    /// 6.18 in a registered private anonymous range without markers: a never-touched page has no
-    /// entry and is `WRITTEN` only to the fast-path scan, which this mask shape does not take; a
-    /// first write creates a present entry without the protection bit (`WRITTEN|PRESENT`), so the
-    /// next scan reports and protects it; a first read maps the zero page (`PFNZERO`), which a
-    /// collect neither reports nor protects, and a later write replaces it with a new page,
-    /// reported. (Register and clear protect more: see [`protect_populated`].)
-    /// Discards leave no entry either, so they are reported from `UFFD_EVENT_REMOVE` (re-marked
-    /// after each harvest, as on kernels whose scan misses discards).
-    Populated,
-}
-
-/// Protects the populated pages of `[start, end)` ([`Arming::Populated`]), reporting nothing:
+/// Protects the populated pages of `[start, end)` ([`Arming::Populated`](crate::range::Arming::Populated)), reporting nothing:
 /// register and clear. A scan with `WP_MATCHING` and no output vector takes the kernel's
 /// "exclusive write-protect" path: inside each existing page table it protects every entry (zero
 /// pages too, and a marker in every empty slot of that table), whatever the masks; page-table
@@ -177,7 +156,7 @@ impl Scanner {
         self.scan_flags(start, end, 0, seg, page_size, self.max_pages, WRITTEN)
     }
 
-    /// [`Scanner::scan`] of a range armed with [`Arming::Populated`]: reports (and re-protects
+    /// [`Scanner::scan`] of a range armed with [`Arming::Populated`](crate::range::Arming::Populated): reports (and re-protects
     /// when `rearm`) the pages [`POPULATED_WRITTEN`] selects.
     pub(crate) fn scan_populated(
         &mut self,
@@ -377,7 +356,7 @@ pub(crate) fn scan_loop(
 /// error, everything taken from the kernel (and everything not scanned) is put back into the
 /// range's marks, so the next harvest reports it.
 pub(crate) fn harvest_into(
-    core: &Core,
+    core: &TrackerState,
     scanner: &mut Scanner,
     r: &RangeState,
     kind: Kind,
@@ -395,10 +374,10 @@ pub(crate) fn harvest_into(
         seg.start = start;
         let end = start + r.len;
         let result = match (kind, r.arming) {
-            (Kind::Collect | Kind::Snapshot, Arming::Full) => scanner
+            (Kind::Collect | Kind::Peek, Arming::Full) => scanner
                 .scan(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
-            (Kind::Collect | Kind::Snapshot, Arming::Populated) => scanner
+            (Kind::Collect | Kind::Peek, Arming::Populated) => scanner
                 .scan_populated(start, end, kind == Kind::Collect, seg, ps)
                 .map_err(|e| scan_error(core, r, e)),
             (Kind::Clear, Arming::Full) => core
@@ -428,7 +407,7 @@ pub(crate) fn harvest_into(
     }
     match kind {
         Kind::Collect => r.marks.take_into(&mut seg.bits),
-        Kind::Snapshot => r.marks.copy_into(&mut seg.bits),
+        Kind::Peek => r.marks.copy_into(&mut seg.bits),
         Kind::Clear => r.marks.clear(),
     }
     // A discard's zap may land after this scan. For private anonymous memory on kernels whose
@@ -438,17 +417,17 @@ pub(crate) fn harvest_into(
     let scan_sees_zaps = core.caps.scan_reports_discards == Some(true)
         && r.backing == crate::Backing::PrivateAnonymous
         && r.arming == Arming::Full;
-    if kind != Kind::Snapshot && !scan_sees_zaps {
+    if kind != Kind::Peek && !scan_sees_zaps {
         r.rearm_discards(false);
     }
     Ok(())
 }
 
 /// Reports the discarded pages of a populated-only range whose page-table entry is now gone
-/// (see `RangeState::freed`), and forgets them, unless `kind` is a snapshot. Pages that still
+/// (see `RangeState::freed`), and forgets them, unless `kind` is a peek. Pages that still
 /// have an entry (an `MADV_FREE` page not reclaimed yet, or written again) stay watched.
 fn watch_freed(
-    core: &Core,
+    core: &TrackerState,
     scanner: &mut Scanner,
     r: &RangeState,
     freed: &crate::bitmap::AtomicBitmap,
@@ -468,7 +447,7 @@ fn watch_freed(
         result = scanner.mark_unpopulated(start + a * ps, start + b * ps, &mut gone, ps);
         if result.is_ok() {
             for (x, y) in crate::bitmap::bit_runs(gone.bits.as_raw_slice()) {
-                if kind != Kind::Snapshot {
+                if kind != Kind::Peek {
                     freed.clear_range(a + x, a + y);
                 }
                 if kind != Kind::Clear {
@@ -480,7 +459,7 @@ fn watch_freed(
     result.map_err(|e| range_error(core, r, "PAGEMAP_SCAN", e))
 }
 
-fn scan_error(core: &Core, r: &RangeState, e: ScanError) -> Error {
+fn scan_error(core: &TrackerState, r: &RangeState, e: ScanError) -> Error {
     match e {
         ScanError::Kernel(e) => range_error(core, r, "PAGEMAP_SCAN", e),
         ScanError::NoProgress { at, walk_end } => Error::ScanNoProgress { at, walk_end },

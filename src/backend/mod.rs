@@ -5,17 +5,16 @@
 //! - [`monitor`]: the thread that reads the userfaultfd (faults in sync mode, events in both).
 
 pub(crate) mod async_wp;
-pub(crate) mod live;
 pub(crate) mod monitor;
 pub(crate) mod sync_wp;
 
-use crate::core::Core;
 use crate::range::RangeState;
+use crate::state::TrackerState;
 use crate::sys::uffd;
 use crate::Error;
 use std::io;
 
-/// What the tracker's `harvest` lock owns (see `core`'s lock table): the `/proc/self/pagemap`
+/// What the tracker's `harvest` lock owns (see `state`'s lock table): the `/proc/self/pagemap`
 /// scanner, so one scan runs at a time. Async mode always has one; sync mode only where the
 /// kernel can show pages changed with no event (guard regions, see `sync_wp`).
 pub(crate) struct Harvest {
@@ -34,7 +33,7 @@ pub(crate) enum Kind {
     /// Report and reset (re-protect) atomically per page.
     Collect,
     /// Report, change nothing.
-    Snapshot,
+    Peek,
     /// Reset without reporting.
     Clear,
 }
@@ -45,7 +44,12 @@ pub(crate) const EVENT_FEATURES: u64 =
 
 /// Maps a harvest ioctl error on range `r` to the library error, marking the range lost when the
 /// kernel says it is no longer registered.
-pub(crate) fn range_error(core: &Core, r: &RangeState, op: &'static str, e: io::Error) -> Error {
+pub(crate) fn range_error(
+    core: &TrackerState,
+    r: &RangeState,
+    op: &'static str,
+    e: io::Error,
+) -> Error {
     match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::ENOENT) | Some(libc::EINVAL) => {
             r.mark_gone(

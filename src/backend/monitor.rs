@@ -40,8 +40,8 @@
 //! tracker is poisoned: every range is un-registered (waking every blocked writer) and every call
 //! returns `Error::Poisoned`.
 
-use crate::core::Core;
 use crate::range::{RangeList, RangeState};
+use crate::state::TrackerState;
 use crate::sys::{mem, uffd};
 use crate::Mode;
 use std::io;
@@ -96,7 +96,7 @@ pub(crate) struct Monitor {
 
 impl Monitor {
     /// Starts the monitor for `core`.
-    pub(crate) fn start(core: Arc<Core>) -> io::Result<Monitor> {
+    pub(crate) fn start(core: Arc<TrackerState>) -> io::Result<Monitor> {
         let doorbell = mem::eventfd()?;
         let doorbell_for_thread = doorbell.try_clone()?;
         let (control, inbox) = crossbeam_channel::unbounded();
@@ -148,7 +148,7 @@ impl Drop for Monitor {
 }
 
 fn run(
-    core: &Core,
+    core: &TrackerState,
     doorbell: &OwnedFd,
     inbox: &crossbeam_channel::Receiver<Control>,
 ) -> io::Result<()> {
@@ -222,7 +222,7 @@ fn run(
 /// Reads one batch and applies events; pushes to `faults` a [`Fault`] for each write fault (one
 /// page, or one huge page in a hugetlbfs range).
 fn read_batch(
-    core: &Core,
+    core: &TrackerState,
     ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
     faults: &mut Vec<Fault>,
@@ -238,7 +238,7 @@ fn read_batch(
         match m.event {
             uffd::EVENT_PAGEFAULT => {
                 let addr = m.pagefault_address() as usize & !(ps - 1);
-                let range = Core::range_at(ranges, addr);
+                let range = TrackerState::range_at(ranges, addr);
                 // Protection granule: a page, or a whole huge page (hugetlbfs cannot
                 // un-protect less: UFFDIO_WRITEPROTECT of 4 KiB there is EINVAL).
                 let granule = range.map_or(ps, |r| r.granule);
@@ -295,7 +295,7 @@ fn read_batch(
                 {
                     disturb_cow(r, from, from + len, ps, "an mremap");
                     if r.start() >= from && r.end() <= from + len {
-                        r.move_to(to + (r.start() - from));
+                        r.move_to(to + (r.start() - from), &core.moves);
                     } else {
                         r.mark_lost(
                             format!(
@@ -327,7 +327,7 @@ fn disturb_cow(r: &RangeState, a: usize, b: usize, ps: usize, what: &str) {
 /// Un-protects `[start, end)` and wakes its writers. On `EAGAIN` reads (and applies) more
 /// messages first. A range that is gone (`ENOENT`, `EINVAL`) is only woken.
 fn unprotect(
-    core: &Core,
+    core: &TrackerState,
     ranges: &RangeList,
     msgs: &mut [uffd::UffdMsg],
     faults: &mut Vec<Fault>,
@@ -335,7 +335,7 @@ fn unprotect(
     end: usize,
 ) -> io::Result<()> {
     loop {
-        match Core::writeprotect_vmas(core.uffd.as_fd(), start, end - start, 0) {
+        match TrackerState::writeprotect_vmas(core.uffd.as_fd(), start, end - start, 0) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // Faults read here are recorded by read_batch and un-protected on a later pass.
@@ -349,7 +349,7 @@ fn unprotect(
                 // Gone (unregistered, unmapped): waking is all that is left to do. But a range
                 // that is still tracked must not answer this: waking alone would let the writer
                 // fault again forever, so fail (the tracker is poisoned, writers released).
-                if let Some(r) = Core::range_at(ranges, start) {
+                if let Some(r) = TrackerState::range_at(ranges, start) {
                     if r.lost.lock().is_none() {
                         return Err(e);
                     }

@@ -8,8 +8,9 @@
 //! pages". The monitor holds the same lock across "record, then un-protect". So a collect never
 //! falls between a page's record and its un-protect: if the monitor goes first, the collect's
 //! re-protect comes after the un-protect and its take includes the record; if the collect goes
-//! first, the record lands after the take and the next collect reports it. KERNEL-FACTS.md
-//! measured 0 lost with this rule (with a full re-protect; the argument is the same per page).
+//! first, the record lands after the take and the next collect reports it. docs/kernel-facts.md
+//! ("Collecting exactly (sync)") records 0 lost with this rule (with a full re-protect; the
+//! argument is the same per page).
 //!
 //! # Re-protecting only what was un-protected (issue 14)
 //!
@@ -44,7 +45,7 @@
 //! Changes with no event: a guard region (`MADV_GUARD_INSTALL`, 6.13+) zaps pages without any
 //! userfaultfd message, and once it is removed the empty entries let the next write through
 //! unseen. Where the kernel has guard pages and its `PAGEMAP_SCAN` shows such pages
-//! (`Capabilities::scan_reports_guard_zaps`), every collect, snapshot and live-snapshot instant
+//! (`Capabilities::scan_reports_guard_zaps`), every collect, peek and live-snapshot instant
 //! first scans the range read-only for pages that are not write-protected, under `batch`, right
 //! before re-protecting: such a page is either one the monitor un-protected (already marked)
 //! or one changed behind the tracker's back, which is reported and re-protected with the rest.
@@ -57,8 +58,8 @@
 use super::async_wp::Scanner;
 use super::{lost_error, range_error, Kind};
 use crate::bitmap::Segment;
-use crate::core::Core;
 use crate::range::RangeState;
+use crate::state::TrackerState;
 use crate::sys::{mem, uffd};
 use crate::types::Prefault;
 use crate::Error;
@@ -104,14 +105,14 @@ const MERGE_GAP_PAGES: usize = 8;
 /// scanner for pages changed with no event (guard regions), where the kernel can show them;
 /// what it finds is reported and re-protected with the marked pages.
 pub(crate) fn harvest_into(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     kind: Kind,
     seg: &mut Segment,
     mut zaps: Option<&mut Scanner>,
 ) -> Result<(), Error> {
     let ps = core.page_size;
-    if kind == Kind::Snapshot {
+    if kind == Kind::Peek {
         core.barrier();
         if r.lost.lock().is_some() {
             return Err(lost_error(r));
@@ -164,7 +165,7 @@ pub(crate) fn harvest_into(
 /// Re-protects the pages set in `seg.bits` (range `r` at `start`), one ioctl per run of marked
 /// pages (runs closer than [`MERGE_GAP_PAGES`] merged, widened to the range's granule).
 fn reprotect_marked(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     start: usize,
     seg: &Segment,
@@ -175,7 +176,7 @@ fn reprotect_marked(
     let flush = |(a, b): (usize, usize)| {
         let a = a - a % granule_pages;
         let b = b.div_ceil(granule_pages) * granule_pages;
-        Core::writeprotect_vmas(
+        TrackerState::writeprotect_vmas(
             core.uffd.as_fd(),
             start + a * ps,
             (b - a) * ps,
@@ -210,7 +211,7 @@ fn scan_unprotected(scanner: &mut Scanner, r: &RangeState, seg: &mut Segment, ps
 /// the `batch` lock: no fault is recorded or un-protected between the two. With `zaps`, the
 /// segment first gets the pages changed with no event (see the module docs).
 pub(crate) fn reprotect_then(
-    core: &Core,
+    core: &TrackerState,
     r: &RangeState,
     mut zaps: Option<&mut Scanner>,
     at_instant: impl FnOnce(&mut Segment) -> Result<(), Error>,
@@ -222,7 +223,12 @@ pub(crate) fn reprotect_then(
         if let Some(scanner) = zaps.as_deref_mut() {
             scan_unprotected(scanner, r, &mut seg, core.page_size);
         }
-        match Core::writeprotect_vmas(core.uffd.as_fd(), start, r.len, uffd::WRITEPROTECT_MODE_WP) {
+        match TrackerState::writeprotect_vmas(
+            core.uffd.as_fd(),
+            start,
+            r.len,
+            uffd::WRITEPROTECT_MODE_WP,
+        ) {
             Ok(()) => {
                 let result = at_instant(&mut seg);
                 // Pages discarded since the last harvest: their zap may land after this
@@ -256,7 +262,7 @@ pub(crate) fn reprotect_then(
 /// marked pages, so no ioctl hit the hole; seen on 6.18.15 under TCG.) Returns the guard and
 /// the range's start.
 fn lock_batch_at_start<'a>(
-    core: &'a Core,
+    core: &'a TrackerState,
     r: &RangeState,
 ) -> Result<(parking_lot::MutexGuard<'a, ()>, usize), Error> {
     loop {
@@ -282,7 +288,7 @@ fn lock_batch_at_start<'a>(
 
 /// Populates the pages discarded since the last re-protect (prefault fallbacks only): those
 /// queued by the last harvest, and those discarded since (read from `discards`, not taken).
-fn repopulate_discarded(core: &Core, r: &RangeState, start: usize) -> Result<(), Error> {
+fn repopulate_discarded(core: &TrackerState, r: &RangeState, start: usize) -> Result<(), Error> {
     if r.discards.get().is_none() && r.repopulate.get().is_none() {
         return Ok(()); // never discarded: nothing to populate, nothing allocated
     }

@@ -9,7 +9,7 @@
 //! Constants are defined here rather than taken from the host's headers (Debian's are 6.1, which
 //! lacks `WP_ASYNC` and `PAGEMAP_SCAN`); each carries the kernel version that introduced it.
 //! Values were checked against `include/uapi/linux/userfaultfd.h` and `fs.h` and against the
-//! measurements in `KERNEL-FACTS.md`.
+//! measurements in `docs/kernel-facts.md` ("ABI constants and layouts").
 //!
 //! Safety model: a wrapper is a safe function only if no caller can break Rust's memory safety
 //! through it: the safe ones pass the kernel pointers to properly sized, exclusively borrowed

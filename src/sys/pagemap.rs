@@ -74,7 +74,8 @@ pub struct ScanRequest {
 }
 
 /// What one `PAGEMAP_SCAN` call did. Returned on success *and* on failure: a failed scan may
-/// already have filled `out` and re-protected what it filled (KERNEL-FACTS.md).
+/// already have filled `out` and re-protected what it filled (docs/kernel-facts.md, "A failed
+/// scan is not atomic").
 #[derive(Debug)]
 pub struct ScanOutcome {
     /// Number of regions the kernel reported (on failure: unknown, so 0; inspect `out`).

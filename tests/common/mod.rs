@@ -423,7 +423,7 @@ pub struct Finding {
     pub why: Cow<'static, str>,
 }
 
-/// The page-by-page comparison of one harvest (a collect, a snapshot, a per-range form) with
+/// The page-by-page comparison of one harvest (a collect, a peek, a per-range form) with
 /// what the test knows each page must, may or must not show. It collects every wrong page
 /// before failing, so a failure lists them all (the first [`Comparison::SHOWN`] of each kind)
 /// with their scope and page numbers.

@@ -152,7 +152,7 @@ def _capabilities(c):
 def probe_capabilities():
     """What this kernel and process allow, without creating a tracker."""
     c = _lib.Capabilities()
-    _check(lib.dt_probe_capabilities(byref(c)))
+    _check(lib.dt_capabilities_probe(byref(c)))
     return _capabilities(c)
 
 
@@ -169,7 +169,7 @@ def _report(call):
 
 def probe_report():
     """The capability report of the running kernel, as text."""
-    return _report(lib.dt_probe_report)
+    return _report(lib.dt_capabilities_probe_report)
 
 
 class _Handle:
@@ -315,21 +315,21 @@ class Tracker(_Handle):
     def capabilities_report(self):
         """The tracker's capability report, as text."""
         h = self.handle
-        return _report(lambda buf, cap, need: lib.dt_capabilities_report(h, buf, cap, need))
+        return _report(lambda buf, cap, need: lib.dt_tracker_capabilities_report(h, buf, cap, need))
 
     def register(self, addr, length):
         """Starts tracking [addr, addr + length) (page aligned, mapped); returns the range id."""
         rid = c_uint64(0)
-        _check(lib.dt_register(self.handle, addr, length, byref(rid)))
+        _check(lib.dt_tracker_register(self.handle, addr, length, byref(rid)))
         return rid.value
 
     def unregister(self, range_id):
-        _check(lib.dt_unregister(self.handle, range_id))
+        _check(lib.dt_tracker_unregister(self.handle, range_id))
 
     def mark_dirty(self, addr, length):
         """Reports [addr, addr + length) dirty in the next collect (e.g. after writes the
         tracker cannot see)."""
-        _check(lib.dt_mark_dirty(self.handle, addr, length))
+        _check(lib.dt_tracker_mark_dirty(self.handle, addr, length))
 
     def range(self, range_id):
         info = _lib.RangeInfo()
@@ -341,33 +341,33 @@ class Tracker(_Handle):
         n = c_size_t(0)
         while True:
             buf = (_lib.RangeInfo * max(n.value, 1))()
-            status = lib.dt_ranges(self.handle, buf, len(buf), byref(n))
+            status = lib.dt_tracker_ranges(self.handle, buf, len(buf), byref(n))
             if status != Status.ERR_BUFFER_TOO_SMALL:  # else: registered meanwhile, again
                 _check(status)
                 return [RangeInfo(r.id, r.addr, r.len, r.registered_addr, r.lost) for r in buf[: n.value]]
 
     def collect(self):
         """The pages written since the last collect or clear, now clean again."""
-        return DirtySet(_new_handle(lib.dt_collect, self.handle))
+        return DirtySet(_new_handle(lib.dt_tracker_collect, self.handle))
 
-    def snapshot(self):
+    def peek(self):
         """The pages written since the last collect or clear; resets nothing."""
-        return DirtySet(_new_handle(lib.dt_snapshot, self.handle))
+        return DirtySet(_new_handle(lib.dt_tracker_peek, self.handle))
 
     def clear(self):
-        _check(lib.dt_clear(self.handle))
+        _check(lib.dt_tracker_clear(self.handle))
 
     def collect_range(self, range_id):
-        return DirtySet(_new_handle(lib.dt_collect_range, self.handle, range_id))
+        return DirtySet(_new_handle(lib.dt_tracker_collect_range, self.handle, range_id))
 
-    def snapshot_range(self, range_id):
-        return DirtySet(_new_handle(lib.dt_snapshot_range, self.handle, range_id))
+    def peek_range(self, range_id):
+        return DirtySet(_new_handle(lib.dt_tracker_peek_range, self.handle, range_id))
 
     def clear_range(self, range_id):
-        _check(lib.dt_clear_range(self.handle, range_id))
+        _check(lib.dt_tracker_clear_range(self.handle, range_id))
 
     def live_snapshot(self, range_id):
         """A consistent copy of a range (sync mode), made while the program keeps writing:
         starts the snapshot and waits for its copy (a LiveCopy; commit it once stored)."""
-        snap = _new_handle(lib.dt_live_snapshot_start, self.handle, range_id)
+        snap = _new_handle(lib.dt_tracker_live_snapshot, self.handle, range_id)
         return LiveCopy(_new_handle(lib.dt_live_snapshot_wait, snap))  # consumes snap

@@ -81,7 +81,7 @@ class TestTracking(ModeTest):
                     self.assertEqual(len(dirty), 0, "a collect resets what it reported")
                 t.unregister(rid)
 
-    def test_never_touched_pages_and_snapshot_clear(self):
+    def test_never_touched_pages_and_peek_clear(self):
         for mode in (Mode.ASYNC, Mode.SYNC):
             with self.subTest(mode=mode.name):
                 t = self.tracker_or_skip(mode, thp=Thp.DISABLE)
@@ -93,10 +93,10 @@ class TestTracking(ModeTest):
                     mem[p * PS + 5] = 0x5A
                 want = changed_pages(mem, shadow, base)
                 self.assertEqual(len(want), 4)
-                with t.snapshot() as s:
+                with t.peek() as s:
                     self.assertEqual(s.pages(), want)
-                with t.snapshot_range(rid) as s:
-                    self.assertEqual(s.pages(), want, "a snapshot resets nothing")
+                with t.peek_range(rid) as s:
+                    self.assertEqual(s.pages(), want, "a peek resets nothing")
                 t.clear_range(rid)
                 with t.collect_range(rid) as s:
                     self.assertEqual(len(s), 0)

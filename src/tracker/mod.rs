@@ -1,19 +1,27 @@
-//! [`Tracker`], its builder, and range handles.
+//! [`Tracker`]: the API on top. Its builder (`builder.rs`), registration (`register.rs`) and
+//! test hooks (`hooks.rs`) are files of their own.
 
-use crate::backend::async_wp::{self, Arming};
-use crate::backend::live::{self, LiveSnapshot};
+mod builder;
+#[cfg(feature = "testing")]
+mod hooks;
+mod register;
+
+pub use builder::TrackerBuilder;
+
+use crate::backend::async_wp;
 use crate::backend::{self, monitor::Monitor, sync_wp, Harvest, Kind};
 use crate::bitmap::Segment;
-use crate::core::Core;
 use crate::dirty_set::DirtySet;
-use crate::probe::{self, Capabilities};
+use crate::live::{self, LiveSnapshot};
+use crate::probe::Capabilities;
+use crate::range::Arming;
 use crate::range::RangeState;
-use crate::sys::{self, maps, mem, uffd};
-use crate::types::{Backing, Mode, Prefault, RangeId, Thp};
+use crate::state::TrackerState;
+use crate::sys;
+use crate::types::{Backing, Mode, Prefault, RangeId};
 use crate::Error;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::fmt;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 
 /// Where a registered range lives now.
@@ -34,155 +42,10 @@ pub struct RangeInfo {
     pub backing: Backing,
 }
 
-/// Configures and builds a [`Tracker`].
-///
-/// ```no_run
-/// use dirtytrack::{Mode, Tracker};
-/// # fn main() -> Result<(), dirtytrack::Error> {
-/// let tracker = Tracker::builder().mode(Mode::Async).build()?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct TrackerBuilder {
-    mode: Mode,
-    prefault: Option<Prefault>,
-    hidden_features: u64,
-    thp: Thp,
-    scan_limits: Option<(usize, u64)>,
-}
-
-impl TrackerBuilder {
-    /// The mode to use (default [`Mode::Auto`]).
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Forces sync mode's never-touched-page strategy instead of the best the kernel has.
-    /// Asking for one the kernel lacks is an error at `build`.
-    pub fn prefault(mut self, prefault: Prefault) -> Self {
-        self.prefault = Some(prefault);
-        self
-    }
-
-    /// Pretends the kernel lacks these `UFFD_FEATURE_*` bits (see [`crate::features`]); for
-    /// testing fallbacks (e.g. hide `WP_UNPOPULATED` to exercise the sync prefault paths).
-    /// Feature `testing` only.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn hide_features(mut self, features: u64) -> Self {
-        self.hidden_features |= features;
-        self
-    }
-
-    /// What to do about transparent huge pages (default [`Thp::Leave`]).
-    pub fn thp(mut self, thp: Thp) -> Self {
-        self.thp = thp;
-        self
-    }
-
-    /// Test knob: `PAGEMAP_SCAN` output vector length and `max_pages` per call, to exercise the
-    /// `walk_end` continuation with tiny limits. Never use `max_pages` with hugetlb ranges.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn scan_limits(mut self, vec_len: usize, max_pages: u64) -> Self {
-        self.scan_limits = Some((vec_len.max(1), max_pages));
-        self
-    }
-
-    /// Probes the kernel, opens the userfaultfd and starts the monitor thread.
-    pub fn build(self) -> Result<Tracker, Error> {
-        let caps = Capabilities::probe().without_features(self.hidden_features);
-        let mode = match self.mode {
-            Mode::Auto => caps.auto_mode()?,
-            Mode::Async => caps.check_async().map(|()| Mode::Async)?,
-            Mode::Sync => caps.check_sync().map(|()| Mode::Sync)?,
-        };
-        let prefault = match mode {
-            Mode::Sync => self.prefault.unwrap_or_else(|| caps.prefault()),
-            _ => Prefault::Unpopulated,
-        };
-        if mode == Mode::Sync {
-            check_prefault(&caps, prefault)?;
-        }
-        let events = caps.features & backend::EVENT_FEATURES;
-        let shmem_hugetlb = caps.features & uffd::FEATURE_WP_HUGETLBFS_SHMEM;
-        let (flags, features) = match mode {
-            Mode::Sync => (sync_wp::FD_FLAGS, sync_wp::features(prefault)),
-            _ => (async_wp::FD_FLAGS, async_wp::FEATURES),
-        };
-        let (fd, _) = probe::open_fd(flags).map_err(|(sys_err, dev_err)| {
-            match sys_err.raw_os_error() {
-                Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                    Error::from_kernel("creating the userfaultfd", sys_err)
-                }
-                _ => Error::Permission(format!(
-                    "could not create the userfaultfd for {mode:?} mode (userfaultfd(2): {sys_err}; /dev/userfaultfd: {dev_err}); see Tracker::capabilities() or Capabilities::probe() for what this process can do"
-                )),
-            }
-        })?;
-        uffd::api(fd.as_fd(), features | events | shmem_hugetlb)
-            .map_err(|e| Error::from_kernel("UFFDIO_API", e))?;
-        // Sync mode scans too where the kernel can show pages changed with no event (guard
-        // regions; see `backend::sync_wp`).
-        let zap_scan = caps.scan_reports_guard_zaps == Some(true);
-        let scanner = match mode {
-            Mode::Sync if !zap_scan => None,
-            _ => Some(
-                async_wp::Scanner::open(self.scan_limits)
-                    .map_err(|e| Error::from_kernel("opening /proc/self/pagemap", e))?,
-            ),
-        };
-        let core = Arc::new(Core {
-            mode,
-            caps,
-            page_size: sys::page_size(),
-            prefault,
-            no_thp: self.thp == Thp::Disable,
-            owner_pid: sys::getpid(),
-            uffd: fd,
-            registry: Mutex::new(crate::range::Registry::new()),
-            ranges: RwLock::new(crate::range::RangeList::default()),
-            batch: Mutex::new(()),
-            poisoned: Mutex::new(None),
-        });
-        let monitor = Monitor::start(core.clone())
-            .map_err(|e| Error::from_kernel("starting the monitor thread", e))?;
-        Ok(Tracker {
-            core,
-            harvest: Mutex::new(Harvest {
-                scanner,
-                ranges: Vec::new(),
-                segments: Vec::new(),
-            }),
-            monitor: Some(monitor),
-        })
-    }
-}
-
-fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
-    let missing = |feature, since| Error::UnsupportedKernel {
-        mode: Mode::Sync,
-        feature,
-        since,
-        kernel: caps.kernel_release.clone(),
-        alternative: "choose another Prefault, or leave the default (the best the kernel has)",
-    };
-    match p {
-        Prefault::Unpopulated if !caps.wp_unpopulated() => {
-            Err(missing("UFFD_FEATURE_WP_UNPOPULATED", "6.4"))
-        }
-        Prefault::PopulateRead if !caps.madv_populate_read => {
-            Err(missing("MADV_POPULATE_READ", "5.14"))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Tracks which pages of registered ranges of this process's memory were written.
 ///
 /// `Send + Sync`: every method takes `&self` and may be called from any thread. Collects,
-/// snapshots, clears and unregisters run one at a time; registers run one at a time.
+/// peeks, clears and unregisters run one at a time; registers run one at a time.
 ///
 /// The promise: a page written after `register`, `clear` or `collect` number N returns is
 /// reported by collect N+1 or a later one (it may also be reported by collect N if the write raced
@@ -210,9 +73,9 @@ fn check_prefault(caps: &Capabilities, p: Prefault) -> Result<(), Error> {
 /// # Ok(()) }
 /// ```
 pub struct Tracker {
-    core: Arc<Core>,
-    /// Makes collect / snapshot / clear / unregister / live-snapshot instants one at a time and
-    /// owns the pagemap scanner; first in the lock order (`core`'s lock table). Only user
+    core: Arc<TrackerState>,
+    /// Makes collect / peek / clear / unregister / live-snapshot instants one at a time and
+    /// owns the pagemap scanner; first in the lock order (`state`'s lock table). Only user
     /// threads take it (the monitor never does).
     harvest: Mutex<Harvest>,
     monitor: Option<Monitor>,
@@ -266,10 +129,7 @@ impl Tracker {
     /// In sync mode, do not register memory that the allocator or the tracker itself writes
     /// (e.g. pages of the malloc heap): the monitor thread could then fault on its own memory.
     pub fn register(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
-        self.core.check_usable()?;
-        let (start, end) = self.check_range(addr, len)?;
-        let mut registry = self.core.registry.lock();
-        self.register_locked(&mut registry, start, end, Arming::Full)
+        self.register_one(addr, len, Arming::Full)
     }
 
     /// [`Tracker::register`] for a huge, sparsely used range of private anonymous memory (a VMM's
@@ -285,7 +145,7 @@ impl Tracker {
     ///
     /// What changes compared with [`Tracker::register`]:
     /// - a first write into a range of transparent huge pages may populate (and report) a whole
-    ///   2 MiB huge page (over-report; use [`Thp::Disable`] to avoid it);
+    ///   2 MiB huge page (over-report; use [`Thp::Disable`](crate::Thp::Disable) to avoid it);
     /// - discarded pages are reported from `UFFD_EVENT_REMOVE`, not from the page tables, and
     ///   stay watched until their page-table entry is gone: a page freed with `MADV_FREE` and
     ///   reclaimed by the kernel many collects later is reported then (tested three collects
@@ -295,10 +155,7 @@ impl Tracker {
     /// Errors: those of [`Tracker::register`], and [`Error::MappingNotSupported`] in sync mode or
     /// for memory other than private anonymous.
     pub fn register_sparse(&self, addr: *mut u8, len: usize) -> Result<RangeId, Error> {
-        self.core.check_usable()?;
-        let (start, end) = self.check_range(addr, len)?;
-        let mut registry = self.core.registry.lock();
-        self.register_locked(&mut registry, start, end, Arming::Populated)
+        self.register_one(addr, len, Arming::Populated)
     }
 
     /// Registers every range of `ranges` (`(addr, len)` pairs, each as for
@@ -339,147 +196,6 @@ impl Tracker {
             }
         }
         Ok(ids)
-    }
-
-    /// Checks `[addr, addr + len)` for [`Tracker::register`]: page aligned, not empty, no
-    /// overflow. Returns (start, end).
-    fn check_range(&self, addr: *mut u8, len: usize) -> Result<(usize, usize), Error> {
-        let ps = self.core.page_size;
-        let start = addr as usize;
-        if start % ps != 0 {
-            return Err(Error::Unaligned {
-                what: "address",
-                value: start,
-                page_size: ps,
-            });
-        }
-        if len == 0 {
-            return Err(Error::ZeroLength { addr: start });
-        }
-        if len % ps != 0 {
-            return Err(Error::Unaligned {
-                what: "length",
-                value: len,
-                page_size: ps,
-            });
-        }
-        let end = start
-            .checked_add(len)
-            .ok_or(Error::AddressOverflow { addr: start, len })?;
-        Ok((start, end))
-    }
-
-    /// The rest of [`Tracker::register`], under the `registry` lock.
-    fn register_locked(
-        &self,
-        registry: &mut crate::range::Registry,
-        start: usize,
-        end: usize,
-        arming: Arming,
-    ) -> Result<RangeId, Error> {
-        let core = &*self.core;
-        let ps = core.page_size;
-        let len = end - start;
-        if let Some(r) = registry.overlapping(start, end) {
-            return Err(Error::Overlap {
-                start,
-                end,
-                existing: r.id,
-                existing_start: r.start(),
-                existing_end: r.end(),
-            });
-        }
-        let vmas = maps::vmas_in(start, end)
-            .map_err(|e| Error::from_kernel("reading /proc/self/maps", e))?;
-        if let Some(hole) = maps::first_hole(&vmas, start, end) {
-            return Err(Error::NotMapped { start, end, hole });
-        }
-        let backing = backing_of(&vmas, start)?;
-        let not_supported = |hint: &'static str| Error::MappingNotSupported {
-            start,
-            end,
-            mapping: describe(&vmas),
-            mode: core.mode,
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-            hint,
-        };
-        let granule = match backing {
-            Backing::Hugetlb { page_size } => {
-                for (what, value) in [("hugetlbfs address", start), ("hugetlbfs length", len)] {
-                    if value % page_size != 0 {
-                        return Err(Error::Unaligned {
-                            what,
-                            value,
-                            page_size,
-                        });
-                    }
-                }
-                if !core.caps.has(uffd::FEATURE_EVENT_REMOVE) {
-                    return Err(not_supported("tracking hugetlbfs needs UFFD_FEATURE_EVENT_REMOVE (4.11+): without it discards are lost"));
-                }
-                page_size
-            }
-            _ if vmas.iter().any(maps::looks_hugetlb) => return Err(not_supported(
-                "register hugetlbfs memory as a range of its own, aligned to its huge page size",
-            )),
-            _ => ps,
-        };
-        if arming == Arming::Populated {
-            if core.mode != Mode::Async {
-                return Err(not_supported(
-                    "register_sparse needs Mode::Async (sync mode protects every page); use register",
-                ));
-            }
-            if backing != Backing::PrivateAnonymous {
-                return Err(not_supported(
-                    "register_sparse tracks private anonymous memory only; use register",
-                ));
-            }
-        }
-        if core.no_thp {
-            // Best effort: hugetlbfs mappings reject it and need no THP policy.
-            let _ = mem::madvise(start, len, mem::MADV_NOHUGEPAGE);
-        }
-        if !matches!(backing, Backing::Hugetlb { .. }) {
-            // KSM merging drops the write-protect bits (sync mode lost 15 of 16 writes): take the
-            // range out of KSM. A no-op unless the range was MADV_MERGEABLE or the process uses
-            // PR_SET_MEMORY_MERGE; fails harmlessly without CONFIG_KSM.
-            let _ = mem::madvise(start, len, mem::MADV_UNMERGEABLE);
-        }
-        let ioctls = uffd::register(core.uffd.as_fd(), start, len, uffd::REGISTER_MODE_WP)
-            .map_err(|e| register_error(core, start, end, &vmas, e))?;
-        let unregister = || {
-            let _ = core.release(start, len);
-        };
-        if ioctls & (1 << uffd::NR_WRITEPROTECT) == 0 {
-            unregister();
-            return Err(not_supported("the kernel does not offer UFFDIO_WRITEPROTECT on this mapping; shmem and hugetlbfs need UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19+)"));
-        }
-        registry.next_id += 1;
-        let id = RangeId(registry.next_id);
-        let state = Arc::new(RangeState::new(
-            id, start, len, ps, granule, backing, arming,
-        ));
-        // Visible to the monitor before any page is protected, so no fault finds no range.
-        core.ranges.write().push(state.clone());
-        let armed = match arming {
-            Arming::Full => sync_wp::prefault(core.prefault, start, len, ps)
-                .map_err(|e| ("populating the range before protecting it", e))
-                .and_then(|()| {
-                    core.writeprotect(start, len, uffd::WRITEPROTECT_MODE_WP)
-                        .map_err(|e| ("UFFDIO_WRITEPROTECT", e))
-                }),
-            Arming::Populated => std::fs::File::open("/proc/self/pagemap")
-                .and_then(|pagemap| async_wp::protect_populated(&pagemap, start, end))
-                .map_err(|e| ("PAGEMAP_SCAN (protecting the populated pages)", e)),
-        };
-        if let Err((op, e)) = armed {
-            core.ranges.write().remove_id(id);
-            unregister();
-            return Err(Error::from_kernel(op, e));
-        }
-        registry.insert(state);
-        Ok(id)
     }
 
     /// Stops tracking a range: un-protects it and forgets its pending dirty pages. A lost range
@@ -538,17 +254,7 @@ impl Tracker {
     /// The pages written since the last collect or clear, without resetting anything: a look at
     /// the dirty set (not a copy of memory: that is [`Tracker::live_snapshot`]).
     pub fn peek(&self) -> Result<DirtySet, Error> {
-        self.harvest(None, Kind::Snapshot)
-    }
-
-    /// Renamed [`Tracker::peek`] (a look at the dirty set, not to be confused with
-    /// [`Tracker::live_snapshot`], a copy of memory).
-    #[deprecated(
-        since = "0.1.0",
-        note = "renamed `peek` (not to be confused with live_snapshot)"
-    )]
-    pub fn snapshot(&self) -> Result<DirtySet, Error> {
-        self.peek()
+        self.harvest(None, Kind::Peek)
     }
 
     /// Resets every range to clean without reporting.
@@ -563,13 +269,7 @@ impl Tracker {
 
     /// [`Tracker::peek`] for one range.
     pub fn peek_range(&self, id: RangeId) -> Result<DirtySet, Error> {
-        self.harvest(Some(id), Kind::Snapshot)
-    }
-
-    /// Renamed [`Tracker::peek_range`].
-    #[deprecated(since = "0.1.0", note = "renamed `peek_range`")]
-    pub fn snapshot_range(&self, id: RangeId) -> Result<DirtySet, Error> {
-        self.peek_range(id)
+        self.harvest(Some(id), Kind::Peek)
     }
 
     /// [`Tracker::clear`] for one range.
@@ -577,7 +277,7 @@ impl Tracker {
         self.harvest(Some(id), Kind::Clear).map(drop)
     }
 
-    /// Records `[addr, addr + len)` as changed: the next collect (or snapshot) reports every page
+    /// Records `[addr, addr + len)` as changed: the next collect (or peek) reports every page
     /// it overlaps, in addition to what the page tables show.
     ///
     /// For changes page tables cannot show (the README's tracking contract): a direct-I/O read
@@ -620,7 +320,7 @@ impl Tracker {
         // error marks nothing.
         let mut at = start;
         while at < end {
-            let r = Core::range_at(&ranges, at).ok_or(Error::NotTracked {
+            let r = TrackerState::range_at(&ranges, at).ok_or(Error::NotTracked {
                 start,
                 end,
                 addr: at,
@@ -633,7 +333,7 @@ impl Tracker {
         let mut at = start;
         while let Some(r) = Some(at)
             .filter(|&at| at < end)
-            .and_then(|at| Core::range_at(&ranges, at))
+            .and_then(|at| TrackerState::range_at(&ranges, at))
         {
             let base = r.start();
             let (a, b) = (start.max(base), end.min(r.end()));
@@ -698,49 +398,6 @@ impl Tracker {
         LiveSnapshot::start(self.core.clone(), r, seg, addr)
     }
 
-    /// Sends a test hook's control message to the monitor thread (if it runs).
-    #[cfg(feature = "testing")]
-    fn send_to_monitor(&self, msg: crate::backend::monitor::Control) {
-        if let Some(m) = &self.monitor {
-            m.send(msg);
-        }
-    }
-
-    /// Test hook: makes the monitor thread panic, to exercise poisoning. Not part of the API.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn __panic_monitor_for_test(&self) {
-        self.send_to_monitor(crate::backend::monitor::Control::PanicForTest);
-    }
-
-    /// Test hook: the monitor thread serves nothing for `d` (or until
-    /// [`Tracker::__resume_monitor_for_test`]), so writers stay blocked in their faults. Returns
-    /// once the pause has begun (`false` if it did not within 10 s). Not part of the API.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn __pause_monitor_for_test(&self, d: std::time::Duration) -> bool {
-        let (begun, wait) = crossbeam_channel::bounded(1);
-        self.send_to_monitor(crate::backend::monitor::Control::PauseForTest(d, begun));
-        wait.recv_timeout(std::time::Duration::from_secs(10))
-            .is_ok()
-    }
-
-    /// Test hook: the monitor thread fails (poisoning the tracker) right after it reads and
-    /// applies its next batch of messages, before it un-protects that batch's faults. Not part of
-    /// the API.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn __fail_monitor_after_next_batch_for_test(&self) {
-        self.send_to_monitor(crate::backend::monitor::Control::FailAfterNextBatchForTest);
-    }
-
-    /// Test hook: ends a pause of the monitor thread early. Not part of the API.
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub fn __resume_monitor_for_test(&self) {
-        self.send_to_monitor(crate::backend::monitor::Control::ResumeForTest);
-    }
-
     /// Where a range lives now (after `mremap` its address changes) and whether it is lost.
     pub fn range(&self, id: RangeId) -> Result<RangeInfo, Error> {
         self.core.check_usable()?;
@@ -765,7 +422,7 @@ impl Tracker {
         Ok(out)
     }
 
-    /// The harvest behind every collect, snapshot and clear: one range after the other, into
+    /// The harvest behind every collect, peek and clear: one range after the other, into
     /// `out`'s reused segment buffers. On error `out` is empty, and (collect) every page already
     /// taken is back in its range's marks.
     fn harvest_into(
@@ -860,123 +517,6 @@ fn info(r: &RangeState) -> RangeInfo {
         registered_addr: r.registered_at,
         lost: r.lost.lock().clone(),
         backing: r.backing.clone(),
-    }
-}
-
-/// What backs `vmas`. A hugetlbfs mapping's huge page size is read from `/proc/self/smaps`
-/// (`KernelPageSize`): when it cannot be read, registering fails rather than guess a granule
-/// (a guess of 2 MiB for a 1 GiB-page mapping would lose writes).
-fn backing_of(vmas: &[maps::Vma], start: usize) -> Result<Backing, Error> {
-    let kind = |v: &maps::Vma| -> Result<Backing, Error> {
-        Ok(if maps::looks_hugetlb(v) {
-            let at = v.start.max(start);
-            let page_size = match maps::kernel_page_size(at) {
-                Ok(Some(ps)) if ps.is_power_of_two() => ps,
-                Ok(_) => {
-                    return Err(Error::Kernel {
-                        op: "reading the huge page size (KernelPageSize) from /proc/self/smaps",
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!(
-                                "no usable KernelPageSize for the hugetlbfs mapping at {at:#x}"
-                            ),
-                        ),
-                    })
-                }
-                Err(e) => {
-                    return Err(Error::from_kernel(
-                        "reading the huge page size (KernelPageSize) from /proc/self/smaps",
-                        e,
-                    ))
-                }
-            };
-            Backing::Hugetlb { page_size }
-        } else if v.is_shared() {
-            Backing::Shared
-        } else if v.is_file_backed() {
-            Backing::PrivateFile
-        } else {
-            Backing::PrivateAnonymous
-        })
-    };
-    let mut kinds = vmas.iter().map(kind);
-    let first = kinds
-        .next()
-        .transpose()?
-        .unwrap_or(Backing::PrivateAnonymous);
-    for k in kinds {
-        if k? != first {
-            return Ok(Backing::Mixed);
-        }
-    }
-    Ok(first)
-}
-
-fn describe(vmas: &[maps::Vma]) -> String {
-    let kinds: Vec<String> = vmas
-        .iter()
-        .map(|v| {
-            let sharing = if v.is_shared() { "shared" } else { "private" };
-            match (v.is_file_backed(), v.path.as_str()) {
-                (false, "") => format!("{sharing} anonymous"),
-                (false, p) => format!("{sharing} anonymous {p}"),
-                (true, p) => format!("{sharing} file mapping {p}"),
-            }
-        })
-        .collect();
-    kinds.join(", ")
-}
-
-fn register_error(
-    core: &Core,
-    start: usize,
-    end: usize,
-    vmas: &[maps::Vma],
-    e: std::io::Error,
-) -> Error {
-    match e.raw_os_error() {
-        Some(libc::EBUSY) => Error::OwnedByAnotherUserfaultfd { start, end },
-        // Write-protect registration needs a writable mapping (VM_MAYWRITE): a shared mapping of
-        // a file opened read-only, or of a write-sealed memfd, is refused with EPERM.
-        Some(libc::EPERM) => Error::MappingNotSupported {
-            start,
-            end,
-            mapping: describe(vmas),
-            mode: core.mode,
-            source: e,
-            hint: "a shared mapping that can never be written (file opened O_RDONLY, write-sealed memfd) cannot be write-protected; it cannot change through this mapping, so there is nothing to track there",
-        },
-        Some(libc::ENOMEM) | Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            Error::from_kernel("UFFDIO_REGISTER", e)
-        }
-        Some(libc::EINVAL) => {
-            // Unmapped since we looked?
-            if let Ok(now) = maps::vmas_in(start, end) {
-                if let Some(hole) = maps::first_hole(&now, start, end) {
-                    return Error::NotMapped { start, end, hole };
-                }
-            }
-            let hugetlb = vmas
-                .iter()
-                .any(|v| v.path.contains("hugepage") || v.path.starts_with("/dev/hugepages"));
-            let file = vmas.iter().any(|v| v.is_file_backed());
-            let hint = if hugetlb {
-                "hugetlbfs ranges must start and end on a huge-page boundary (usually 2 MiB)"
-            } else if file && core.mode == crate::Mode::Sync {
-                "sync mode tracks anonymous, shmem/memfd and hugetlbfs memory only; use Mode::Async (Linux 6.7+) for regular file mappings"
-            } else {
-                "this kind of mapping cannot be write-protected by userfaultfd (e.g. VM_DROPPABLE, VM_PFNMAP/IO memory, or a file system without support)"
-            };
-            Error::MappingNotSupported {
-                start,
-                end,
-                mapping: describe(vmas),
-                mode: core.mode,
-                source: e,
-                hint,
-            }
-        }
-        _ => Error::from_kernel("UFFDIO_REGISTER", e),
     }
 }
 

@@ -4,17 +4,17 @@
 //!
 //! | lock | where | protects | held by |
 //! |---|---|---|---|
-//! | `harvest` | `Tracker` | the pagemap scanner; makes collect / snapshot / clear / unregister / live-snapshot instants one at a time | user threads |
-//! | `registry` | `Core` | the overlap check and the register / unregister ioctls; the next range id | user threads |
-//! | `ranges` (RwLock) | `Core` | the list of registered ranges and its address index, `RangeList` (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
-//! | `batch` | `Core` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) and "install / remove a range's copy-on-write state"; also orders a live snapshot's hand-back of marks with sync collects | monitor; sync harvest; live snapshots; others as a barrier |
+//! | `harvest` | `Tracker` | the pagemap scanner; makes collect / peek / clear / register / unregister / live-snapshot instants one at a time | user threads |
+//! | `registry` | `TrackerState` | the overlap check and the register / unregister ioctls; the next range id | user threads |
+//! | `ranges` (RwLock) | `TrackerState` | the list of registered ranges and its address index, `RangeList` (written only briefly, never across an ioctl) | everyone; the monitor reads (`read_recursive`) |
+//! | `batch` | `TrackerState` | "read a batch of uffd messages and apply it" (monitor) vs "re-protect a range, then take its marks" (sync harvest) and "install / remove a range's copy-on-write state"; also orders a live snapshot's hand-back of marks with sync collects | monitor; sync harvest; live snapshots; others as a barrier |
 //! | `RangeState::cow` | per range | which live snapshot (if any) copies the range: set and taken under `batch`; read under `batch` by the monitor and the background pass, and without it only to test for a snapshot in progress (under `harvest`) | under `batch`, or alone for a read |
 //! | `Cow::state` | per snapshot | the copy buffer, the copied bitmap, the failure reason: written only under `batch`; read alone by `LiveSnapshot::progress` and after the state was removed | under `batch`, or alone for a read |
 //! | `RangeState::lost` | per range | why the range is lost (first reason wins) | anyone, innermost, never across another lock or ioctl |
-//! | `Core::poisoned` | `Core` | why the monitor died | anyone, innermost |
+//! | `TrackerState::poisoned` | `TrackerState` | why the monitor died | anyone, innermost |
 //!
 //! Lock order: `harvest` → `registry` → `ranges` → `batch` → (`RangeState::cow` →
-//! `Cow::state`, `RangeState::lost`, `Core::poisoned`: leaves, never held while taking another).
+//! `Cow::state`, `RangeState::lost`, `TrackerState::poisoned`: leaves, never held while taking another).
 //! The monitor thread takes only `ranges` (read) then `batch` (then the leaves). No lock is held
 //! by a user thread while it could fault on tracked memory, because the library never writes to
 //! tracked memory.
@@ -24,7 +24,10 @@
 //! (Acquire) by everyone; readers that need the final value take the `batch` barrier first.
 //! `RangeState::gone` is stored (Release) by whoever marks the range gone and loaded (Acquire)
 //! before any ioctl on the range's addresses. The per-range bitmaps (`AtomicBitmap`) are marked
-//! with `fetch_or` and taken with `swap`, both `AcqRel`, so a mark is in exactly one harvest.
+//! with `fetch_or` and taken with `swap`, both `AcqRel`, words then summary on marking, summary
+//! then words on taking, so a mark is in exactly one harvest (the protocol is written out on
+//! `AtomicBitmap`). The move count (`range::Moves`) is bumped after a moved range's start is
+//! stored. Each of these protocols has a loom model (`loom_models`, run by `scripts/loom`).
 //!
 //! `batch` as a barrier: the monitor holds it from the moment it reads messages until it has
 //! applied them (marks set, lost ranges flagged, moved ranges re-keyed). Taking and releasing it
@@ -32,6 +35,7 @@
 //! (`REMOVE`, `UNMAP`, `REMAP`) blocks the thread that caused it until the monitor reads it, so
 //! after a barrier every `madvise`/`munmap`/`mremap` that has returned is visible in the ranges.
 
+use crate::atomic::Ordering;
 use crate::probe::Capabilities;
 use crate::range::{RangeList, RangeState};
 use crate::sys::uffd;
@@ -42,7 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-pub(crate) struct Core {
+pub(crate) struct TrackerState {
     /// `Async` or `Sync`, never `Auto`.
     pub(crate) mode: Mode,
     pub(crate) caps: Capabilities,
@@ -62,11 +66,13 @@ pub(crate) struct Core {
     pub(crate) ranges: RwLock<RangeList>,
     /// See the module docs.
     pub(crate) batch: Mutex<()>,
+    /// How often a range moved; the two address indexes (`registry`, `ranges`) hold a clone.
+    pub(crate) moves: crate::range::Moves,
     /// `Some(reason)` once the monitor thread died; every call then fails with `Error::Poisoned`.
     pub(crate) poisoned: Mutex<Option<String>>,
 }
 
-impl Core {
+impl TrackerState {
     /// Waits until the monitor has applied every message it has read (see the module docs).
     pub(crate) fn barrier(&self) {
         drop(self.batch.lock());
@@ -107,7 +113,7 @@ impl Core {
     /// the caller must not hold `batch`, or the monitor could never read it).
     pub(crate) fn writeprotect(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
         loop {
-            match Core::writeprotect_vmas(self.uffd.as_fd(), start, len, mode) {
+            match TrackerState::writeprotect_vmas(self.uffd.as_fd(), start, len, mode) {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
                 other => return other,
             }
@@ -123,13 +129,13 @@ impl Core {
         res
     }
 
-    /// [`Core::release`] for a range; if its memory is gone (see `RangeState::gone`), only the
+    /// [`TrackerState::release`] for a range; if its memory is gone (see `RangeState::gone`), only the
     /// wake: a writer may still wait on a fault the monitor read before the unmap and never
     /// served (the tracker was poisoned, or is being dropped). `UFFDIO_WAKE` acts on this
     /// userfaultfd's waiters only, so it cannot disturb whoever owns the memory now; a waiter
     /// woken needlessly faults again.
     pub(crate) fn release_range(&self, r: &RangeState) -> io::Result<()> {
-        if r.gone.load(std::sync::atomic::Ordering::Acquire) {
+        if r.gone.load(Ordering::Acquire) {
             let _ = uffd::wake(self.uffd.as_fd(), r.start(), r.len);
             return Ok(());
         }

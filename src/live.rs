@@ -22,10 +22,10 @@
 //! copy-on-write state is removed on every one of these paths.
 
 use crate::bitmap::Segment;
-use crate::core::Core;
 use crate::cow::Cow;
 use crate::dirty_set::DirtySet;
 use crate::range::RangeState;
+use crate::state::TrackerState;
 use crate::sys::mem;
 use crate::Error;
 use std::sync::{Arc, Weak};
@@ -40,7 +40,7 @@ const CHUNK: usize = 64;
 /// to the tracker (the next collect reports them): nothing is lost.
 #[must_use = "wait() returns the copy; dropping the handle discards the copy (the pages written before the instant stay pending for the next collect)"]
 pub struct LiveSnapshot {
-    core: Arc<Core>,
+    core: Arc<TrackerState>,
     range: Arc<RangeState>,
     cow: Arc<Cow>,
     addr: usize,
@@ -52,14 +52,14 @@ pub struct LiveSnapshot {
 /// The pages the instant took from a range's marks. Handed back to the range on drop unless
 /// [`Owed::settle`] was called: the one place that decides whether pre-instant writes are lost.
 struct Owed {
-    core: Weak<Core>,
+    core: Weak<TrackerState>,
     range: Weak<RangeState>,
     /// `None` once settled (the caller stored the copy) or given back.
     bits: Option<Segment>,
 }
 
 impl Owed {
-    fn new(core: &Arc<Core>, range: &Arc<RangeState>, bits: Segment) -> Owed {
+    fn new(core: &Arc<TrackerState>, range: &Arc<RangeState>, bits: Segment) -> Owed {
         Owed {
             core: Arc::downgrade(core),
             range: Arc::downgrade(range),
@@ -138,7 +138,7 @@ impl LiveSnapshot {
     /// instant (which took `instant` from its marks). On failure the state is removed and the
     /// marks handed back.
     pub(crate) fn start(
-        core: Arc<Core>,
+        core: Arc<TrackerState>,
         range: Arc<RangeState>,
         instant: Segment,
         addr: usize,
@@ -243,7 +243,7 @@ fn spawn_copy_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinH
 }
 
 /// Removes the range's copy-on-write state, under `batch` so the monitor is not mid-copy.
-fn uninstall(core: &Core, range: &RangeState) {
+fn uninstall(core: &TrackerState, range: &RangeState) {
     let _batch = core.batch.lock();
     range.cow.lock().take();
 }
@@ -267,7 +267,7 @@ pub(crate) fn install(range: &RangeState, data: Vec<u8>, pages: usize) {
     *range.cow.lock() = Some(Arc::new(Cow::new(data, pages)));
 }
 
-fn background_pass(core: &Core, range: &RangeState, cow: &Cow, addr: usize) {
+fn background_pass(core: &TrackerState, range: &RangeState, cow: &Cow, addr: usize) {
     let ps = core.page_size;
     let pages = range.pages(ps);
     let mut i = 0;
