@@ -342,7 +342,7 @@ mod arch {
 enum Stage {
     /// Seized, maybe not yet stopped: detach is enough.
     Seized,
-    /// Stopped; registers and mask may have been changed (see the `saved_*` fields).
+    /// Stopped; its registers may have been changed (see `restore_regs`).
     Stopped,
     /// Stopped at the injected call's entry: it must run to its exit before anything else.
     AtEntry,
