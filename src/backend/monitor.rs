@@ -23,7 +23,11 @@
 //!   a harmless over-report; dropping it could lose a write.
 //!
 //! If `UFFDIO_WRITEPROTECT` answers `EAGAIN` (an event is queued behind the faults), the monitor
-//! reads more messages, applies the events, queues the faults, and retries.
+//! reads more messages, applies the events, queues the faults, and retries. The faults queued
+//! meanwhile are un-protected in a pass of their own, sorted again: a run is coalesced only
+//! over one sorted pass, so it never takes in a fault it does not cover (which left that
+//! writer blocked for good before, `tests/sync.rs`,
+//! `faults_read_during_an_eagain_retry_are_all_served`).
 //!
 //! # Deadlock rule
 //!
@@ -154,6 +158,8 @@ fn run(
 ) -> io::Result<()> {
     let mut msgs = vec![uffd::UffdMsg::default(); BATCH];
     let mut faults: Vec<Fault> = Vec::with_capacity(FAULTS_CAPACITY);
+    // The pass being un-protected; `faults` collects what is read meanwhile (see below).
+    let mut current: Vec<Fault> = Vec::with_capacity(FAULTS_CAPACITY);
     #[cfg(feature = "testing")]
     let mut fail_after_next_batch = false;
     loop {
@@ -195,27 +201,32 @@ fn run(
             continue;
         }
         // read_batch recorded every fault in its range's marks; only now un-protect, as
-        // coalesced runs (a new fault read during an EAGAIN retry is appended and handled too).
-        // A run never leaves the range of its first fault: adjacent pages of two ranges are two
-        // VMAs, and one of them may be gone from the kernel (unregistered, or a stale fault of
-        // a range no longer tracked); its `ENOENT` must not be taken for the tracked one's.
-        faults.sort_unstable();
-        let mut i = 0;
-        while i < faults.len() {
-            let Fault {
-                start,
-                mut end,
-                range_end,
-            } = faults[i];
-            let mut j = i + 1;
-            while j < faults.len() && faults[j].start <= end && faults[j].end <= range_end {
-                end = end.max(faults[j].end);
-                j += 1;
+        // coalesced runs. A run never leaves the range of its first fault: adjacent pages of two
+        // ranges are two VMAs, and one of them may be gone from the kernel (unregistered, or a
+        // stale fault of a range no longer tracked); its `ENOENT` must not be taken for the
+        // tracked one's. Faults read during an `EAGAIN` retry go to `faults` and are handled in
+        // the next pass, sorted on their own: coalescing runs only ascending over one sorted
+        // pass, so no fault can be swallowed by a run that does not cover it.
+        while !faults.is_empty() {
+            std::mem::swap(&mut faults, &mut current);
+            current.sort_unstable();
+            let mut i = 0;
+            while i < current.len() {
+                let Fault {
+                    start,
+                    mut end,
+                    range_end,
+                } = current[i];
+                let mut j = i + 1;
+                while j < current.len() && current[j].start <= end && current[j].end <= range_end {
+                    end = end.max(current[j].end);
+                    j += 1;
+                }
+                unprotect(core, &ranges, &mut msgs, &mut faults, start, end)?;
+                i = j;
             }
-            unprotect(core, &ranges, &mut msgs, &mut faults, start, end)?;
-            i = j;
+            current.clear();
         }
-        faults.clear();
     }
 }
 
