@@ -65,6 +65,7 @@ impl Capabilities {
         let kernel_release = sys::kernel_release().unwrap_or_else(|_| "unknown".into());
         let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
 
+        let mut full_errno = None;
         let (full, full_fd_error) = match open_fd(base) {
             Ok((fd, src)) => (Some((fd, src)), None),
             Err((sys_err, dev_err)) => (
@@ -73,7 +74,8 @@ impl Capabilities {
                     "userfaultfd(2): {}; /dev/userfaultfd: {}",
                     errno_text(&sys_err),
                     errno_text(&dev_err)
-                )),
+                ))
+                .inspect(|_| full_errno = sys_err.raw_os_error()),
             ),
         };
         let mut open_errno = None;
@@ -90,6 +92,11 @@ impl Capabilities {
             ),
         };
 
+        // Before 5.11 the kernel rejects UFFD_USER_MODE_ONLY with EINVAL whatever the fd limit:
+        // then the full fd's attempt is the one that tells an fd limit (EMFILE/ENFILE).
+        if matches!(full_errno, Some(libc::EMFILE | libc::ENFILE)) {
+            open_errno = full_errno;
+        }
         let pagemap = probe_pagemap_scan();
         let api = full
             .as_ref()

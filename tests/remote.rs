@@ -1389,3 +1389,174 @@ fn a_second_tracker_on_one_target_is_refused() {
         other => panic!("attaching to ourselves: {other:?}"),
     }
 }
+
+/// Every thread of `pid` in a ptrace stop of this thread, as a checkpointer (CRIU) holds its
+/// target during a dump: seized and interrupted until no new thread shows up.
+fn hold_stopped(pid: i32) -> Vec<i32> {
+    use dirtytrack::sys::ptrace;
+    let mut held: Vec<i32> = Vec::new();
+    for _ in 0..64 {
+        let mut new = 0;
+        for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid: i32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            if held.contains(&tid) || ptrace::seize(tid, 0).is_err() {
+                continue; // held already, or exited meanwhile
+            }
+            ptrace::interrupt(tid).unwrap();
+            match ptrace::wait(tid).unwrap() {
+                ptrace::WaitStatus::Stopped { .. } => held.push(tid),
+                other => panic!("thread {tid} did not stop: {other:?}"),
+            }
+            new += 1;
+        }
+        if new == 0 {
+            return held;
+        }
+    }
+    panic!("process {pid} kept starting threads");
+}
+
+fn release(held: Vec<i32>) {
+    for tid in held {
+        let _ = dirtytrack::sys::ptrace::detach(tid, 0);
+    }
+}
+
+/// The contents of every readable mapping of `pid`, by page address.
+fn memory_pages(t: &RemoteTracker, pid: i32) -> std::collections::HashMap<usize, Vec<u8>> {
+    let ps = dirtytrack::page_size();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        let path = line.split_whitespace().nth(5).unwrap_or("");
+        if !perms.starts_with('r') || path == "[vvar]" || path == "[vsyscall]" {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        );
+        for p in (a..b).step_by(ps) {
+            let mut page = vec![0u8; ps];
+            if t.read_memory(p, &mut page).is_ok() {
+                out.insert(p, page);
+            }
+        }
+    }
+    out
+}
+
+/// A checkpointer that holds the target stopped itself (CRIU) and adopts the tracking
+/// userfaultfd: no ptrace by the library, the chain resumed from the saved state across runs,
+/// and every page that changed between two runs is in the second run's `not_known_clean`. A
+/// userfaultfd already set up is refused without the chain's state (a fork child's inherited
+/// copy would act on its parent's memory).
+#[test]
+fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
+    let Some(exe) = compile("threads") else { return };
+    let target = Target::spawn(Command::new(&exe));
+    let pid = target.pid();
+    // Run 0: the tracking userfaultfd is created and set up (here by attaching; CRIU creates
+    // it with its own injection and adopts it).
+    let Some(mut t) = attach_or_skip(pid) else {
+        return;
+    };
+    t.collect().unwrap();
+    let mut state = t.save_state();
+    let fd = t.target_fd();
+    drop(t);
+
+    hold_stopped(pid);
+    // Without the chain's state, a set-up userfaultfd is not adopted.
+    match RemoteTracker::builder(pid).caller_stops(true).adopt(fd) {
+        Err(RemoteError::NotATrackingFd { .. }) => {}
+        other => panic!("adopting without the state: {other:?}"),
+    }
+    // attach with caller_stops would need an injection: refused.
+    assert!(matches!(
+        RemoteTracker::builder(pid).caller_stops(true).attach(),
+        Err(RemoteError::Usage(_))
+    ));
+    assert_eq!(RemoteTracker::tracking_fds(pid).unwrap(), vec![fd]);
+    let mut before = None;
+    let mut increments = Vec::new();
+    for run in 0..4 {
+        if run > 0 {
+            std::thread::sleep(Duration::from_millis(30));
+            hold_stopped(pid);
+        }
+        assert_eq!(RemoteTracker::find_fd(pid, &state).unwrap(), Some(fd));
+        let mut t = RemoteTracker::builder(pid)
+            .caller_stops(true)
+            .state(&state)
+            .unwrap()
+            .adopt(fd)
+            .unwrap();
+        assert!(t.resumed(), "run {run}: the chain resumes");
+        let c = t.collect().unwrap();
+        let set = c.not_known_clean();
+        let now = memory_pages(&t, pid);
+        if let Some(before) = before.take() {
+            let before: std::collections::HashMap<usize, Vec<u8>> = before;
+            let changed: Vec<usize> = now
+                .iter()
+                .filter(|(p, bytes)| before.get(*p) != Some(*bytes))
+                .map(|(p, _)| *p)
+                .collect();
+            let missed: Vec<usize> = changed
+                .iter()
+                .copied()
+                .filter(|p| !set.contains(*p))
+                .collect();
+            assert!(
+                missed.is_empty(),
+                "LOST WRITE: run {run}: {} of {} changed pages are not in not_known_clean: {:x?}",
+                missed.len(),
+                changed.len(),
+                &missed[..missed.len().min(10)]
+            );
+            increments.push((changed.len(), set.len()));
+        }
+        before = Some(now);
+        state = t.save_state();
+        drop(t);
+        // Still stopped by this thread: the library did not touch the threads.
+        let (s, tracer) = state_of(pid);
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        assert_eq!(tracer, me.to_string(), "run {run}: held by this thread");
+        assert!(matches!(s, 't' | 'T'), "run {run}: state {s}");
+        release(hold_stopped_tids(pid));
+    }
+    eprintln!("caller-stops chain: (changed pages, not known clean) per run {increments:?}");
+    let total: usize = memory_pages_count(pid);
+    assert!(
+        increments.iter().all(|&(_, n)| n < total),
+        "increments {increments:?} of {total} pages: the chain is incremental"
+    );
+    assert_released(pid);
+}
+
+/// The tids of `pid` (all held by this thread at this point).
+fn hold_stopped_tids(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Pages mapped by `pid` (its address space size, in pages).
+fn memory_pages_count(pid: i32) -> usize {
+    let ps = dirtytrack::page_size();
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+            (usize::from_str_radix(b, 16).unwrap() - usize::from_str_radix(a, 16).unwrap()) / ps
+        })
+        .sum()
+}

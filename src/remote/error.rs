@@ -110,6 +110,23 @@ pub enum RemoteError {
         lock: std::path::PathBuf,
     },
 
+    /// The fd given to [`RemoteBuilder::adopt`](super::RemoteBuilder::adopt) is not a
+    /// userfaultfd this library may use for the target.
+    #[error("fd {fd} of process {pid} cannot be adopted as its tracking userfaultfd: {reason}")]
+    NotATrackingFd {
+        /// The target.
+        pid: i32,
+        /// The fd number in the target.
+        fd: i32,
+        /// Why, and what to do.
+        reason: String,
+    },
+
+    /// A chain state ([`RemoteBuilder::state`](super::RemoteBuilder::state)) that this library
+    /// cannot read.
+    #[error("unreadable chain state: {0}")]
+    BadState(String),
+
     /// An argument was wrong (an address outside every tracked mapping, ...).
     #[error("{0}")]
     Usage(String),

@@ -63,6 +63,7 @@
 //! (`[vdso]`, `[vvar]`, `[vsyscall]`) are listed in [`Collection::skipped`].
 
 mod error;
+mod state;
 #[cfg(feature = "testing")]
 mod image;
 mod inject;
@@ -268,6 +269,35 @@ impl Collection {
         self.mappings.iter().map(|m| m.dirty_bytes()).sum()
     }
 
+    /// Every page of the target's address space that is **not known clean**, as a
+    /// [`DirtySet`](crate::DirtySet): the written pages of tracked mappings, and the whole of
+    /// every mapping reported whole (new, grown, replaced, untracked) or skipped (code,
+    /// inaccessible, kernel-provided). A page outside it lies in a mapping tracked since the
+    /// previous collect and was not written since: what a checkpointer such as CRIU may take
+    /// from its previous images.
+    pub fn not_known_clean(&self) -> crate::DirtySet {
+        let ps = crate::page_size();
+        // One segment per mapping (they are disjoint), its runs marked word by word.
+        let mut segments: Vec<Segment> = Vec::with_capacity(self.mappings.len() + self.skipped.len());
+        for m in &self.mappings {
+            let mut seg = Segment::new(m.mapping.start, m.mapping.len() / ps);
+            seg.mark_each(
+                m.dirty
+                    .iter()
+                    .chain(m.whole().iter())
+                    .map(|r| (r.start, r.end)),
+                ps,
+            );
+            segments.push(seg);
+        }
+        for (m, _) in &self.skipped {
+            let mut seg = Segment::new(m.start, m.len() / ps);
+            seg.mark(m.start, m.end, ps);
+            segments.push(seg);
+        }
+        crate::DirtySet::from_segments(ps, segments)
+    }
+
     /// How many of [`Collection::mappings`] came about each way.
     pub fn change_counts(&self) -> ChangeCounts {
         let mut n = ChangeCounts::default();
@@ -306,6 +336,9 @@ pub struct RemoteBuilder {
     previous: Option<Vec<Mapping>>,
     expect: Option<(i32, u64)>,
     fresh: bool,
+    caller_stops: bool,
+    /// The collect generation a chain state was saved at.
+    generation: Option<u64>,
 }
 
 impl RemoteBuilder {
@@ -351,11 +384,53 @@ impl RemoteBuilder {
         self.fresh = yes;
         self
     }
+    /// The caller holds every thread of the target stopped (in its own ptrace stops, or with the
+    /// cgroup freezer) while each call on the tracker runs, as a checkpointer such as CRIU does
+    /// during a dump: the library then never ptraces the target (a second tracer is refused by
+    /// the kernel) and registers new mappings directly. Only with [`RemoteBuilder::adopt`]:
+    /// creating or closing a userfaultfd in the target needs a ptrace stop of the library's own.
+    pub fn caller_stops(mut self, yes: bool) -> Self {
+        self.caller_stops = yes;
+        self
+    }
+    /// Resume the chain whose state [`RemoteTracker::save_state`] returned in its previous run:
+    /// the first collect then reports only what changed since that run's collect, if the target
+    /// still holds that run's userfaultfd (same fd number and inode) and no collect happened
+    /// since that the chain did not record. Otherwise the first collect reports every mapping
+    /// whole ([`RemoteTracker::resumed`] says which).
+    pub fn state(mut self, bytes: &[u8]) -> Result<Self, RemoteError> {
+        let s = state::ChainState::decode(bytes)?;
+        self.expect = Some((s.fd, s.inode));
+        self.previous = Some(s.tracked);
+        self.generation = Some(s.generation);
+        Ok(self)
+    }
     /// Attaches.
     pub fn attach(self) -> Result<RemoteTracker, RemoteError> {
-        RemoteTracker::attach_with(self)
+        if self.caller_stops {
+            return Err(RemoteError::Usage(format!(
+                "process {}: caller_stops needs adopt(fd): while the caller holds the target stopped, the library cannot inject the system calls that create a userfaultfd; create it in the target yourself (userfaultfd(2) with flags REMOTE_UFFD_FLAGS, moved to fd {MARK_FD_BASE} or above) and adopt it",
+                self.pid
+            )));
+        }
+        RemoteTracker::attach_with(self, None)
+    }
+    /// Attaches through the userfaultfd the target holds at `target_fd`, which the caller created
+    /// there (flags [`REMOTE_UFFD_FLAGS`], at fd [`MARK_FD_BASE`] or above, e.g. with its own
+    /// system call injection) or which [`RemoteTracker::find_fd`] found. The library takes its
+    /// own copy (`pidfd_getfd`) and sets it up if it is new; it never injects anything.
+    ///
+    /// A userfaultfd that is already set up is adopted only as the one of the chain whose
+    /// [`RemoteBuilder::state`] was given ([`RemoteError::NotATrackingFd`] otherwise): a fork
+    /// child holds a copy of its parent's, and that copy acts on the *parent's* memory.
+    pub fn adopt(self, target_fd: i32) -> Result<RemoteTracker, RemoteError> {
+        RemoteTracker::attach_with(self, Some(target_fd))
     }
 }
+
+/// The `userfaultfd(2)` flags of a tracking userfaultfd a caller creates in a target for
+/// [`RemoteBuilder::adopt`]: close-on-exec, non-blocking, user-mode faults only.
+pub const REMOTE_UFFD_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY;
 
 /// Tracks the writes of another process. See the [module docs](self).
 ///
@@ -386,6 +461,9 @@ pub struct RemoteTracker {
     /// `stop_target` stopped the target and `continue_target` has not resumed it yet (`Drop`
     /// resumes it).
     stopped: bool,
+    /// The caller holds the target stopped during every call ([`RemoteBuilder::caller_stops`]):
+    /// never ptrace it.
+    caller_stops: bool,
     buf: Vec<PageRegion>,
     buf_used: usize,
     /// Test hook: runs in a collect between the scan and the registration stop.
@@ -489,6 +567,8 @@ impl RemoteTracker {
             previous: None,
             expect: None,
             fresh: false,
+            caller_stops: false,
+            generation: None,
         }
     }
 
@@ -498,7 +578,7 @@ impl RemoteTracker {
         Self::builder(pid).attach()
     }
 
-    fn attach_with(b: RemoteBuilder) -> Result<RemoteTracker, RemoteError> {
+    fn attach_with(b: RemoteBuilder, adopt: Option<i32>) -> Result<RemoteTracker, RemoteError> {
         let pid = b.pid;
         if pid <= 0 {
             return Err(RemoteError::NoSuchProcess { pid });
@@ -546,35 +626,41 @@ impl RemoteTracker {
         // One tracker per target: held until this tracker is dropped (or its process dies).
         let mut lock = lock::TargetLock::acquire(pid)?;
         let mut notes = Vec::new();
-        let fds = inspect_fds(pid, b.expect, &lock.record)?;
-        for (fd, why) in &fds.close {
-            let ret = inject::syscall_in(pid, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
-            notes.push(if ret == 0 {
-                format!("closed fd {fd} in the target: {why}")
-            } else {
-                format!(
-                    "could not close fd {fd} in the target ({}): {why}",
-                    io::Error::from_raw_os_error(-ret as i32)
-                )
-            });
-        }
-        let (target_fd, resumed, api_done) = match fds.found {
-            Some(f) if f.expected => (f.fd, !b.fresh, f.api_done),
-            // Another chain's fd (or no expectation given): reuse it, with its history only
-            // when the caller did not expect a specific one.
-            Some(f) => {
-                notes.push(if f.api_done {
-                    format!("adopted the tracking userfaultfd an earlier tracker left in the target (fd {})", f.fd)
-                } else {
-                    format!("adopted the userfaultfd an interrupted attach left in the target (fd {}), not set up yet", f.fd)
-                });
-                (
-                    f.fd,
-                    f.api_done && !b.fresh && b.expect.is_none(),
-                    f.api_done,
-                )
+        let (target_fd, resumed, api_done) = match adopt {
+            Some(fd) => adopted_fd(pid, fd, &b)?,
+            None => {
+                let fds = inspect_fds(pid, b.expect, &lock.record)?;
+                for (fd, why) in &fds.close {
+                    let ret =
+                        inject::syscall_in(pid, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+                    notes.push(if ret == 0 {
+                        format!("closed fd {fd} in the target: {why}")
+                    } else {
+                        format!(
+                            "could not close fd {fd} in the target ({}): {why}",
+                            io::Error::from_raw_os_error(-ret as i32)
+                        )
+                    });
+                }
+                match fds.found {
+                    Some(f) if f.expected => (f.fd, !b.fresh, f.api_done),
+                    // Another chain's fd (or no expectation given): reuse it, with its history
+                    // only when the caller did not expect a specific one.
+                    Some(f) => {
+                        notes.push(if f.api_done {
+                            format!("adopted the tracking userfaultfd an earlier tracker left in the target (fd {})", f.fd)
+                        } else {
+                            format!("adopted the userfaultfd an interrupted attach left in the target (fd {}), not set up yet", f.fd)
+                        });
+                        (
+                            f.fd,
+                            f.api_done && !b.fresh && b.expect.is_none(),
+                            f.api_done,
+                        )
+                    }
+                    None => (create_in_target(pid, &mut lock)?, false, false),
+                }
             }
-            None => (create_in_target(pid, &mut lock)?, false, false),
         };
         let uffd =
             pidfd::pidfd_getfd(pidfd.as_fd(), target_fd).map_err(|e| match e.raw_os_error() {
@@ -621,6 +707,7 @@ impl RemoteTracker {
             resumed,
             frozen: Vec::new(),
             stopped: false,
+            caller_stops: b.caller_stops,
             lock,
             notes,
             #[cfg(feature = "testing")]
@@ -628,6 +715,17 @@ impl RemoteTracker {
             buf: vec![PageRegion::default(); VEC_LEN],
             buf_used: 0,
         };
+        if let (true, Some(g)) = (t.resumed, b.generation) {
+            // The chain's state was saved at collect generation `g`; a different count on the
+            // same userfaultfd means a collect whose pages the chain never recorded.
+            if t.lock.record.uffd == uffd_ino && t.lock.record.generation != g {
+                t.resumed = false;
+                t.notes.push(format!(
+                    "collect {} of this userfaultfd happened after the chain's state was saved (at {g}): the chain starts over, every mapping is reported whole",
+                    t.lock.record.generation
+                ));
+            }
+        }
         if t.lock.record.uffd != uffd_ino {
             t.lock.record.uffd = uffd_ino;
             t.lock.record.generation = 0;
@@ -635,7 +733,7 @@ impl RemoteTracker {
                 .write()
                 .map_err(|e| kernel_err(pid, "write the target's lock file", e))?;
         }
-        if resumed {
+        if t.resumed {
             t.tracked = match b.previous {
                 Some(p) => p,
                 None => registered_now(pid)?,
@@ -1184,7 +1282,7 @@ impl RemoteTracker {
         }
         // Stopped by `stop_target` already, or stopped now; or another tracer (a debugger
         // attached after us) holds a thread, and nothing is registered this time.
-        let frozen = if self.stopped {
+        let frozen = if self.stopped || self.caller_stops {
             Ok(None)
         } else {
             match inject::freeze(self.pid) {
@@ -1353,6 +1451,45 @@ impl RemoteTracker {
         self.before_stop = Some(Box::new(hook));
     }
 
+    /// The chain's state for the next run ([`RemoteBuilder::state`]): the userfaultfd's fd and
+    /// inode, the collect generation, the mappings tracked. Opaque bytes; save them after the
+    /// dump of this run's collect is committed.
+    pub fn save_state(&self) -> Vec<u8> {
+        state::ChainState {
+            fd: self.target_fd,
+            inode: self.uffd_ino,
+            generation: self.lock.record.generation,
+            tracked: self.tracked.clone(),
+        }
+        .encode()
+    }
+
+    /// The fd number of the tracking userfaultfd that `state` (from [`RemoteTracker::save_state`]
+    /// in the chain's previous run) was saved with, if process `pid` still holds it; `None`
+    /// otherwise (the caller then creates a new one and adopts it). Reads `/proc` only.
+    pub fn find_fd(pid: i32, state: &[u8]) -> Result<Option<i32>, RemoteError> {
+        let s = state::ChainState::decode(state)?;
+        let fds = proc::userfaultfds(pid)
+            .map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+        Ok(fds
+            .iter()
+            .find(|u| u.fd == s.fd && u.ino == s.inode && u.features != 0)
+            .map(|u| u.fd))
+    }
+
+    /// Every fd of process `pid` that is a tracking userfaultfd (at [`MARK_FD_BASE`] or above),
+    /// its own and copies inherited from a tracked parent: what a checkpointer must leave out of
+    /// its dump of the process's files. Reads `/proc` only.
+    pub fn tracking_fds(pid: i32) -> Result<Vec<i32>, RemoteError> {
+        let fds = proc::userfaultfds(pid)
+            .map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+        Ok(fds
+            .iter()
+            .filter(|u| u.fd >= MARK_FD_BASE && u.features & EVENT_FEATURES == 0)
+            .map(|u| u.fd)
+            .collect())
+    }
+
     /// Leaves tracking in place in the target (a later attach resumes it) and releases this
     /// tracker. Same as dropping it (which also resumes a target left stopped).
     pub fn detach(self) {}
@@ -1366,6 +1503,16 @@ impl RemoteTracker {
         }
         if self.has_exited() {
             return Ok(());
+        }
+        if self.caller_stops {
+            // The caller holds the target: it closes the fd itself (or keeps it hidden), and
+            // the record says the userfaultfd no longer tracks anything.
+            self.lock.record.uffd = 0;
+            self.lock.record.generation = 0;
+            return self
+                .lock
+                .write()
+                .map_err(|e| kernel_err(self.pid, "write the target's lock file", e));
         }
         self.check_fd()?;
         let ret = inject::syscall_in(
@@ -1461,6 +1608,36 @@ struct Fds {
 /// never set up and not reused are closed (a copy left at its first number included); a
 /// userfaultfd the record does not name is never touched (it may be the target's own, in the
 /// middle of its own setup).
+/// [`RemoteBuilder::adopt`]: checks the target's fd `fd` and returns (fd, resumed, set up).
+fn adopted_fd(pid: i32, fd: i32, b: &RemoteBuilder) -> Result<(i32, bool, bool), RemoteError> {
+    let refuse = |reason: String| RemoteError::NotATrackingFd { pid, fd, reason };
+    let fds =
+        proc::userfaultfds(pid).map_err(|e| inject::access_error(pid, "read /proc/PID/fd", e))?;
+    let u = fds
+        .iter()
+        .find(|u| u.fd == fd)
+        .ok_or_else(|| refuse("the target holds no userfaultfd at that fd".into()))?;
+    if fd < MARK_FD_BASE {
+        return Err(refuse(format!(
+            "tracking userfaultfds live at fd {MARK_FD_BASE} or above (how later runs and checkpointers tell them from the target's own): move it there (fcntl F_DUPFD_CLOEXEC, then close)"
+        )));
+    }
+    let api_done = u.features != 0;
+    if api_done && u.features & (FEATURES | EVENT_FEATURES) != FEATURES {
+        return Err(refuse(format!(
+            "it is set up with features {:#x}, not as a tracking userfaultfd: it is the target's own",
+            u.features
+        )));
+    }
+    let expected = b.expect == Some((fd, u.ino));
+    if api_done && !expected {
+        return Err(refuse(
+            "it is set up already, but not by the chain whose state was given (no state, or another fd or inode): it may be a copy a fork child inherited, which acts on its parent's memory; create a new userfaultfd in the target and adopt that".into(),
+        ));
+    }
+    Ok((fd, expected && !b.fresh, api_done))
+}
+
 fn inspect_fds(
     pid: i32,
     expect: Option<(i32, u64)>,

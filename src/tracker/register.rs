@@ -269,7 +269,13 @@ fn register_error(
                 .iter()
                 .any(|v| v.path.contains("hugepage") || v.path.starts_with("/dev/hugepages"));
             let file = vmas.iter().any(|v| v.is_file_backed());
-            let hint = if hugetlb {
+            let hint = if (hugetlb || file)
+                && !core.caps.has(uffd::FEATURE_WP_HUGETLBFS_SHMEM)
+            {
+                // Before 5.19 (e.g. 5.10, sync mode only) the kernel refuses MODE_WP on every
+                // shmem and hugetlbfs VMA with EINVAL.
+                "this kernel cannot write-protect shmem, memfd or hugetlbfs memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+), and sync mode never tracks regular file mappings: only private anonymous memory can be tracked here; Mode::Async (Linux 6.7+) tracks all of them"
+            } else if hugetlb {
                 "hugetlbfs ranges must start and end on a huge-page boundary (usually 2 MiB)"
             } else if file && core.mode == crate::Mode::Sync {
                 "sync mode tracks anonymous, shmem/memfd and hugetlbfs memory only; use Mode::Async (Linux 6.7+) for regular file mappings"
