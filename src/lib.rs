@@ -43,7 +43,7 @@
 //! | `backend/` | `async_wp` (`PAGEMAP_SCAN`), `sync_wp` (re-protect + marks), `monitor` (the thread reading the userfaultfd; design note there) |
 //! | `live` | [`LiveSnapshot`], [`LiveCopy`]: consistent live snapshots (sync mode) and the hand-back of the pages a dropped snapshot owes |
 //! | `tracker/` | the API on top: [`Tracker`] and [`RangeInfo`] (`mod.rs`), [`TrackerBuilder`] (`builder.rs`), registration (`register.rs`), test hooks (`hooks.rs`) |
-//! | `remote/` | tracking another process: the system-call injector, [`RemoteTracker`], pre-dump images (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
+//! | `remote/` | (feature `remote`) tracking another process: the system-call injector, `RemoteTracker`, the target lock, chain states (uses `sys`, `bitmap`, `dirty_set` and the async scan loop) |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -66,7 +66,7 @@ mod error;
 mod live;
 pub mod probe;
 mod range;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(all(feature = "remote", any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub mod remote;
 mod state;
 #[allow(missing_docs)]
@@ -95,7 +95,7 @@ pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
 pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::Capabilities;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(all(feature = "remote", any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub use remote::{RemoteError, RemoteTracker};
 pub use tracker::{RangeInfo, Tracker, TrackerBuilder};
 pub use types::{Backing, FdSource, Mode, Prefault, RangeId, Thp};
