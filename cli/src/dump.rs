@@ -44,15 +44,15 @@ pub fn to_line(m: &Mapping) -> String {
 /// Parses [`to_line`].
 pub fn from_line(line: &str) -> Option<Mapping> {
     let mut it = line.splitn(7, ' ');
-    Some(Mapping {
-        start: usize::from_str_radix(it.next()?, 16).ok()?,
-        end: usize::from_str_radix(it.next()?, 16).ok()?,
-        perms: it.next()?.to_string(),
-        offset: u64::from_str_radix(it.next()?, 16).ok()?,
-        dev: it.next()?.to_string(),
-        inode: it.next()?.parse().ok()?,
-        path: it.next().unwrap_or("").to_string(),
-    })
+    Some(Mapping::new(
+        usize::from_str_radix(it.next()?, 16).ok()?,
+        usize::from_str_radix(it.next()?, 16).ok()?,
+        it.next()?.to_string(),
+        u64::from_str_radix(it.next()?, 16).ok()?,
+        it.next()?.to_string(),
+        it.next()?.parse().ok()?,
+        it.next().unwrap_or("").to_string(),
+    ))
 }
 
 /// Why a dump could not be written or read.
@@ -467,24 +467,24 @@ mod tests {
     #[test]
     fn state_lines_round_trip() {
         for x in [
-            Mapping {
-                start: 0x1000,
-                end: 0x3000,
-                perms: "rw-p".into(),
-                offset: 0,
-                dev: "00:00".into(),
-                inode: 0,
-                path: String::new(),
-            },
-            Mapping {
-                start: 0x7f00_0000,
-                end: 0x7f10_0000,
-                perms: "rw-s".into(),
-                offset: 0x2000,
-                dev: "fe:01".into(),
-                inode: 42,
-                path: "/memfd:a b (deleted)".into(),
-            },
+            Mapping::new(
+                0x1000,
+                0x3000,
+                "rw-p".into(),
+                0,
+                "00:00".into(),
+                0,
+                String::new(),
+            ),
+            Mapping::new(
+                0x7f00_0000,
+                0x7f10_0000,
+                "rw-s".into(),
+                0x2000,
+                "fe:01".into(),
+                42,
+                "/memfd:a b (deleted)".into(),
+            ),
         ] {
             assert_eq!(from_line(&to_line(&x)), Some(x));
         }

@@ -285,6 +285,7 @@ fn sample(t: &mut RemoteTracker, interval: Duration, count: usize, top: usize) -
                 Change::New { .. } => "  (new: reported whole)",
                 Change::Lost { .. } => "  (replaced: reported whole)",
                 Change::Untracked { .. } => "  (not tracked: counted whole)",
+                _ => "  (reported whole)",
             };
             println!("  {:>10.0} pages/s  {}{note}", *n as f64 / secs, m.mapping);
         }

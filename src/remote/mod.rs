@@ -35,7 +35,7 @@
 //! - **Registration without splitting**: registering part of a mapping splits it, and the target
 //!   could then no longer move or grow it with one `mremap` (`EFAULT`). A mapping read from
 //!   `/proc/PID/maps` may grow before it is registered, so registration happens with every
-//!   thread of the target in a ptrace stop, against maps read again then (`settle`).
+//!   thread of the target in a ptrace stop, against maps read again then (`register_while_stopped`).
 //! - **exec**: the fd is close-on-exec; the tracker notices the target no longer holds it
 //!   ([`RemoteError::TrackingLost`]).
 //! - **fork**: children are not tracked (without `EVENT_FORK` the kernel drops the registration
@@ -63,11 +63,11 @@
 //! (`[vdso]`, `[vvar]`, `[vsyscall]`) are listed in [`Collection::skipped`].
 
 mod error;
-mod state;
 #[cfg(feature = "testing")]
 mod image;
 mod inject;
 mod lock;
+mod state;
 
 pub use error::RemoteError;
 #[cfg(feature = "testing")]
@@ -108,6 +108,7 @@ const VEC_LEN: usize = 1024;
 
 /// One mapping of the target, as `/proc/PID/maps` printed it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Mapping {
     /// First byte.
     pub start: usize,
@@ -126,6 +127,27 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// A mapping with these fields (as a `/proc/PID/maps` line gives them).
+    pub fn new(
+        start: usize,
+        end: usize,
+        perms: String,
+        offset: u64,
+        dev: String,
+        inode: u64,
+        path: String,
+    ) -> Mapping {
+        Mapping {
+            start,
+            end,
+            perms,
+            offset,
+            dev,
+            inode,
+            path,
+        }
+    }
+
     fn from_entry(e: &MapsEntry) -> Mapping {
         Mapping {
             start: e.start,
@@ -194,6 +216,7 @@ impl fmt::Display for Mapping {
 
 /// How a mapping's report came about.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// Tracked since the last collect: `dirty` holds exactly the pages written since then.
     Tracked,
@@ -217,6 +240,7 @@ pub enum Change {
 
 /// One mapping's part of a [`Collection`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MappingReport {
     /// The mapping now.
     pub mapping: Mapping,
@@ -251,6 +275,7 @@ impl MappingReport {
 
 /// What one [`RemoteTracker::collect`] found.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Collection {
     /// Every mapping whose contents a dump must hold, ascending, with the pages to copy.
     pub mappings: Vec<MappingReport>,
@@ -278,7 +303,8 @@ impl Collection {
     pub fn not_known_clean(&self) -> crate::DirtySet {
         let ps = crate::page_size();
         // One segment per mapping (they are disjoint), its runs marked word by word.
-        let mut segments: Vec<Segment> = Vec::with_capacity(self.mappings.len() + self.skipped.len());
+        let mut segments: Vec<Segment> =
+            Vec::with_capacity(self.mappings.len() + self.skipped.len());
         for m in &self.mappings {
             let mut seg = Segment::new(m.mapping.start, m.mapping.len() / ps);
             seg.mark_each(
@@ -315,6 +341,7 @@ impl Collection {
 
 /// Mappings of a [`Collection`] per [`Change`] kind ([`Collection::change_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChangeCounts {
     /// [`Change::Tracked`].
     pub tracked: usize,
@@ -540,7 +567,7 @@ enum Outcome {
 
 impl Outcome {
     /// Reported whole, not tracked, for `reason`.
-    fn whole(mapping: Mapping, reason: String) -> Outcome {
+    fn untracked(mapping: Mapping, reason: String) -> Outcome {
         Outcome::Whole(MappingReport {
             dirty: std::iter::once(mapping.start..mapping.end).collect(),
             mapping,
@@ -1056,13 +1083,13 @@ impl RemoteTracker {
             ));
         }
         // Scan first, with the target running; register what is new afterwards, all at once,
-        // with every thread of the target stopped (see `settle`).
+        // with every thread of the target stopped (see `register_while_stopped`).
         let mut steps = Vec::with_capacity(current.len());
         for e in &current {
             let m = Mapping::from_entry(e);
             let step = match self.plan(e, &m) {
                 Plan::Skip(why) => Step::Done(m, Outcome::Skip(why)),
-                Plan::Whole(why) => Step::Done(m.clone(), Outcome::whole(m, why)),
+                Plan::Whole(why) => Step::Done(m.clone(), Outcome::untracked(m, why)),
                 Plan::Track => match self.scan_mapping(&m)? {
                     s if s.new_parts.is_empty() => {
                         Step::Done(m, Outcome::Tracked(s.report(self.page_size)))
@@ -1074,7 +1101,7 @@ impl RemoteTracker {
         }
         let mut out = Collection::default();
         let mut tracked_now = Vec::new();
-        for (m, outcome) in self.settle(steps)? {
+        for (m, outcome) in self.register_while_stopped(steps)? {
             match outcome {
                 Outcome::Skip(why) => out.skipped.push((m, why)),
                 Outcome::Whole(report) => out.mappings.push(report),
@@ -1176,7 +1203,7 @@ impl RemoteTracker {
     }
 
     /// One trackable mapping, first half: scans the parts tracked before, and lists the rest,
-    /// to be registered (by [`RemoteTracker::settle`]) and reported whole.
+    /// to be registered (by [`RemoteTracker::register_while_stopped`]) and reported whole.
     fn scan_mapping(&mut self, m: &Mapping) -> Result<Scanned, RemoteError> {
         let ps = self.page_size;
         // Parts of `m` tracked before with the same backing.
@@ -1266,7 +1293,10 @@ impl RemoteTracker {
     /// ptrace stop it does not see), its maps read again, and only mappings found unchanged are
     /// registered, before it runs again. The others are reported whole and registered at the
     /// next collect.
-    fn settle(&mut self, steps: Vec<Step>) -> Result<Vec<(Mapping, Outcome)>, RemoteError> {
+    fn register_while_stopped(
+        &mut self,
+        steps: Vec<Step>,
+    ) -> Result<Vec<(Mapping, Outcome)>, RemoteError> {
         let mut out = Vec::with_capacity(steps.len());
         if !steps.iter().any(|s| matches!(s, Step::Register(_))) {
             for step in steps {
@@ -1313,8 +1343,8 @@ impl RemoteTracker {
                 .map(|i| Mapping::from_entry(&now[i]))
                 .is_some_and(|n| n.end == m.end && n.same_backing_at(&m));
             let outcome = match &frozen {
-                Err(reason) => Outcome::whole(m.clone(), format!("not registered: the target could not be stopped for it ({reason}); registered at a later collect")),
-                Ok(_) if !unchanged => Outcome::whole(m.clone(), "changed while being registered: registered at the next collect".into()),
+                Err(reason) => Outcome::untracked(m.clone(), format!("not registered: the target could not be stopped for it ({reason}); registered at a later collect")),
+                Ok(_) if !unchanged => Outcome::untracked(m.clone(), "changed while being registered: registered at the next collect".into()),
                 Ok(_) => {
                     let s = self.recheck_old_parts(s)?;
                     self.arm_scanned(s)?
@@ -1386,7 +1416,7 @@ impl RemoteTracker {
                 // Contents that were tracked, or that can be read, are reported whole; a mapping
                 // the kernel refuses from the start (device memory) is skipped.
                 if refusal.readable || had_old_parts {
-                    return Ok(Outcome::whole(m, refusal.reason));
+                    return Ok(Outcome::untracked(m, refusal.reason));
                 }
                 return Ok(Outcome::Skip(refusal.reason));
             }
