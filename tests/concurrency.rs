@@ -399,64 +399,12 @@ fn lowest_priority() {
 /// and arming fails otherwise only if the memory is unmapped in a window of microseconds.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn deny_arming_ioctls_in_this_thread() -> Result<(), String> {
+    use common::seccomp::{deny_in_this_thread, Deny};
     use dirtytrack::sys::{pagemap::PAGEMAP_SCAN, uffd::UFFDIO_WRITEPROTECT};
-    // AUDIT_ARCH_* of <linux/audit.h>: EM_* | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xc000_003e;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xc000_00b7;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let ld: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret: u32 = libc::BPF_RET | libc::BPF_K;
-    let mut prog = [
-        stmt(ld, 4), // seccomp_data.arch
-        jeq(AUDIT_ARCH, 1, 0),
-        stmt(ret, RET_ALLOW),
-        stmt(ld, 0), // seccomp_data.nr
-        jeq(libc::SYS_ioctl as u32, 1, 0),
-        stmt(ret, RET_ALLOW),
-        stmt(ld, 24), // seccomp_data.args[1] (the request), low 32 bits (little endian)
-        jeq(UFFDIO_WRITEPROTECT as u32, 2, 0),
-        jeq(PAGEMAP_SCAN as u32, 1, 0),
-        stmt(ret, RET_ALLOW),
-        stmt(ret, RET_ERRNO | libc::EPERM as u32),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: PR_SET_NO_NEW_PRIVS and the filter apply to this thread only; `fprog` outlives the
-    // call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!(
-                "PR_SET_NO_NEW_PRIVS: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::syscall(
-            libc::SYS_seccomp,
-            1, /* SECCOMP_SET_MODE_FILTER */
-            0,
-            &fprog,
-        ) != 0
-        {
-            return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
-        }
-    }
+    deny_in_this_thread(
+        &[Deny::Ioctl(UFFDIO_WRITEPROTECT), Deny::Ioctl(PAGEMAP_SCAN)],
+        libc::EPERM,
+    )?;
     // The filter works: both requests fail with EPERM before the kernel looks at the fd (EBADF
     // without the filter).
     for (name, request) in [

@@ -418,64 +418,17 @@ fn unprivileged_and_not_dumpable_gets_a_clear_error() {
 /// Installs a seccomp filter that fails `userfaultfd(2)` with `errno` and allows everything else.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn deny_userfaultfd_syscall(errno: i32) -> Result<(), String> {
-    // AUDIT_ARCH_* of <linux/audit.h>: EM_* | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let ld: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret: u32 = libc::BPF_RET | libc::BPF_K;
-    let mut prog = [
-        stmt(ld, 4), // seccomp_data.arch
-        jeq(AUDIT_ARCH, 1, 0),
-        stmt(ret, RET_ALLOW),
-        stmt(ld, 0), // seccomp_data.nr
-        jeq(libc::SYS_userfaultfd as u32, 0, 1),
-        stmt(ret, RET_ERRNO | (errno as u32 & 0xffff)),
-        stmt(ret, RET_ALLOW),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: standard seccomp installation in this (child) process; `fprog` outlives the call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!(
-                "PR_SET_NO_NEW_PRIVS: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::syscall(
-            libc::SYS_seccomp,
-            1, /* SECCOMP_SET_MODE_FILTER */
-            0,
-            &fprog,
-        ) != 0
-        {
-            return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
-        }
-        // The filter works: the system call fails with our errno.
-        let rc = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC);
-        let got = std::io::Error::last_os_error().raw_os_error();
-        check(rc == -1 && got == Some(errno), || {
-            format!("userfaultfd(2) under the filter: rc {rc}, errno {got:?}")
-        })
-    }
+    common::seccomp::deny_in_this_thread(
+        &[common::seccomp::Deny::Syscall(libc::SYS_userfaultfd)],
+        errno,
+    )?;
+    // The filter works: the system call fails with our errno.
+    // SAFETY: userfaultfd(2) takes no pointer; a descriptor it returned would only fail the check.
+    let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+    let got = std::io::Error::last_os_error().raw_os_error();
+    check(rc == -1 && got == Some(errno), || {
+        format!("userfaultfd(2) under the filter: rc {rc}, errno {got:?}")
+    })
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

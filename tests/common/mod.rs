@@ -25,6 +25,8 @@
 //! `DIRTYTRACK_ALLOW_SKIP=1` is set, in which case it passes after printing the line.
 #![allow(dead_code)]
 
+pub mod seccomp;
+
 use dirtytrack::{DirtySet, Error, Mode, Tracker, TrackerBuilder};
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -85,6 +87,18 @@ pub fn skip(reason: &str) {
     if std::env::var("DIRTYTRACK_ALLOW_SKIP").as_deref() != Ok("1") {
         panic!("cannot run here: {reason} (set DIRTYTRACK_ALLOW_SKIP=1 to allow skipping)");
     }
+}
+
+/// Whether this kernel can write-protect shmem, memfd and hugetlbfs memory
+/// (`UFFD_FEATURE_WP_HUGETLBFS_SHMEM`, 5.19+; 5.10 cannot, and runs sync mode only); `false`
+/// after reporting a skip. Call it after [`tracker`], so that a mode the kernel lacks is the
+/// reported reason.
+pub fn shmem_hugetlb_wp_or_skip() -> bool {
+    if dirtytrack::Capabilities::probe().has(dirtytrack::features::WP_HUGETLBFS_SHMEM) {
+        return true;
+    }
+    skip("the kernel cannot write-protect shmem, memfd or hugetlbfs memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 5.19+)");
+    false
 }
 
 /// A tracker in `mode`, or `None` after reporting a skip when the kernel cannot run that mode.
@@ -151,18 +165,25 @@ pub fn spawn(f: Box<dyn FnOnce() + Send>) -> (std::thread::JoinHandle<()>, i32) 
 
 /// Waits until thread `tid` of this process sleeps in userfaultfd code (a write fault waiting
 /// for the monitor, or a memory event waiting to be read), as `/proc/self/task/<tid>/wchan`
-/// names it; fails after 20 s.
+/// names it, or else its kernel stack (`/proc/self/task/<tid>/stack`, root only: x86_64 kernels
+/// before 5.16 built with the ORC unwinder, Debian's 5.10 among them, read `wchan` as "0");
+/// fails after 20 s.
 pub fn wait_in_userfaultfd(tid: i32, what: &str) {
     let path = format!("/proc/self/task/{tid}/wchan");
+    let stack_path = format!("/proc/self/task/{tid}/stack");
     let started = std::time::Instant::now();
     loop {
         let wchan = std::fs::read_to_string(&path).unwrap_or_default();
         if wchan.contains("userfault") {
             return;
         }
+        let stack = std::fs::read_to_string(&stack_path).unwrap_or_default();
+        if stack.contains("userfault") {
+            return;
+        }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(20),
-            "{what} (thread {tid}) is not blocked in userfaultfd after 20 s: wchan {wchan:?}"
+            "{what} (thread {tid}) is not blocked in userfaultfd after 20 s: wchan {wchan:?}, stack {stack:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -919,6 +940,9 @@ impl Region {
 pub fn hugetlb_setup(mode: Mode, huge_pages: usize) -> Option<(HugetlbPool, Tracker, Region)> {
     let pool = HugetlbPool::reserve(huge_pages)?;
     let t = tracker(mode)?;
+    if !shmem_hugetlb_wp_or_skip() {
+        return None;
+    }
     let r = Region::hugetlb_or_skip(huge_pages, false)?;
     Some((pool, t, r))
 }
@@ -980,6 +1004,12 @@ pub struct Mapped {
 impl Memory {
     pub fn map(&self, pages: usize) -> Mapped {
         (self.map)(pages)
+    }
+
+    /// Whether this kernel can write-protect this kind of memory; `false` after reporting a skip
+    /// (everything but private anonymous memory is shmem: see [`shmem_hugetlb_wp_or_skip`]).
+    pub fn trackable_or_skip(&self) -> bool {
+        self.name == PRIVATE_ANONYMOUS.name || shmem_hugetlb_wp_or_skip()
     }
 }
 
