@@ -433,28 +433,9 @@ impl Image {
         m: &MappingReport,
         out: &mut Vec<(usize, String)>,
     ) {
-        let what = match (self.pages.get(&a), live) {
-            // Never populated: reads as zero.
-            (None, Some(live))
-                if m.mapping.is_private_anonymous() && live.iter().all(|&b| b == 0) =>
-            {
-                return
-            }
-            (None, _) => format!("page of {} missing from the dumps", m.mapping),
-            (Some(Some(img)), Some(live)) if img[..] != *live => {
-                let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);
-                format!(
-                    "differs from the dumps at byte {first} ({:#04x} dumped, {:#04x} live) in {}",
-                    img[first], live[first], m.mapping
-                )
-            }
-            (Some(None), Some(_)) => {
-                format!("unreadable when dumped, readable now, in {}", m.mapping)
-            }
-            (Some(Some(_)), None) => {
-                format!("readable when dumped, unreadable now, in {}", m.mapping)
-            }
-            _ => return,
+        let dumped = self.pages.get(&a).map(|p| p.as_deref());
+        let Some(what) = dirtytrack::remote::page_mismatch(dumped, live, &m.mapping) else {
+            return;
         };
         out.push((a, what));
     }

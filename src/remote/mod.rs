@@ -214,6 +214,34 @@ impl fmt::Display for Mapping {
     }
 }
 
+/// How a page of a dump compares with the live page at the same address, the rule a dump
+/// verifier applies: `dumped` is `None` when no dump holds the page, `Some(None)` when the dump
+/// recorded it unreadable; `live` is `None` when it cannot be read now. A page no dump holds is
+/// right only in private anonymous memory, where it was never populated and reads as zero.
+/// Returns what is wrong, or `None` when the page matches.
+pub fn page_mismatch(
+    dumped: Option<Option<&[u8]>>,
+    live: Option<&[u8]>,
+    mapping: &Mapping,
+) -> Option<String> {
+    Some(match (dumped, live) {
+        (None, Some(live)) if mapping.is_private_anonymous() && live.iter().all(|&b| b == 0) => {
+            return None
+        }
+        (None, _) => format!("page of {mapping} missing from the dumps"),
+        (Some(Some(img)), Some(live)) if img != live => {
+            let first = img.iter().zip(live).position(|(x, y)| x != y).unwrap_or(0);
+            format!(
+                "differs from the dumps at byte {first} ({:#04x} dumped, {:#04x} live) in {mapping}",
+                img[first], live[first]
+            )
+        }
+        (Some(None), Some(_)) => format!("unreadable when dumped, readable now, in {mapping}"),
+        (Some(Some(_)), None) => format!("readable when dumped, unreadable now, in {mapping}"),
+        _ => return None,
+    })
+}
+
 /// How a mapping's report came about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
