@@ -1390,35 +1390,45 @@ fn a_second_tracker_on_one_target_is_refused() {
     }
 }
 
-/// Every thread of `pid` in a ptrace stop of this thread, as a checkpointer (CRIU) holds its
-/// target during a dump: seized and interrupted until no new thread shows up.
-fn hold_stopped(pid: i32) -> Vec<i32> {
-    use dirtytrack::sys::ptrace;
-    let mut held: Vec<i32> = Vec::new();
-    for _ in 0..64 {
-        let mut new = 0;
-        for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let tid: i32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
-            if held.contains(&tid) || ptrace::seize(tid, 0).is_err() {
-                continue; // held already, or exited meanwhile
+/// Every thread of a process in a ptrace stop of this thread, as a checkpointer (CRIU) holds
+/// its target during a dump: seized and interrupted until no new thread shows up. Released on
+/// drop, also when the test panics (a panicking holder would otherwise leave the target's
+/// threads for nobody to reap, and the test would hang in `Target`'s drop).
+struct Held(Vec<i32>);
+
+impl Held {
+    fn stop_all(pid: i32) -> Held {
+        use dirtytrack::sys::ptrace;
+        let mut held = Held(Vec::new());
+        for _ in 0..64 {
+            let mut new = 0;
+            for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+                let tid: i32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
+                if held.0.contains(&tid) || ptrace::seize(tid, 0).is_err() {
+                    continue; // held already, or exited meanwhile
+                }
+                new += 1;
+                if ptrace::interrupt(tid).is_err() {
+                    continue; // exited meanwhile
+                }
+                // A thread that exits before it stops reports its exit instead.
+                if let Ok(ptrace::WaitStatus::Stopped { .. }) = ptrace::wait(tid) {
+                    held.0.push(tid);
+                }
             }
-            ptrace::interrupt(tid).unwrap();
-            match ptrace::wait(tid).unwrap() {
-                ptrace::WaitStatus::Stopped { .. } => held.push(tid),
-                other => panic!("thread {tid} did not stop: {other:?}"),
+            if new == 0 {
+                return held;
             }
-            new += 1;
         }
-        if new == 0 {
-            return held;
-        }
+        panic!("process {pid} kept starting threads");
     }
-    panic!("process {pid} kept starting threads");
 }
 
-fn release(held: Vec<i32>) {
-    for tid in held {
-        let _ = dirtytrack::sys::ptrace::detach(tid, 0);
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &tid in &self.0 {
+            let _ = dirtytrack::sys::ptrace::detach(tid, 0);
+        }
     }
 }
 
@@ -1456,7 +1466,9 @@ fn memory_pages(t: &RemoteTracker, pid: i32) -> std::collections::HashMap<usize,
 /// copy would act on its parent's memory).
 #[test]
 fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
-    let Some(exe) = compile("threads") else { return };
+    let Some(exe) = compile("threads") else {
+        return;
+    };
     let target = Target::spawn(Command::new(&exe));
     let pid = target.pid();
     // Run 0: the tracking userfaultfd is created and set up (here by attaching; CRIU creates
@@ -1469,7 +1481,7 @@ fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
     let fd = t.target_fd();
     drop(t);
 
-    hold_stopped(pid);
+    let mut first = Some(Held::stop_all(pid));
     // Without the chain's state, a set-up userfaultfd is not adopted.
     match RemoteTracker::builder(pid).caller_stops(true).adopt(fd) {
         Err(RemoteError::NotATrackingFd { .. }) => {}
@@ -1484,10 +1496,13 @@ fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
     let mut before = None;
     let mut increments = Vec::new();
     for run in 0..4 {
-        if run > 0 {
-            std::thread::sleep(Duration::from_millis(30));
-            hold_stopped(pid);
-        }
+        let held = match first.take() {
+            Some(h) => h,
+            None => {
+                std::thread::sleep(Duration::from_millis(30));
+                Held::stop_all(pid)
+            }
+        };
         assert_eq!(RemoteTracker::find_fd(pid, &state).unwrap(), Some(fd));
         let mut t = RemoteTracker::builder(pid)
             .caller_stops(true)
@@ -1529,7 +1544,7 @@ fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
         let me = unsafe { libc::gettid() };
         assert_eq!(tracer, me.to_string(), "run {run}: held by this thread");
         assert!(matches!(s, 't' | 'T'), "run {run}: state {s}");
-        release(hold_stopped_tids(pid));
+        drop(held);
     }
     eprintln!("caller-stops chain: (changed pages, not known clean) per run {increments:?}");
     let total: usize = memory_pages_count(pid);
@@ -1540,14 +1555,6 @@ fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
     assert_released(pid);
 }
 
-/// The tids of `pid` (all held by this thread at this point).
-fn hold_stopped_tids(pid: i32) -> Vec<i32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect()
-}
-
 /// Pages mapped by `pid` (its address space size, in pages).
 fn memory_pages_count(pid: i32) -> usize {
     let ps = dirtytrack::page_size();
@@ -1555,7 +1562,12 @@ fn memory_pages_count(pid: i32) -> usize {
         .unwrap()
         .lines()
         .map(|l| {
-            let (a, b) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+            let (a, b) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
             (usize::from_str_radix(b, 16).unwrap() - usize::from_str_radix(a, 16).unwrap()) / ps
         })
         .sum()
