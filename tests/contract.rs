@@ -153,6 +153,13 @@ per_mode! {
 per_mode! {
     fn madv_populate_write_reports_every_page(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
+        // MADV_POPULATE_WRITE is 5.14+: older kernels (5.10) refuse it with EINVAL.
+        let scratch = Region::anon(1);
+        // SAFETY: advice on our own untracked scratch mapping.
+        if unsafe { libc::madvise(scratch.addr as *mut libc::c_void, page(), libc::MADV_POPULATE_WRITE) } != 0 {
+            common::skip(&format!("MADV_POPULATE_WRITE (5.14+): {}", std::io::Error::last_os_error()));
+            return;
+        }
         let mut r = Region::anon(32);
         // 0..8 written, 8..16 read (zero page), 16..32 never touched.
         for i in 0..8 {
@@ -300,6 +307,9 @@ fn swap_round_trip(t: &Tracker, id: RangeId, r: &mut Region) -> Vec<usize> {
 /// Swap-out / swap-in of 32 pages of `memory` (see [`swap_round_trip`]).
 fn swap_test(mode: Mode, memory: Memory) {
     let Some(t) = tracker(mode) else { return };
+    if !memory.trackable_or_skip() {
+        return;
+    }
     let swap = match SwapFile::enable() {
         Ok(s) => s,
         Err(reason) => {
@@ -335,6 +345,9 @@ per_case! { swap_test:
 /// cannot be evicted and the advice is harmless): nothing lost, nothing over-reported.
 fn pageout_exact(mode: Mode, memory: Memory) {
     let Some(t) = tracker(mode) else { return };
+    if !memory.trackable_or_skip() {
+        return;
+    }
     let _lock = system_lock(); // not while another test has its swap file on
     let no_swap = std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() <= 1);
     let Mapped {
@@ -850,6 +863,9 @@ per_mode! {
 per_mode! {
     fn backing_and_blind_spots(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
+        if !common::shmem_hugetlb_wp_or_skip() {
+            return;
+        }
         let mut mapped = Vec::new(); // every range stays mapped (and registered) to the end
         for (memory, want, blind) in [
             (PRIVATE_ANONYMOUS, Backing::PrivateAnonymous, false),

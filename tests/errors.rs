@@ -306,6 +306,10 @@ fn fd_exhaustion_is_reported_as_a_resource_error() {
 per_mode! {
     fn read_only_shared_mapping_is_refused_with_a_hint(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
+        // Before 5.19 the kernel refuses every shmem mapping first (EINVAL; see the next test).
+        if !common::shmem_hugetlb_wp_or_skip() {
+            return;
+        }
         // A write-sealed memfd (shmem: both modes support it) can only be mapped read-only.
         // SAFETY: creating, filling and sealing our own memfd.
         let fd = unsafe {
@@ -327,6 +331,30 @@ per_mode! {
         assert!(e.to_string().contains("cannot be write-protected"), "{e}");
         // SAFETY: unmapping our own mapping.
         unsafe { libc::munmap(p, 4 * page()) };
+    }
+}
+
+/// Shared anonymous memory in sync mode: tracked where the kernel offers
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` (5.19+); refused before (5.10), naming that feature rather
+/// than a misleading hint. Runs on every kernel with sync mode, no skip.
+#[test]
+fn shared_memory_without_wp_hugetlbfs_shmem_is_refused_naming_the_feature() {
+    let Some(t) = tracker(Mode::Sync) else { return };
+    let has = dirtytrack::Capabilities::probe().has(features::WP_HUGETLBFS_SHMEM);
+    let r = Region::mmap(4, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
+    match t.register(r.ptr(), r.len) {
+        Ok(_) => assert!(
+            has,
+            "registered although the kernel lacks WP_HUGETLBFS_SHMEM"
+        ),
+        Err(e) => {
+            assert!(
+                !has,
+                "refused although the kernel offers WP_HUGETLBFS_SHMEM: {e}"
+            );
+            assert!(matches!(e, Error::MappingNotSupported { .. }), "{e:?}");
+            assert!(e.to_string().contains("WP_HUGETLBFS_SHMEM"), "{e}");
+        }
     }
 }
 

@@ -51,6 +51,9 @@ const MEMFD_PRIVATE_WITH_CONTENTS: Memory = Memory {
 /// exactly: 6 changed, 6 reported.
 fn contract(mode: Mode, memory: Memory) {
     let Some(t) = tracker(mode) else { return };
+    if !memory.trackable_or_skip() {
+        return;
+    }
     let Mapped {
         region: mut r,
         fd: _fd,
@@ -104,6 +107,9 @@ per_mode! {
     /// but is NOT reported. This test asserts that documented behaviour.
     fn memfd_shared_second_mapping_and_pwrite_is_invisible_documented(mode: Mode) {
         let Some(t) = tracker(mode) else { return };
+        if !common::shmem_hugetlb_wp_or_skip() {
+            return;
+        }
         let (mut r, fd) = Region::memfd(8, true);
         for i in 0..4 {
             r.write(i, 0, 1);
@@ -150,6 +156,9 @@ struct Discard {
 /// are reported exactly.
 fn discard_after_collect(mode: Mode, case: Discard) {
     let Some(t) = tracker(mode) else { return };
+    if !case.memory.trackable_or_skip() {
+        return;
+    }
     let Mapped {
         region: mut r,
         fd: _fd,
