@@ -66,7 +66,10 @@ mod error;
 mod live;
 pub mod probe;
 mod range;
-#[cfg(all(feature = "remote", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    feature = "remote",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub mod remote;
 mod state;
 #[allow(missing_docs)]
@@ -95,7 +98,10 @@ pub use dirty_set::{DirtySet, RangeView};
 pub use error::Error;
 pub use live::{LiveCopy, LiveSnapshot};
 pub use probe::Capabilities;
-#[cfg(all(feature = "remote", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    feature = "remote",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub use remote::{RemoteError, RemoteTracker};
 pub use tracker::{RangeInfo, Tracker, TrackerBuilder};
 pub use types::{Backing, FdSource, Mode, Prefault, RangeId, Thp};

@@ -21,8 +21,8 @@
  *   like errno it is kept until the next FAILING dt_ call on the same thread, so cleanup calls
  *   do not erase it. dt_status_name() names a code.
  *
- * - Handles: dt_tracker, dt_tracker_builder, dt_dirty_set, dt_live_snapshot and dt_live_copy
- *   are opaque handles.
+ * - Handles: dt_tracker, dt_tracker_builder, dt_dirty_set, dt_live_snapshot, dt_live_copy and
+ *   dt_remote are opaque handles.
  *   They are keys into a registry, never dereferenced by the library: a NULL handle returns
  *   DT_ERR_NULL, and a garbage, already-freed (double free included) or wrong-type handle returns
  *   DT_ERR_INVALID_HANDLE, reliably (handles are never reused). The dt_*_free functions accept
@@ -66,6 +66,14 @@
  cut (ending in "..."); `dt_capabilities_probe_report` has it in full.
  */
 #define DT_REASON_LEN 512
+
+/*
+ Lowest fd number of a tracking userfaultfd in a target: a userfaultfd at this number or above
+ is dirtytrack's (how a later run, or a checkpointer's file dumper, recognises it). A caller
+ that creates the userfaultfd in the target itself moves it here with
+ `fcntl(fd, F_DUPFD_CLOEXEC, DT_REMOTE_MARK_FD_BASE)`.
+ */
+#define DT_REMOTE_MARK_FD_BASE 900
 
 /*
  Result of every fallible `dt_` function: `DT_OK` (0) or a negative error code.
@@ -160,6 +168,44 @@ typedef enum dt_status {
      */
     DT_ERR_NOT_TRACKED = -20,
     /*
+     `dt_remote_*`: no process has this pid (or it is a zombie).
+     */
+    DT_ERR_NO_SUCH_PROCESS = -21,
+    /*
+     `dt_remote_*`: the target exited (or is exiting) during the call; the call's result is
+     void.
+     */
+    DT_ERR_TARGET_EXITED = -22,
+    /*
+     `dt_remote_*`: the target no longer holds the tracking userfaultfd (it executed a new
+     program, or closed the fd): treat its whole memory as changed (take a full dump), then
+     adopt or attach a new one.
+     */
+    DT_ERR_TRACKING_LOST = -23,
+    /*
+     `dt_remote_*`: no ptrace access to the target (another uid, Yama, already traced).
+     */
+    DT_ERR_PTRACE_REFUSED = -24,
+    /*
+     `dt_remote_attach`: the target's seccomp filter refuses `userfaultfd(2)`.
+     */
+    DT_ERR_SECCOMP_DENIED = -25,
+    /*
+     `dt_remote_adopt`: the fd is not a userfaultfd this library may use for the target (not a
+     userfaultfd, below `DT_REMOTE_MARK_FD_BASE`, the target's own, or a copy inherited from
+     its parent).
+     */
+    DT_ERR_NOT_A_TRACKING_FD = -26,
+    /*
+     `dt_remote_*`: a state blob (`dt_remote_save_state`) that this library cannot read.
+     */
+    DT_ERR_BAD_STATE = -27,
+    /*
+     `dt_remote_attach`, `dt_remote_adopt`: another tracker (another `dt_remote`, or another
+     process such as the dirtytrack CLI) tracks the target now: one tracker per target.
+     */
+    DT_ERR_TARGET_BUSY = -28,
+    /*
      An error of the library that this version of the C API has no dedicated code for; the
      message says what happened and what to do.
      */
@@ -251,6 +297,38 @@ typedef enum dt_thp {
 } dt_thp;
 
 /*
+ Flags of `dt_remote_attach` and `dt_remote_adopt`, OR-ed into an `int32_t` (unknown bits are
+ `DT_ERR_INVALID_ARGUMENT`).
+ */
+typedef enum dt_remote_flags {
+    /*
+     The caller holds every thread of the target stopped (ptrace stop or cgroup freezer) for
+     as long as each call on the handle runs (no thread of the target changes its address
+     space meanwhile): the library never ptraces the target and registers new mappings
+     directly (CRIU). Only with `dt_remote_adopt`. Without it the library stops the target
+     itself when it must.
+     */
+    DT_REMOTE_CALLER_STOPS = 1,
+    /*
+     Start a new chain: the first collect reports every mapping whole, even when the target
+     still holds an earlier tracker's userfaultfd (which is reused).
+     */
+    DT_REMOTE_FRESH = 2,
+    /*
+     Trust write-protection for shared mappings too (default: reported whole every time).
+     Only correct if nothing else writes the shared objects (no other process, no fork child,
+     no write(2) to the file).
+     */
+    DT_REMOTE_TRACK_SHARED = 4,
+    /*
+     Accept a kernel whose `PAGEMAP_SCAN` misses discarded pages (`MADV_DONTNEED`; before the
+     2026 fixes): such pages are then not reported. Fine for a checkpointer that dumps only the
+     pages present at the dump (CRIU).
+     */
+    DT_REMOTE_ACCEPT_MISSED_DISCARDS = 8,
+} dt_remote_flags;
+
+/*
  A set of dirty pages (opaque handle). Created by the collect/peek functions,
  `dt_dirty_set_new` and `dt_live_copy_dirty_at_instant`; freed by `dt_dirty_set_free`.
  */
@@ -267,6 +345,13 @@ typedef struct dt_live_copy dt_live_copy;
  `dt_live_snapshot_wait` or freed by `dt_live_snapshot_free`.
  */
 typedef struct dt_live_snapshot dt_live_snapshot;
+
+/*
+ A tracker of another process (opaque handle). Created by `dt_remote_attach` or
+ `dt_remote_adopt`, freed by `dt_remote_free`, which leaves the tracking in place in the
+ target.
+ */
+typedef struct dt_remote dt_remote;
 
 /*
  A tracker (opaque handle). Created by `dt_tracker_new*` or `dt_tracker_builder_build`, freed
@@ -386,6 +471,48 @@ typedef struct dt_run {
      */
     size_t len;
 } dt_run;
+
+/*
+ Counters of the last `dt_remote_collect` (`dt_remote_collect_stats`), for logs and
+ statistics. All zero before the first successful collect.
+ */
+typedef struct dt_remote_stats {
+    /*
+     Bytes in the collect's dirty set (every page not known clean).
+     */
+    uint64_t dirty_bytes;
+    /*
+     Of which pages written since the previous collect in mappings tracked since then.
+     */
+    uint64_t written_bytes;
+    /*
+     Mappings tracked since the previous collect (only their written pages are in the set).
+     */
+    uint64_t tracked_mappings;
+    /*
+     Mappings new since the previous collect (or grown, or backed by another object): in the
+     set whole (their new part), tracked from now on.
+     */
+    uint64_t new_mappings;
+    /*
+     Mappings whose registration vanished (replaced in place, moved): in the set whole,
+     registered again.
+     */
+    uint64_t lost_mappings;
+    /*
+     Mappings not tracked by write-protection (shared, hugetlbfs, refused by the kernel): in
+     the set whole at every collect.
+     */
+    uint64_t untracked_mappings;
+    /*
+     Mappings tracked at the previous collect that are gone (unmapped) or no longer tracked.
+     */
+    uint64_t gone_mappings;
+    /*
+     Fork children of the target (not tracked by this handle).
+     */
+    uint64_t children;
+} dt_remote_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1113,6 +1240,265 @@ enum dt_status dt_live_copy_commit(struct dt_live_copy *c);
  None: handles are validated, never dereferenced.
  */
 enum dt_status dt_live_copy_free(struct dt_live_copy *c);
+
+/*
+ Can this kernel and this process track other processes (`UFFD_FEATURE_WP_ASYNC`,
+ `PAGEMAP_SCAN`, Linux 6.7+)? Returns `DT_OK`, or the code `dt_remote_attach` would fail with
+ (`DT_ERR_UNSUPPORTED_KERNEL`), whose explanation `dt_last_error_message` also gives.
+
+ `why` gets the reason when it is not `DT_OK`; when it is, an empty string, or, on a kernel
+ whose `PAGEMAP_SCAN` misses discarded pages (before the 2026 fixes), a note that
+ `dt_remote_attach` / `dt_remote_adopt` then need `DT_REMOTE_ACCEPT_MISSED_DISCARDS`. The text
+ is NUL-terminated and cut to `cap` (nothing is written when `cap` is 0); `*len_out` (if not
+ NULL) gets the size the whole text needs, with its NUL. A text that is cut does not change
+ the result: the status is the probe's.
+
+ It does not check access to any particular process (ptrace permission, seccomp): attach or
+ adopt says.
+
+ Ownership: `why` stays the caller's. Thread safety: any thread. Cost: as
+ `dt_capabilities_probe` (a few userfaultfds and one page, created and freed).
+
+ # Safety
+
+ `why` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0); `len_out`
+ must be NULL or valid for a write of a `size_t`.
+ */
+enum dt_status dt_remote_probe(char *why, size_t cap, size_t *len_out);
+
+/*
+ The flags to pass to `userfaultfd(2)` when the caller creates the tracking userfaultfd inside
+ the target itself (`O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY`), before moving it to
+ `DT_REMOTE_MARK_FD_BASE` or above and passing it to `dt_remote_adopt`.
+
+ Thread safety: any thread.
+
+ # Safety
+
+ None: it takes no pointer.
+ */
+int32_t dt_remote_uffd_flags(void);
+
+/*
+ Stores in `*fd_out` the fd number of the tracking userfaultfd that process `pid` holds and
+ that `state` (from `dt_remote_save_state` in the chain's previous run) was saved with (same
+ fd number and inode, set up), or -1 if it holds none (the caller then creates one at
+ `DT_REMOTE_MARK_FD_BASE` or above and adopts it, with `DT_REMOTE_FRESH`). Without a state
+ (`state` NULL) it is always -1: a marked userfaultfd found without one may be a copy
+ inherited from the parent, which acts on the parent's memory. Reads `/proc` only; no ptrace.
+
+ Errors: `DT_ERR_NO_SUCH_PROCESS`, `DT_ERR_PTRACE_REFUSED` (`/proc/PID/fd` not readable),
+ `DT_ERR_BAD_STATE`, `DT_ERR_KERNEL`, `DT_ERR_NULL`. On error `*fd_out` is -1.
+
+ Thread safety: any thread.
+
+ # Safety
+
+ `state` must be NULL or valid for reads of `state_len` bytes; `fd_out` must be NULL (an
+ error) or valid for a write of an `int32_t`.
+ */
+enum dt_status dt_remote_find_fd(int32_t pid,
+                                 const uint8_t *state,
+                                 size_t state_len,
+                                 int32_t *fd_out);
+
+/*
+ Lists every fd of process `pid` that is a tracking userfaultfd (its own, and copies inherited
+ from a tracked parent): what a checkpointer must leave out of its dump of the process's
+ files. Copies the first `cap` into `fds` (ascending) and stores how many there are in
+ `*n_out`; if `cap` is smaller, returns `DT_ERR_BUFFER_TOO_SMALL` (call again with `*n_out`).
+ Pass `fds = NULL, cap = 0` to ask the count. Reads `/proc` only; no ptrace.
+
+ Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NO_SUCH_PROCESS`, `DT_ERR_PTRACE_REFUSED`,
+ `DT_ERR_KERNEL`, `DT_ERR_NULL`.
+
+ Ownership: `fds` stays the caller's. Thread safety: any thread.
+
+ # Safety
+
+ `fds` must be valid for writes of `cap` `int32_t`s (it may be NULL when `cap` is 0); `n_out`
+ must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_remote_tracking_fds(int32_t pid, int32_t *fds, size_t cap, size_t *n_out);
+
+/*
+ Adopts the userfaultfd that process `pid` holds at `target_fd` as its tracking userfaultfd,
+ and stores the new tracker's handle in `*out`. The caller created it in the target
+ (`userfaultfd(dt_remote_uffd_flags())`, moved to `DT_REMOTE_MARK_FD_BASE` or above), or
+ `dt_remote_find_fd` found it. The library takes its own copy (`pidfd_getfd`) and sets it up
+ (`UFFDIO_API`: async write-protect, no events) if it is new; it never injects anything.
+
+ `state` (may be NULL; then `state_len` is ignored) is what `dt_remote_save_state` returned in
+ the previous run of the chain: with it, and the same fd and inode, the first collect reports
+ only what changed since that run's collect; without it, with `DT_REMOTE_FRESH`, or if it does
+ not match, the first collect reports everything whole (`dt_remote_resumed` says which). A
+ userfaultfd already set up is adopted only with the state of its chain: a fork child holds a
+ copy of its parent's, which acts on the parent's memory.
+
+ `flags`: `dt_remote_flags` bits; with `DT_REMOTE_CALLER_STOPS` the library never ptraces the
+ target (the caller holds it stopped during every call on the handle).
+
+ Errors: `DT_ERR_INVALID_ARGUMENT` (unknown flag bits; `pid` is this process),
+ `DT_ERR_NO_SUCH_PROCESS`, `DT_ERR_NOT_A_TRACKING_FD`, `DT_ERR_BAD_STATE`,
+ `DT_ERR_PTRACE_REFUSED`, `DT_ERR_UNSUPPORTED_KERNEL`, `DT_ERR_TARGET_BUSY`,
+ `DT_ERR_TARGET_EXITED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`.
+
+ Ownership: on `DT_OK` the caller owns `*out` (`dt_remote_free`); on error `*out` is NULL.
+ The fd stays the target's. Thread safety: any thread; the handle is then used by one thread
+ at a time (calls on it are serialized).
+
+ # Safety
+
+ `state` must be NULL or valid for reads of `state_len` bytes; `out` must be NULL (an error)
+ or valid for a write of a `dt_remote *`.
+ */
+enum dt_status dt_remote_adopt(int32_t pid,
+                               int32_t target_fd,
+                               int32_t flags,
+                               const uint8_t *state,
+                               size_t state_len,
+                               struct dt_remote **out);
+
+/*
+ Like `dt_remote_adopt`, but the library finds the tracking userfaultfd the target holds, or
+ creates one, stopping one thread of the target with ptrace for three injected system calls
+ (the dirtytrack CLI's way; not usable while another tracer, such as CRIU, holds the target:
+ `DT_REMOTE_CALLER_STOPS` is `DT_ERR_INVALID_ARGUMENT` here). Needs ptrace permission over the
+ target.
+
+ Errors: those of `dt_remote_adopt` except `DT_ERR_NOT_A_TRACKING_FD`, and
+ `DT_ERR_SECCOMP_DENIED`, `DT_ERR_PERMISSION` (`userfaultfd(2)` failed in the target).
+
+ Ownership and thread safety: as `dt_remote_adopt`.
+
+ # Safety
+
+ As `dt_remote_adopt`.
+ */
+enum dt_status dt_remote_attach(int32_t pid,
+                                int32_t flags,
+                                const uint8_t *state,
+                                size_t state_len,
+                                struct dt_remote **out);
+
+/*
+ Stores in `*out` whether the tracker resumed a chain (the state given matched the userfaultfd
+ the target holds): then the first collect reports only what changed since the previous run's
+ collect; otherwise it reports everything whole.
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`. Thread safety: one thread at a time per
+ handle (calls are serialized).
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `bool`.
+ */
+enum dt_status dt_remote_resumed(const struct dt_remote *r, bool *out);
+
+/*
+ Stores the tracking userfaultfd's number in the target in `*fd_out` and its inode number in
+ `*inode_out` (either may be NULL).
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`. Thread safety: as `dt_remote_resumed`.
+
+ # Safety
+
+ `fd_out` and `inode_out` must each be NULL or valid for a write of their type.
+ */
+enum dt_status dt_remote_target_fd(const struct dt_remote *r, int32_t *fd_out, uint64_t *inode_out);
+
+/*
+ Harvests: stores in `*out` a new set of every page of the target's current address space
+ that is NOT known clean: pages written since the previous collect (or since adopt/attach on a
+ resumed chain) in tracked mappings, and the whole of every mapping that is new, grown,
+ replaced, shared, untracked or not trackable (code, vDSO, inaccessible). A page outside the
+ set lies in a mapping tracked since the previous collect and was not written since. The
+ written pages are re-armed atomically with the scan, and new mappings are registered (with
+ the target held in a ptrace stop, unless `DT_REMOTE_CALLER_STOPS`). The counters are
+ `dt_remote_collect_stats`.
+
+ Errors: `DT_ERR_TARGET_EXITED`, `DT_ERR_TRACKING_LOST`, `DT_ERR_PTRACE_REFUSED`,
+ `DT_ERR_KERNEL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`. On error nothing is known about the
+ interval: take a full dump (the next collect reports everything whole).
+
+ Ownership: on `DT_OK` the caller owns `*out` (`dt_dirty_set_free`); on error `*out` is NULL.
+ Thread safety: as `dt_remote_resumed`.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_dirty_set *`.
+ */
+enum dt_status dt_remote_collect(struct dt_remote *r, struct dt_dirty_set **out);
+
+/*
+ Stores the counters of the last successful `dt_remote_collect` in `*out` (all zero before
+ the first).
+
+ Errors: `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`. Ownership: `*out` is a plain struct, the
+ caller's. Thread safety: as `dt_remote_resumed`.
+
+ # Safety
+
+ `out` must be NULL (an error) or valid for a write of a `dt_remote_stats`.
+ */
+enum dt_status dt_remote_collect_stats(const struct dt_remote *r, struct dt_remote_stats *out);
+
+/*
+ Writes the tracker's state for the next run of the chain (the userfaultfd's fd and inode,
+ the collect generation, the tracked mappings, a format version) into `buf`: opaque bytes, for
+ the caller to store with this run's dump once it is committed and to pass to the next run's
+ `dt_remote_find_fd` and `dt_remote_adopt` / `dt_remote_attach`. `*len_out` gets its size; if
+ `cap` is smaller, the first `cap` bytes are written and `DT_ERR_BUFFER_TOO_SMALL` is returned
+ (call again with `*len_out` bytes). Pass `buf = NULL, cap = 0` to ask the size.
+
+ Errors: `DT_ERR_BUFFER_TOO_SMALL`, `DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`.
+
+ Ownership: `buf` stays the caller's. Thread safety: as `dt_remote_resumed`.
+
+ # Safety
+
+ `buf` must be valid for writes of `cap` bytes (it may be NULL when `cap` is 0); `len_out`
+ must be NULL (an error) or valid for a write of a `size_t`.
+ */
+enum dt_status dt_remote_save_state(const struct dt_remote *r,
+                                    uint8_t *buf,
+                                    size_t cap,
+                                    size_t *len_out);
+
+/*
+ Removes tracking from the target: unregisters every tracked mapping. With
+ `DT_REMOTE_CALLER_STOPS` the target keeps the userfaultfd (the caller may close it, or keep
+ it hidden); otherwise the library closes it in the target (one more injected system call).
+ Afterwards only `dt_remote_free` may be called on the handle (anything else is
+ `DT_ERR_INVALID_HANDLE`), also when this fails.
+
+ Errors: `DT_ERR_TRACKING_LOST`, `DT_ERR_PTRACE_REFUSED`, `DT_ERR_KERNEL`, `DT_ERR_NULL`,
+ `DT_ERR_INVALID_HANDLE`.
+
+ Thread safety: as `dt_remote_resumed`.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_remote_stop_tracking(struct dt_remote *r);
+
+/*
+ Frees the handle and closes the library's copy of the userfaultfd; the tracking stays in
+ place in the target (a later `dt_remote_adopt` with the saved state resumes it). NULL is
+ accepted and ignored (`DT_OK`), like `free(NULL)`.
+
+ Errors: `DT_ERR_INVALID_HANDLE` for a handle that is not a live `dt_remote` (a double free is
+ always detected).
+
+ Ownership: the handle is invalid afterwards; dirty sets from its collects stay valid. Thread
+ safety: any thread; a call on the handle running in another thread finishes first.
+
+ # Safety
+
+ None: handles are validated, never dereferenced.
+ */
+enum dt_status dt_remote_free(struct dt_remote *r);
 
 #ifdef __cplusplus
 }  // extern "C"

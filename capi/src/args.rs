@@ -135,12 +135,22 @@ pub(crate) fn copy_string(
 /// Copies the first `buf.cap()` of `items` into a caller buffer, stores how many there are in
 /// `count`, and fails with `DT_ERR_BUFFER_TOO_SMALL` when they do not all fit.
 pub(crate) fn copy_items<T>(items: Vec<T>, buf: &OutBuf<T>, count: &Out<size_t>) -> Res<()> {
+    copy_counted(items, buf, count, "entries")
+}
+
+/// [`copy_items`] for items counted in `unit` ("bytes" for an opaque blob, "entries", "fds").
+pub(crate) fn copy_counted<T>(
+    items: Vec<T>,
+    buf: &OutBuf<T>,
+    count: &Out<size_t>,
+    unit: &str,
+) -> Res<()> {
     let need = items.len();
     count.set(need);
     for (i, item) in items.into_iter().take(buf.cap).enumerate() {
         buf.put(i, item);
     }
-    too_small(buf.cap, need, "entries")
+    too_small(buf.cap, need, unit)
 }
 
 /// Copies `text` into a fixed-size C char array, NUL-terminated, truncated at a UTF-8 character

@@ -8,8 +8,14 @@
 //! dt_tracker_free(t);`) does not erase the explanation before the program prints it.
 
 use crate::message::describe;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::message::describe_remote;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::status::remote_code_of;
 use crate::status::{code_of, status};
 use dirtytrack::Error;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use dirtytrack::RemoteError;
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,6 +31,8 @@ pub(crate) struct Failure {
 enum Why {
     Text(String),
     Library(Error),
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Remote(RemoteError),
 }
 
 pub(crate) type Res<T> = Result<T, Failure>;
@@ -46,6 +54,16 @@ impl From<Error> for Failure {
     }
 }
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl From<RemoteError> for Failure {
+    fn from(e: RemoteError) -> Failure {
+        Failure {
+            code: remote_code_of(&e),
+            why: Why::Remote(e),
+        }
+    }
+}
+
 impl Failure {
     /// The text of `dt_last_error_message` for a failure of `func`: `func: what happened and
     /// what to do`.
@@ -53,6 +71,8 @@ impl Failure {
         match &self.why {
             Why::Text(text) => format!("{func}: {text}"),
             Why::Library(e) => format!("{func}: {}", describe(e, func)),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Why::Remote(e) => format!("{func}: {}", describe_remote(e, func)),
         }
     }
 }
@@ -186,11 +206,16 @@ mod tests {
             include_str!("error.rs"),
             include_str!("handles.rs"),
             include_str!("live.rs"),
+            include_str!("remote.rs"),
             include_str!("testing.rs"),
             include_str!("tracker.rs"),
         ];
         // Functions that cannot fail with a message of their own.
-        let silent = ["dt_last_error_message", "dt_open_handles"];
+        let silent = [
+            "dt_last_error_message",
+            "dt_open_handles",
+            "dt_remote_uffd_flags",
+        ];
         let mut seen = 0;
         for src in sources {
             for part in src.split("extern \"C\" fn ").skip(1) {
@@ -216,7 +241,7 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 45, "entry points checked");
+        assert_eq!(seen, 57, "entry points checked");
     }
 
     #[test]

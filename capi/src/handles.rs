@@ -1,5 +1,6 @@
 //! The handle registry. `dt_tracker *`, `dt_tracker_builder *`, `dt_dirty_set *`,
-//! `dt_live_snapshot *` and `dt_live_copy *` are keys into one process-wide map, never addresses:
+//! `dt_live_snapshot *`, `dt_live_copy *` and `dt_remote *` are keys into one process-wide map,
+//! never addresses:
 //! the library never dereferences a handle, so a NULL, garbage, freed (double free included) or
 //! wrong-type handle is reported (`DT_ERR_NULL`, `DT_ERR_INVALID_HANDLE`), always.
 //!

@@ -43,7 +43,10 @@
 //!     `error`, `handles`, `live`, `message`, `options`, `status`.
 //! 11. [`builder`]: `dt_tracker_builder`, which builds trackers. Uses `args`, `error`,
 //!     `handles`, `options`, `status`, `tracker`.
-//! 12. `testing` (feature `testing` only): the hooks `dt__test_panic`, `dt__test_poison`. Uses
+//! 12. [`remote`] (x86_64 and aarch64 only, where the library's `remote` exists): `dt_remote`,
+//!     tracking another process; its collects are `dt_dirty_set`s. Uses `args`, `dirty_set`,
+//!     `error`, `handles`, `message`, `status`.
+//! 13. `testing` (feature `testing` only): the hooks `dt__test_panic`, `dt__test_poison`. Uses
 //!     `error`, `status`, `tracker`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -68,6 +71,9 @@ pub mod tracker;
 pub mod dirty_set;
 
 pub mod live;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub mod remote;
 
 pub mod options;
 

@@ -16,9 +16,15 @@
 //! that say why a mode is unavailable and what `DT_MODE_AUTO` picks rebuilt from the typed
 //! results of `check_async`, `check_sync` and `auto_mode`.
 //!
+//! The errors of tracking another process (`dirtytrack::RemoteError`, x86_64 and aarch64) are
+//! described the same way ([`describe_remote`]), their prose with the builder options written
+//! as the `dt_remote_flags` and functions ([`remote_prose`]).
+//!
 //! Uses [`crate::options`] (the C names of modes and prefault strategies) and nothing else.
 
 use crate::options::{mode_to_c, prefault_to_c};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use dirtytrack::RemoteError;
 use dirtytrack::{Capabilities, Error, Mode, Prefault, RangeId};
 use std::fmt::Write;
 
@@ -193,6 +199,105 @@ pub(crate) fn describe(e: &Error, func: &str) -> String {
         // `Error` is #[non_exhaustive]: a variant added after this match still reaches C with
         // the library's text (and DT_ERR_OTHER) until it gets an arm.
         other => prose(&other.to_string()),
+    }
+}
+
+/// The library's prose about remote tracking (the free-text fields of `RemoteError`) as C: the
+/// builder options and constants it names by their Rust names become the `dt_remote` flags and
+/// functions.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn remote_prose(text: &str) -> String {
+    const RUST_TO_C: &[(&str, &str)] = &[
+        (
+            "caller_stops needs adopt(fd)",
+            "DT_REMOTE_CALLER_STOPS needs dt_remote_adopt",
+        ),
+        (
+            "pass accept_missed_discards",
+            "pass DT_REMOTE_ACCEPT_MISSED_DISCARDS",
+        ),
+        ("accept_missed_discards", "DT_REMOTE_ACCEPT_MISSED_DISCARDS"),
+        ("REMOTE_UFFD_FLAGS", "dt_remote_uffd_flags()"),
+        ("and adopt it", "and pass it to dt_remote_adopt"),
+        (
+            "use dirtytrack::Tracker for in-process tracking",
+            "use a dt_tracker (dt_tracker_new) for in-process tracking",
+        ),
+        ("this library's save_state", "dt_remote_save_state"),
+        (
+            "start a new chain (fresh)",
+            "start a new chain (no state, DT_REMOTE_FRESH)",
+        ),
+        ("and adopt that", "and pass it to dt_remote_adopt"),
+    ];
+    let mut text = text.to_owned();
+    for (rust, c) in RUST_TO_C {
+        if text.contains(rust) {
+            text = text.replace(rust, c);
+        }
+    }
+    text
+}
+
+/// The message of a remote-tracking error `e` for a call of the C function `func` (a
+/// `dt_remote_*` function), in C words: what happened and what to do. (`entry` puts `func: ` in
+/// front.)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn describe_remote(e: &RemoteError, func: &str) -> String {
+    match e {
+        RemoteError::NoSuchProcess { pid } => format!(
+            "no process {pid} (or it is a zombie): check the pid (ps -p {pid}); it may have exited"
+        ),
+        RemoteError::PtraceRefused { pid, reason, source } => format!(
+            "the kernel refused this process access to process {pid} ({source}): {}",
+            remote_prose(reason)
+        ),
+        RemoteError::SeccompDenied {
+            pid,
+            filters,
+            source,
+        } => format!(
+            "process {pid} runs under a seccomp filter ({filters} filter(s)) that denies userfaultfd(2) ({source}): {func} cannot create a userfaultfd there; create it yourself while the filter is suspended (ptrace with PTRACE_O_SUSPEND_SECCOMP, as CRIU does) and pass it to dt_remote_adopt, or allow userfaultfd in the target's seccomp profile"
+        ),
+        RemoteError::UserfaultfdFailed { pid, source, hint } => format!(
+            "userfaultfd(2) failed inside process {pid} ({source}): {}",
+            remote_prose(hint)
+        ),
+        RemoteError::KernelTooOld { kernel, missing } if missing.contains("discard") => format!(
+            "kernel {kernel}'s PAGEMAP_SCAN does not report pages the target discards (MADV_DONTNEED; the 2026 fixes \"fix PAGEMAP_SCAN written state for unpopulated ptes\" are missing), so such pages would be missed: pass DT_REMOTE_ACCEPT_MISSED_DISCARDS to accept that (a checkpointer that dumps only present pages, as CRIU does, may), or run a kernel with the fixes"
+        ),
+        RemoteError::KernelTooOld { kernel, missing } => format!(
+            "tracking another process needs {missing} (Linux 6.7+), which kernel {kernel} does not offer: upgrade the kernel, or use soft-dirty tracking (clear_refs) if it has CONFIG_MEM_SOFT_DIRTY"
+        ),
+        RemoteError::TargetExited { pid, during } => format!(
+            "process {pid} exited during {during}: nothing more can be tracked and the result of {func} is void; free the handle (dt_remote_free)"
+        ),
+        RemoteError::TrackingLost { pid, fd, reason } => format!(
+            "process {pid} no longer holds the tracking userfaultfd (fd {fd}): {}. Treat its whole memory as changed (take a full dump), then free this handle (dt_remote_free) and adopt or attach a new userfaultfd (dt_remote_adopt, dt_remote_attach) without state",
+            remote_prose(reason)
+        ),
+        RemoteError::Injection { pid, step, detail } => format!(
+            "injecting a system call into process {pid} failed at {step}: {}; the target was restored and released: retry, or create the userfaultfd in the target yourself and pass it to dt_remote_adopt",
+            remote_prose(detail)
+        ),
+        RemoteError::Kernel { pid, op, source } => {
+            format!("{op} on process {pid} failed: {source}")
+        }
+        RemoteError::TargetBusy { pid, holder, lock } => format!(
+            "process {pid} is already tracked by process {holder} (lock {}): one tracker per target; free the other dt_remote (dt_remote_free) or wait for that process to finish (a tracker that died releases the lock by itself: calling {func} again then takes over its tracking)",
+            lock.display()
+        ),
+        RemoteError::NotATrackingFd { pid, fd, reason } => format!(
+            "fd {fd} of process {pid} cannot be adopted as its tracking userfaultfd: {}",
+            remote_prose(reason)
+        ),
+        RemoteError::BadState(why) => format!(
+            "the state is not one dt_remote_save_state wrote: {}; pass its bytes unchanged, or NULL with DT_REMOTE_FRESH to start a new chain",
+            remote_prose(why)
+        ),
+        RemoteError::Usage(why) => remote_prose(why),
+        // `RemoteError` is #[non_exhaustive]: a later variant reaches C with the library's text.
+        other => remote_prose(&other.to_string()),
     }
 }
 

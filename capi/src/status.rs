@@ -1,15 +1,20 @@
 //! Status codes: the `dt_status` enum, the mapping from the library's `Error` variants to codes,
 //! and `dt_status_name`, all generated from the one table at the bottom of this file, so a code
-//! cannot be added to one and forgotten in another.
+//! cannot be added to one and forgotten in another. A row may also stand for variants of
+//! `dirtytrack::RemoteError` (tracking another process, `dt_remote_*`: `remote(pattern)`), on the
+//! architectures that have it; the codes themselves exist everywhere.
 
 use dirtytrack::Error;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use dirtytrack::RemoteError;
 use std::ffi::c_char;
 
 /// Expands the status table into the `status` enum, `code_of` (Error variant -> code) and
-/// `dt_status_name` (code -> name). A row is `/// doc` `NAME = code` and, for codes that stand
-/// for an `Error` variant, `from` the variant's pattern.
+/// `dt_status_name` (code -> name), and `remote_code_of` (RemoteError variant -> code). A row is
+/// `/// doc` `NAME = code`, then for codes that stand for `RemoteError` variants `remote(pattern)`,
+/// and for codes that stand for an `Error` variant `from` the variant's pattern.
 macro_rules! status_table {
-    ($( $(#[doc = $doc:literal])* $name:ident = $code:literal $(from $pat:pat)? ,)*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident = $code:literal $(remote($rpat:pat))? $(from $pat:pat)? ,)*) => {
         /// Result of every fallible `dt_` function: `DT_OK` (0) or a negative error code.
         /// `dt_last_error_message()` gives the explanation, `dt_status_name()` the constant's
         /// name. Codes -1 to -99 stand for errors of the library (the Rust `dirtytrack::Error`
@@ -26,6 +31,16 @@ macro_rules! status_table {
         pub(crate) fn code_of(e: &Error) -> status {
             match e {
                 $($( $pat => status::$name, )?)*
+                _ => status::DT_ERR_OTHER,
+            }
+        }
+
+        /// The code of an error of remote tracking (`RemoteError` is `#[non_exhaustive]` too:
+        /// a variant added later maps to `DT_ERR_OTHER` until it gets a row).
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        pub(crate) fn remote_code_of(e: &RemoteError) -> status {
+            match e {
+                $($( $rpat => status::$name, )?)*
                 _ => status::DT_ERR_OTHER,
             }
         }
@@ -68,9 +83,13 @@ status_table! {
     /// The kernel refused to write-protect this kind of mapping in this mode.
     DT_ERR_MAPPING_NOT_SUPPORTED = -7 from Error::MappingNotSupported { .. },
     /// The running kernel lacks a feature the requested mode needs.
-    DT_ERR_UNSUPPORTED_KERNEL = -8 from Error::UnsupportedKernel { .. },
+    DT_ERR_UNSUPPORTED_KERNEL = -8
+        remote(RemoteError::KernelTooOld { .. })
+        from Error::UnsupportedKernel { .. },
     /// No userfaultfd could be had, or not one of the kind the mode needs.
-    DT_ERR_PERMISSION = -9 from Error::Permission(_),
+    DT_ERR_PERMISSION = -9
+        remote(RemoteError::UserfaultfdFailed { .. })
+        from Error::Permission(_),
     /// Out of file descriptors or memory.
     DT_ERR_RESOURCE_EXHAUSTED = -10 from Error::ResourceExhausted { .. },
     /// The range id is not (or no longer) registered with this tracker.
@@ -89,11 +108,35 @@ status_table! {
     /// A live snapshot of the range is already running.
     DT_ERR_SNAPSHOT_IN_PROGRESS = -17 from Error::SnapshotInProgress(_),
     /// A kernel call failed in a way the library has no better name for.
-    DT_ERR_KERNEL = -18 from Error::Kernel { .. },
+    DT_ERR_KERNEL = -18
+        remote(RemoteError::Kernel { .. } | RemoteError::Injection { .. })
+        from Error::Kernel { .. },
     /// `PAGEMAP_SCAN` stopped making progress (the unscanned rest was kept as dirty).
     DT_ERR_SCAN_NO_PROGRESS = -19 from Error::ScanNoProgress { .. },
     /// `dt_tracker_mark_dirty` named memory that no registered range covers.
     DT_ERR_NOT_TRACKED = -20 from Error::NotTracked { .. },
+    /// `dt_remote_*`: no process has this pid (or it is a zombie).
+    DT_ERR_NO_SUCH_PROCESS = -21 remote(RemoteError::NoSuchProcess { .. }),
+    /// `dt_remote_*`: the target exited (or is exiting) during the call; the call's result is
+    /// void.
+    DT_ERR_TARGET_EXITED = -22 remote(RemoteError::TargetExited { .. }),
+    /// `dt_remote_*`: the target no longer holds the tracking userfaultfd (it executed a new
+    /// program, or closed the fd): treat its whole memory as changed (take a full dump), then
+    /// adopt or attach a new one.
+    DT_ERR_TRACKING_LOST = -23 remote(RemoteError::TrackingLost { .. }),
+    /// `dt_remote_*`: no ptrace access to the target (another uid, Yama, already traced).
+    DT_ERR_PTRACE_REFUSED = -24 remote(RemoteError::PtraceRefused { .. }),
+    /// `dt_remote_attach`: the target's seccomp filter refuses `userfaultfd(2)`.
+    DT_ERR_SECCOMP_DENIED = -25 remote(RemoteError::SeccompDenied { .. }),
+    /// `dt_remote_adopt`: the fd is not a userfaultfd this library may use for the target (not a
+    /// userfaultfd, below `DT_REMOTE_MARK_FD_BASE`, the target's own, or a copy inherited from
+    /// its parent).
+    DT_ERR_NOT_A_TRACKING_FD = -26 remote(RemoteError::NotATrackingFd { .. }),
+    /// `dt_remote_*`: a state blob (`dt_remote_save_state`) that this library cannot read.
+    DT_ERR_BAD_STATE = -27 remote(RemoteError::BadState(_)),
+    /// `dt_remote_attach`, `dt_remote_adopt`: another tracker (another `dt_remote`, or another
+    /// process such as the dirtytrack CLI) tracks the target now: one tracker per target.
+    DT_ERR_TARGET_BUSY = -28 remote(RemoteError::TargetBusy { .. }),
     /// An error of the library that this version of the C API has no dedicated code for; the
     /// message says what happened and what to do.
     DT_ERR_OTHER = -99,
@@ -107,7 +150,9 @@ status_table! {
     DT_ERR_PANIC = -102,
     /// An argument has a value outside its domain (e.g. an unknown mode), or an out-parameter
     /// is misaligned.
-    DT_ERR_INVALID_ARGUMENT = -103 from Error::InvalidPageSize { .. },
+    DT_ERR_INVALID_ARGUMENT = -103
+        remote(RemoteError::Usage(_))
+        from Error::InvalidPageSize { .. },
     /// A caller buffer is too small (for a string, or for `dt_tracker_ranges`); the call says how
     /// big it must be.
     DT_ERR_BUFFER_TOO_SMALL = -104,

@@ -11,8 +11,11 @@
  * and keeps its lock while a thread sits in a page fault or in munmap/madvise, so the monitor
  * never gets to run. Skipped: writes to sync-mode memory (a userfaultfd write fault), and munmap
  * or MADV_DONTNEED of registered memory (UFFD_EVENT_UNMAP / UFFD_EVENT_REMOVE wait for the
- * monitor), i.e. the range-lost and poisoned-tracker checks. scripts/check-capi runs the whole
- * test natively and under AddressSanitizer as well.
+ * monitor), i.e. the range-lost and poisoned-tracker checks; and the dt_remote checks against a
+ * fork child (attach, adopt under ptrace), since the child is a valgrind guest too.
+ * scripts/check-capi runs the whole test natively and under AddressSanitizer as well; an ASan
+ * build skips the dt_remote checks against a child (its instrumented child has TiB-sized shadow
+ * mappings, which a remote collect reports whole), keeping their error paths.
  */
 #define _GNU_SOURCE
 #include "dirtytrack.h"
@@ -24,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -1059,6 +1064,386 @@ static void test_threads(void) {
     munmap(mem, 64 * PS);
 }
 
+/* ------------------------------------------------------------------------------------------- */
+/* Tracking another process (dt_remote_*): a fork child that writes pages of its buffer on
+ * command. */
+
+#if defined(__x86_64__) || defined(__aarch64__)
+/* Under AddressSanitizer the fork child is instrumented too: its shadow memory (a 16 TiB rw-p
+ * mapping and TiB-sized PROT_NONE reservations) is reported whole by a remote collect, which
+ * takes minutes and gigabytes: the tests against a child are skipped there. */
+#if defined(__SANITIZE_ADDRESS__)
+#define DT_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DT_TEST_ASAN 1
+#endif
+#endif
+#ifndef DT_TEST_ASAN
+#define DT_TEST_ASAN 0
+#endif
+#define TARGET_PAGES 4096 /* 16 MiB with 4 KiB pages: much more than the child's code */
+
+struct target {
+    pid_t pid;
+    int cmd;      /* parent -> child: 'w' + page index (uint32_t), or 'q' */
+    int ack;      /* child -> parent: one byte per command; first the fd (int32_t) */
+    int32_t uffd; /* the child's own userfaultfd (-1 if none) */
+};
+
+/* The child: maps and fills its buffer, creates its own tracking userfaultfd at fd 900 or above
+ * if asked (as CRIU does through compel), reports it, then writes pages on command. */
+static void target_main(int cmd, int ack, int own_uffd) {
+    char *buf = mmap(NULL, TARGET_PAGES * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+    if (buf == MAP_FAILED) _exit(1);
+    /* Base pages only, so that the written pages are reported exactly whatever THP does. */
+    madvise(buf, TARGET_PAGES * PS, MADV_NOHUGEPAGE);
+    memset(buf, 0x5a, TARGET_PAGES * PS);
+    int32_t fd = -1;
+    if (own_uffd) {
+        int u = (int)syscall(SYS_userfaultfd, dt_remote_uffd_flags());
+        if (u >= 0) {
+            fd = fcntl(u, F_DUPFD_CLOEXEC, DT_REMOTE_MARK_FD_BASE);
+            close(u);
+        }
+    }
+    if (write(ack, &fd, sizeof fd) != sizeof fd) _exit(1);
+    for (;;) {
+        char c;
+        if (read(cmd, &c, 1) != 1 || c == 'q') _exit(0);
+        uint32_t page;
+        if (read(cmd, &page, sizeof page) != sizeof page) _exit(1);
+        buf[(size_t)page * PS] ^= 1;
+        if (write(ack, &c, 1) != 1) _exit(1);
+    }
+}
+
+static int start_target(struct target *t, int own_uffd) {
+    int cmd[2], ack[2];
+    if (pipe(cmd) != 0 || pipe(ack) != 0) return -1;
+    fflush(stdout);
+    fflush(stderr);
+    t->pid = fork();
+    if (t->pid == 0) {
+        close(cmd[1]);
+        close(ack[0]);
+        target_main(cmd[0], ack[1], own_uffd);
+    }
+    close(cmd[0]);
+    close(ack[1]);
+    t->cmd = cmd[1];
+    t->ack = ack[0];
+    t->uffd = -1;
+    if (t->pid < 0 || read(t->ack, &t->uffd, sizeof t->uffd) != sizeof t->uffd) return -1;
+    return 0;
+}
+
+/* Makes the target write one byte in each of `n` pages of its buffer, and waits until it did. */
+static void target_write(struct target *t, const uint32_t *pages, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = 'w', a;
+        ASSERT(write(t->cmd, &c, 1) == 1 && write(t->cmd, &pages[i], sizeof pages[i]) == 4);
+        ASSERT(read(t->ack, &a, 1) == 1);
+    }
+}
+
+static void stop_target(struct target *t) {
+    char c = 'q';
+    ASSERT(write(t->cmd, &c, 1) == 1);
+    close(t->cmd);
+    close(t->ack);
+    int status = 0;
+    ASSERT(waitpid(t->pid, &status, 0) == t->pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The target's buffer address: the mapping of TARGET_PAGES pages in its maps. */
+static uintptr_t target_buffer(pid_t pid) {
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
+    uintptr_t found = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long start, end;
+        if (sscanf(line, "%lx-%lx", &start, &end) == 2 && end - start == TARGET_PAGES * PS) {
+            found = start;
+        }
+    }
+    if (f) fclose(f);
+    return found;
+}
+
+/* How many pages of `s` lie in the target's buffer at `buf`. */
+static size_t pages_in_buffer(const dt_dirty_set *s, uintptr_t buf) {
+    dt_run runs[64];
+    size_t n, pages = 0;
+    uintptr_t end = buf + TARGET_PAGES * PS;
+    for (size_t i = 0; dt_dirty_set_runs(s, i, runs, 64, &n) == DT_OK && n > 0; i += n) {
+        for (size_t k = 0; k < n; k++) {
+            uintptr_t a = runs[k].start > buf ? runs[k].start : buf;
+            uintptr_t b = runs[k].start + runs[k].len < end ? runs[k].start + runs[k].len : end;
+            if (a < b) pages += (b - a) / PS;
+        }
+    }
+    return pages;
+}
+
+/* Holds every thread of the target in a ptrace stop (the single-threaded child has one). */
+static int seize(pid_t pid) {
+    int status;
+    if (ptrace(PTRACE_SEIZE, pid, 0, 0) != 0 || ptrace(PTRACE_INTERRUPT, pid, 0, 0) != 0) {
+        return -1;
+    }
+    return waitpid(pid, &status, __WALL) == pid && WIFSTOPPED(status) ? 0 : -1;
+}
+
+static void release(pid_t pid) { ASSERT(ptrace(PTRACE_DETACH, pid, 0, 0) == 0); }
+
+static uint8_t *saved_state(dt_remote *r, size_t *len) {
+    *len = 0;
+    EXPECT(dt_remote_save_state(r, NULL, 0, len), DT_ERR_BUFFER_TOO_SMALL);
+    MESSAGE_STARTS("dt_remote_save_state: the buffer holds 0 bytes");
+    ASSERT(*len > 0);
+    uint8_t *state = malloc(*len);
+    size_t again = 0;
+    OK(dt_remote_save_state(r, state, *len, &again));
+    ASSERT(again == *len);
+    return state;
+}
+
+static void test_remote_errors(int valgrind) {
+    section("remote: probe, flags, bad pid, bad state, NULL and wrong handles");
+    char why[512];
+    size_t need = 0;
+    dt_status st = dt_remote_probe(why, sizeof why, &need);
+    ASSERT(st == DT_OK || st == DT_ERR_UNSUPPORTED_KERNEL);
+    ASSERT(need >= 1 && need == strlen(why) + 1);
+    printf("    dt_remote_probe: %s%s%s\n", dt_status_name(st), why[0] ? ": " : "", why);
+    char tiny[4];
+    ASSERT(dt_remote_probe(tiny, sizeof tiny, &need) == st && strlen(tiny) < sizeof tiny);
+    ASSERT(dt_remote_uffd_flags() == (O_CLOEXEC | O_NONBLOCK | 1 /* UFFD_USER_MODE_ONLY */));
+
+    dt_remote *r = (dt_remote *)1;
+    EXPECT(dt_remote_attach(getpid(), 1 << 7, NULL, 0, &r), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_STARTS("dt_remote_attach: flags 0x80 has unknown bits 0x80");
+    ASSERT(r == NULL);
+    EXPECT(dt_remote_attach(getpid(), 0, NULL, 0, &r), DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("use a dt_tracker");
+    if (valgrind) {
+        printf("    SKIP under valgrind: attach to a bad pid (valgrind 3.19 lacks pidfd_open)\n");
+    } else {
+        EXPECT(dt_remote_attach(0x3fffffff, 0, NULL, 0, &r), DT_ERR_NO_SUCH_PROCESS);
+        MESSAGE_STARTS("dt_remote_attach: no process 1073741823");
+    }
+    EXPECT(dt_remote_adopt(-1, 900, DT_REMOTE_CALLER_STOPS, NULL, 0, &r), DT_ERR_NO_SUCH_PROCESS);
+    EXPECT(dt_remote_adopt(1, 900, 0, NULL, 0, NULL), DT_ERR_NULL);
+    const uint8_t junk[] = "not a state";
+    EXPECT(dt_remote_adopt(getppid(), 900, 0, junk, sizeof junk, &r), DT_ERR_BAD_STATE);
+    MESSAGE_STARTS("dt_remote_adopt: the state is not one dt_remote_save_state wrote");
+    int32_t fd = 5;
+    EXPECT(dt_remote_find_fd(getpid(), junk, sizeof junk, &fd), DT_ERR_BAD_STATE);
+    ASSERT(fd == -1);
+    fd = 5;
+    OK(dt_remote_find_fd(getpid(), NULL, 0, &fd));
+    ASSERT(fd == -1);
+    EXPECT(dt_remote_find_fd(0x3fffffff, NULL, 0, &fd), DT_ERR_NO_SUCH_PROCESS);
+    MESSAGE_STARTS("dt_remote_find_fd: no process 1073741823 (or it is a zombie)");
+    EXPECT(dt_remote_find_fd(getpid(), NULL, 0, NULL), DT_ERR_NULL);
+    size_t n = 9;
+    OK(dt_remote_tracking_fds(getpid(), NULL, 0, &n));
+    ASSERT(n == 0);
+    EXPECT(dt_remote_tracking_fds(0x3fffffff, NULL, 0, &n), DT_ERR_NO_SUCH_PROCESS);
+
+    /* NULL, garbage and wrong-type handles. */
+    bool b;
+    dt_dirty_set *s = NULL;
+    dt_remote_stats stats;
+    EXPECT(dt_remote_resumed(NULL, &b), DT_ERR_NULL);
+    MESSAGE_STARTS("dt_remote_resumed: the dt_remote handle is NULL");
+    EXPECT(dt_remote_collect((dt_remote *)0x12345d, &s), DT_ERR_INVALID_HANDLE);
+    ASSERT(s == NULL);
+    OK(dt_dirty_set_new(&s));
+    EXPECT(dt_remote_collect_stats((const dt_remote *)s, &stats), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("is a dt_dirty_set, not a dt_remote");
+    EXPECT(dt_remote_free((dt_remote *)s), DT_ERR_INVALID_HANDLE);
+    OK(dt_dirty_set_free(s));
+    EXPECT(dt_remote_stop_tracking(NULL), DT_ERR_NULL);
+    EXPECT(dt_remote_target_fd(NULL, NULL, NULL), DT_ERR_NULL);
+    EXPECT(dt_remote_save_state(NULL, NULL, 0, &n), DT_ERR_NULL);
+    OK(dt_remote_free(NULL));
+}
+
+/* The dirtytrack CLI's way: the library creates the userfaultfd in the target itself. */
+static void test_remote_attach(void) {
+    section("remote: attach, collect everything, write pages, collect them, save, resume");
+    struct target t;
+    ASSERT(start_target(&t, 0) == 0);
+    uintptr_t buf = target_buffer(t.pid);
+    ASSERT(buf != 0);
+
+    dt_remote *r = NULL;
+    OK(dt_remote_attach(t.pid, DT_REMOTE_ACCEPT_MISSED_DISCARDS, NULL, 0, &r));
+    if (r == NULL) {
+        stop_target(&t);
+        return;
+    }
+    bool resumed = true;
+    OK(dt_remote_resumed(r, &resumed));
+    ASSERT(!resumed);
+    int32_t fd = -1;
+    uint64_t ino = 0;
+    OK(dt_remote_target_fd(r, &fd, &ino));
+    ASSERT(fd >= DT_REMOTE_MARK_FD_BASE && ino != 0);
+    int32_t fds[4];
+    size_t n = 0;
+    OK(dt_remote_tracking_fds(t.pid, fds, 4, &n));
+    ASSERT(n == 1 && fds[0] == fd);
+    EXPECT(dt_remote_tracking_fds(t.pid, fds, 0, &n), DT_ERR_BUFFER_TOO_SMALL);
+    ASSERT(n == 1);
+
+    dt_remote_stats stats;
+    OK(dt_remote_collect_stats(r, &stats));
+    ASSERT(stats.dirty_bytes == 0 && stats.new_mappings == 0);
+
+    /* One tracker per target. */
+    dt_remote *other = NULL;
+    EXPECT(dt_remote_attach(t.pid, DT_REMOTE_ACCEPT_MISSED_DISCARDS, NULL, 0, &other),
+           DT_ERR_TARGET_BUSY);
+    MESSAGE_HAS("is already tracked by process");
+    ASSERT(other == NULL);
+    EXPECT(dt_remote_attach(t.pid, DT_REMOTE_CALLER_STOPS, NULL, 0, &other),
+           DT_ERR_INVALID_ARGUMENT);
+    MESSAGE_HAS("DT_REMOTE_CALLER_STOPS needs dt_remote_adopt");
+
+    /* The first collect reports everything. */
+    dt_dirty_set *first = NULL;
+    OK(dt_remote_collect(r, &first));
+    size_t first_len = set_len(first);
+    ASSERT(has(first, (void *)buf) && has(first, (void *)(buf + (TARGET_PAGES - 1) * PS)));
+    ASSERT(first_len >= TARGET_PAGES);
+    OK(dt_remote_collect_stats(r, &stats));
+    ASSERT(stats.dirty_bytes == first_len * PS && stats.new_mappings > 0);
+    ASSERT(stats.written_bytes == 0 && stats.children == 0);
+
+    /* Then exactly what was written (plus what is never known clean: code, untracked). */
+    const uint32_t pages[] = {3, 10, 500, TARGET_PAGES - 1};
+    target_write(&t, pages, 4);
+    dt_dirty_set *second = NULL;
+    OK(dt_remote_collect(r, &second));
+    size_t second_len = set_len(second);
+    for (int i = 0; i < 4; i++) ASSERT(has(second, (void *)(buf + pages[i] * PS)));
+    ASSERT(!has(second, (void *)(buf + 4 * PS)) && !has(second, (void *)(buf + 499 * PS)));
+    ASSERT(pages_in_buffer(first, buf) == TARGET_PAGES);
+    ASSERT(pages_in_buffer(second, buf) == 4);
+    ASSERT(second_len * 4 < first_len);
+    printf("    first collect %zu pages, second %zu pages\n", first_len, second_len);
+    OK(dt_remote_collect_stats(r, &stats));
+    ASSERT(stats.dirty_bytes == second_len * PS && stats.written_bytes >= 4 * PS);
+    ASSERT(stats.tracked_mappings > 0);
+    OK(dt_dirty_set_free(first));
+    OK(dt_dirty_set_free(second));
+
+    /* Save the chain, free the handle (tracking stays), resume it. */
+    size_t len;
+    uint8_t *state = saved_state(r, &len);
+    OK(dt_remote_free(r));
+    EXPECT(dt_remote_free(r), DT_ERR_INVALID_HANDLE);
+    const uint32_t later[] = {77};
+    target_write(&t, later, 1);
+    fd = -2;
+    OK(dt_remote_find_fd(t.pid, state, len, &fd));
+    ASSERT(fd == fds[0]);
+    OK(dt_remote_attach(t.pid, DT_REMOTE_ACCEPT_MISSED_DISCARDS, state, len, &r));
+    OK(dt_remote_resumed(r, &resumed));
+    ASSERT(resumed);
+    dt_dirty_set *third = NULL;
+    OK(dt_remote_collect(r, &third));
+    ASSERT(has(third, (void *)(buf + 77 * PS)) && pages_in_buffer(third, buf) == 1);
+    OK(dt_dirty_set_free(third));
+
+    /* Stop tracking: the fd is closed in the target; only free is left. */
+    OK(dt_remote_stop_tracking(r));
+    EXPECT(dt_remote_collect(r, &third), DT_ERR_INVALID_HANDLE);
+    MESSAGE_HAS("dt_remote_stop_tracking");
+    OK(dt_remote_tracking_fds(t.pid, fds, 4, &n));
+    ASSERT(n == 0);
+    OK(dt_remote_free(r));
+    free(state);
+    stop_target(&t);
+}
+
+/* CRIU's way: the target created its own userfaultfd (CRIU injects the calls with compel) and
+ * the caller holds it stopped with ptrace while the library adopts it and collects. */
+static void test_remote_adopt(void) {
+    section("remote: adopt the target's own userfaultfd with DT_REMOTE_CALLER_STOPS, resume");
+    struct target t;
+    ASSERT(start_target(&t, 1) == 0);
+    ASSERT(t.uffd >= DT_REMOTE_MARK_FD_BASE);
+    uintptr_t buf = target_buffer(t.pid);
+    int32_t fds[4];
+    size_t n = 0;
+    OK(dt_remote_tracking_fds(t.pid, fds, 4, &n));
+    ASSERT(n == 1 && fds[0] == t.uffd);
+    int32_t fd = 0;
+    OK(dt_remote_find_fd(t.pid, NULL, 0, &fd));
+    ASSERT(fd == -1);
+
+    int flags = DT_REMOTE_CALLER_STOPS | DT_REMOTE_ACCEPT_MISSED_DISCARDS | DT_REMOTE_FRESH;
+    ASSERT(seize(t.pid) == 0);
+    dt_remote *r = NULL;
+    EXPECT(dt_remote_adopt(t.pid, 1, flags, NULL, 0, &r), DT_ERR_NOT_A_TRACKING_FD);
+    MESSAGE_HAS("the target holds no userfaultfd at that fd");
+    ASSERT(r == NULL);
+    OK(dt_remote_adopt(t.pid, t.uffd, flags, NULL, 0, &r));
+    bool resumed = true;
+    OK(dt_remote_resumed(r, &resumed));
+    ASSERT(!resumed);
+    uint64_t ino = 0;
+    OK(dt_remote_target_fd(r, &fd, &ino));
+    ASSERT(fd == t.uffd && ino != 0);
+    dt_dirty_set *s = NULL;
+    OK(dt_remote_collect(r, &s));
+    ASSERT(has(s, (void *)buf) && pages_in_buffer(s, buf) == TARGET_PAGES);
+    size_t first_len = set_len(s);
+    OK(dt_dirty_set_free(s));
+    size_t len;
+    uint8_t *state = saved_state(r, &len);
+    OK(dt_remote_free(r));
+    /* Set up now: without the chain's state it could be a copy a fork child inherited. */
+    EXPECT(dt_remote_adopt(t.pid, t.uffd, flags, NULL, 0, &r), DT_ERR_NOT_A_TRACKING_FD);
+    MESSAGE_HAS("not by the chain whose state was given");
+    release(t.pid);
+
+    const uint32_t pages[] = {12, 13};
+    target_write(&t, pages, 2);
+
+    ASSERT(seize(t.pid) == 0);
+    fd = -1;
+    OK(dt_remote_find_fd(t.pid, state, len, &fd));
+    ASSERT(fd == t.uffd);
+    OK(dt_remote_adopt(t.pid, fd, DT_REMOTE_CALLER_STOPS | DT_REMOTE_ACCEPT_MISSED_DISCARDS,
+                       state, len, &r));
+    OK(dt_remote_resumed(r, &resumed));
+    ASSERT(resumed);
+    OK(dt_remote_collect(r, &s));
+    ASSERT(has(s, (void *)(buf + 12 * PS)) && has(s, (void *)(buf + 13 * PS)));
+    ASSERT(pages_in_buffer(s, buf) == 2);
+    ASSERT(set_len(s) * 4 < first_len);
+    dt_remote_stats stats;
+    OK(dt_remote_collect_stats(r, &stats));
+    ASSERT(stats.written_bytes >= 2 * PS && stats.tracked_mappings > 0);
+    OK(dt_dirty_set_free(s));
+    /* With DT_REMOTE_CALLER_STOPS the target keeps its fd. */
+    OK(dt_remote_stop_tracking(r));
+    OK(dt_remote_free(r));
+    release(t.pid);
+    OK(dt_remote_tracking_fds(t.pid, fds, 4, &n));
+    ASSERT(n == 1 && fds[0] == t.uffd);
+    free(state);
+    stop_target(&t);
+}
+#endif
+
 int main(void) {
     PS = dt_page_size();
     int valgrind = getenv("DT_TEST_VALGRIND") != NULL;
@@ -1119,6 +1504,18 @@ int main(void) {
     }
     test_sync_mode(valgrind);
     test_threads();
+#if defined(__x86_64__) || defined(__aarch64__)
+    test_remote_errors(valgrind);
+    if (DT_TEST_ASAN) {
+        printf("  - SKIP under AddressSanitizer: tracking a child process (its shadow memory is "
+               "TiB-sized mappings, reported whole)\n");
+    } else if (valgrind) {
+        printf("  - SKIP under valgrind: tracking a child process (ptrace of a valgrind guest)\n");
+    } else {
+        test_remote_attach();
+        test_remote_adopt();
+    }
+#endif
 
     section("every handle was freed");
     ASSERT(dt_open_handles() == 0);

@@ -92,8 +92,11 @@ use std::os::unix::fs::FileExt;
 
 /// Bytes of executable mappings searched for a system call instruction, at most.
 const SEARCH_LIMIT: usize = 64 << 20;
-/// Stops handled while waiting for one expected stop before giving up.
-const MAX_STOPS: usize = 64;
+/// Stops handled while waiting for one expected stop before giving up. Each signal that arrives
+/// while the thread is on its way to the injected call's stop costs one (the mask is never
+/// changed, so signals keep coming); a target flooded with signals faster than a ptrace round
+/// trip (under emulation: a `kill` every 50 µs) needs many before one round trip wins.
+const MAX_STOPS: usize = 4096;
 
 #[cfg(target_arch = "x86_64")]
 mod arch {

@@ -322,36 +322,6 @@ impl Collection {
         self.mappings.iter().map(|m| m.dirty_bytes()).sum()
     }
 
-    /// Every page of the target's address space that is **not known clean**, as a
-    /// [`DirtySet`](crate::DirtySet): the written pages of tracked mappings, and the whole of
-    /// every mapping reported whole (new, grown, replaced, untracked) or skipped (code,
-    /// inaccessible, kernel-provided). A page outside it lies in a mapping tracked since the
-    /// previous collect and was not written since: what a checkpointer such as CRIU may take
-    /// from its previous images.
-    pub fn not_known_clean(&self) -> crate::DirtySet {
-        let ps = crate::page_size();
-        // One segment per mapping (they are disjoint), its runs marked word by word.
-        let mut segments: Vec<Segment> =
-            Vec::with_capacity(self.mappings.len() + self.skipped.len());
-        for m in &self.mappings {
-            let mut seg = Segment::new(m.mapping.start, m.mapping.len() / ps);
-            seg.mark_each(
-                m.dirty
-                    .iter()
-                    .chain(m.whole().iter())
-                    .map(|r| (r.start, r.end)),
-                ps,
-            );
-            segments.push(seg);
-        }
-        for (m, _) in &self.skipped {
-            let mut seg = Segment::new(m.start, m.len() / ps);
-            seg.mark(m.start, m.end, ps);
-            segments.push(seg);
-        }
-        crate::DirtySet::from_segments(ps, segments)
-    }
-
     /// How many of [`Collection::mappings`] came about each way.
     pub fn change_counts(&self) -> ChangeCounts {
         let mut n = ChangeCounts::default();
@@ -1498,6 +1468,40 @@ impl RemoteTracker {
                 Err(self.exit_or(kernel_err(self.pid, "PAGEMAP_SCAN", e), "collect"))
             }
         }
+    }
+
+    /// Every page of the target that is **not known clean** after collect `c` (this tracker's
+    /// last), as a [`DirtySet`](crate::DirtySet): the pages of `c`'s reports (written pages of
+    /// tracked mappings; the ranges reported whole, of which only the pages that exist in
+    /// private anonymous memory), and the pages that exist (present or swapped) in the mappings
+    /// `c` skipped (code, inaccessible, kernel-provided). A page outside it lies in a mapping
+    /// tracked since the previous collect and was not written since, or does not exist: what a
+    /// checkpointer such as CRIU may take from its previous images (or leave out). Costs what
+    /// the populated part of the skipped mappings costs, not what they span (a 16 TiB
+    /// reservation is a few page-table walks).
+    pub fn not_known_clean(&mut self, c: &Collection) -> Result<crate::DirtySet, RemoteError> {
+        let ps = self.page_size;
+        // One segment per mapping (they are disjoint), its runs marked word by word.
+        let mut segments = Vec::with_capacity(c.mappings.len() + c.skipped.len());
+        for m in &c.mappings {
+            let mut seg = Segment::new(m.mapping.start, m.mapping.len() / ps);
+            seg.mark_each(m.dirty.iter().map(|r| (r.start, r.end)), ps);
+            segments.push(seg);
+        }
+        for (m, _) in &c.skipped {
+            let mut seg = Segment::new(m.start, m.len() / ps);
+            if let Err(e) = self.mark_populated(m.start, m.end, &mut seg) {
+                // The pagemap cannot walk some kernel-provided mappings (`[vsyscall]` lies
+                // above the user address space: EFAULT): a small one counts whole; a large one
+                // cannot be marked whole at a bit a page, so the error stands.
+                if m.len() > MAX_INACCESSIBLE || matches!(e, RemoteError::TargetExited { .. }) {
+                    return Err(e);
+                }
+                seg.mark(m.start, m.end, ps);
+            }
+            segments.push(seg);
+        }
+        Ok(crate::DirtySet::from_segments(ps, segments))
     }
 
     /// Test hook: `hook` runs in every collect that registers something, after the scan and

@@ -122,6 +122,20 @@ _FUNCTIONS = {
     "dt_live_copy_dirty_at_instant": (_status, [_handle, _out_handle]),
     "dt_live_copy_commit": (_status, [_handle]),
     "dt_live_copy_free": (_status, [_handle]),
+    # tracking another process (x86_64 and aarch64; dt_remote_*: the Rust RemoteTracker)
+    "dt_remote_probe": (_status, [c_char_p, c_size_t, _size_p]),
+    "dt_remote_uffd_flags": (c_int32, []),
+    "dt_remote_find_fd": (_status, [c_int32, c_void_p, c_size_t, POINTER(c_int32)]),
+    "dt_remote_tracking_fds": (_status, [c_int32, POINTER(c_int32), c_size_t, _size_p]),
+    "dt_remote_adopt": (_status, [c_int32, c_int32, c_int32, c_void_p, c_size_t, _out_handle]),
+    "dt_remote_attach": (_status, [c_int32, c_int32, c_void_p, c_size_t, _out_handle]),
+    "dt_remote_resumed": (_status, [_handle, POINTER(c_bool)]),
+    "dt_remote_target_fd": (_status, [_handle, POINTER(c_int32), POINTER(c_uint64)]),
+    "dt_remote_collect": (_status, [_handle, _out_handle]),
+    "dt_remote_collect_stats": (_status, [_handle, POINTER(c_uint64 * 8)]),
+    "dt_remote_save_state": (_status, [_handle, c_void_p, c_size_t, _size_p]),
+    "dt_remote_stop_tracking": (_status, [_handle]),
+    "dt_remote_free": (_status, [_handle]),
 }
 
 for _name, (_restype, _argtypes) in _FUNCTIONS.items():
