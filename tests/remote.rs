@@ -679,7 +679,12 @@ fn a_stopped_target_stays_stopped_through_attach_and_registration() {
 fn target_exiting_mid_dump_is_reported() {
     let Some(exe) = compile("churn") else { return };
     let mut cmd = Command::new(&exe);
-    cmd.arg("400");
+    // Its lifetime in ms: long enough to be attached to on a slow machine (TCG guests).
+    let scale: u64 = std::env::var("DIRTYTRACK_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    cmd.arg((400 * scale.max(1)).to_string());
     let target = Target::spawn(cmd);
     let Some(mut t) = attach_or_skip(target.pid()) else {
         return;
@@ -1067,6 +1072,15 @@ fn signals_during_injection_are_kept() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let sent = std::sync::Arc::new(AtomicU64::new(0));
+    // A signal every 50 µs (times DIRTYTRACK_TIMEOUT_SCALE on slow, emulated machines, where a
+    // ptrace round trip takes longer than that and the injection would never get a turn).
+    let every = Duration::from_micros(
+        50 * std::env::var("DIRTYTRACK_TIMEOUT_SCALE")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1)
+            .max(1),
+    );
     let sender = {
         let (stop, sent) = (stop.clone(), sent.clone());
         std::thread::spawn(move || {
@@ -1075,7 +1089,7 @@ fn signals_during_injection_are_kept() {
                 if unsafe { libc::kill(pid, libc::SIGUSR1) } == 0 {
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
-                std::thread::sleep(Duration::from_micros(50));
+                std::thread::sleep(every);
             }
         })
     };
@@ -1115,6 +1129,13 @@ fn signals_during_injection_are_kept() {
 /// no userfaultfd stays in the target.
 #[test]
 fn killing_the_tracker_at_any_ptrace_step_leaves_the_target_unharmed() {
+    if cfg!(target_arch = "aarch64") {
+        // Known gap (issue #29, open): the aarch64 injector still runs the call at a plain
+        // `svc` and restores the registers itself, so a tracker killed mid-injection can leave
+        // the thread with wrong registers. Skipped loudly, and failing unless skips are allowed.
+        common::skip("aarch64 injection is not yet safe against the tracker's death (see src/remote/inject.rs)");
+        return;
+    }
     const CHILD: &str = "DIRTYTRACK_TEST_CHILD_KILL_AT";
     if let Some((pid, n)) = std::env::var(CHILD).ok().and_then(|v| {
         let (p, n) = v.split_once(':')?;
@@ -1216,8 +1237,18 @@ fn killing_the_tracker_at_any_ptrace_step_leaves_the_target_unharmed() {
             })
             .collect()
     };
+    // Every step on the host; every `DIRTYTRACK_KILL_SWEEP_STRIDE`th (and the last) where each
+    // step is slow (the kernel matrix's TCG guests re-run this binary for seconds per step).
+    let stride: usize = std::env::var("DIRTYTRACK_KILL_SWEEP_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&k| k > 0)
+        .unwrap_or(1);
+    let tried: Vec<usize> = (1..=steps)
+        .filter(|n| (n - 1) % stride == 0 || *n == steps)
+        .collect();
     let (mut killed, mut harmed, mut notes) = (0, Vec::new(), 0);
-    for n in 1..=steps {
+    for &n in &tried {
         let out = tracker(n);
         use std::os::unix::process::ExitStatusExt;
         match out.status.signal() {
@@ -1282,13 +1313,15 @@ fn killing_the_tracker_at_any_ptrace_step_leaves_the_target_unharmed() {
         }
     }
     eprintln!(
-        "kill sweep: {steps} ptrace requests in a clean run, {killed} runs killed, {} target(s) harmed, {notes} leftover(s) adopted or closed by the next run",
+        "kill sweep: {steps} ptrace requests in a clean run, {} tried (stride {stride}), {killed} runs killed, {} target(s) harmed, {notes} leftover(s) adopted or closed by the next run",
+        tried.len(),
         harmed.len()
     );
     assert!(harmed.is_empty(), "{harmed:#?}");
     assert!(
-        killed + 2 >= steps,
-        "only {killed} of {steps} runs were killed"
+        killed + 2 >= tried.len(),
+        "only {killed} of {} runs were killed",
+        tried.len()
     );
     assert!(notes > 0, "no run found leftovers to adopt or close");
     assert_eq!(ping().1, 0);
@@ -1512,7 +1545,7 @@ fn a_checkpointer_holding_the_target_stopped_adopts_and_resumes_the_chain() {
             .unwrap();
         assert!(t.resumed(), "run {run}: the chain resumes");
         let c = t.collect().unwrap();
-        let set = c.not_known_clean();
+        let set = t.not_known_clean(&c).unwrap();
         let now = memory_pages(&t, pid);
         if let Some(before) = before.take() {
             let before: std::collections::HashMap<usize, Vec<u8>> = before;
