@@ -1478,7 +1478,8 @@ impl RemoteTracker {
     /// tracked since the previous collect and was not written since, or does not exist: what a
     /// checkpointer such as CRIU may take from its previous images (or leave out). Costs what
     /// the populated part of the skipped mappings costs, not what they span (a 16 TiB
-    /// reservation is a few page-table walks).
+    /// reservation is a few page-table walks). On error the chain restarts
+    /// ([`RemoteTracker::restart_chain`]): the next collect reports every mapping whole.
     pub fn not_known_clean(&mut self, c: &Collection) -> Result<crate::DirtySet, RemoteError> {
         let ps = self.page_size;
         // One segment per mapping (they are disjoint), its runs marked word by word.
@@ -1493,8 +1494,11 @@ impl RemoteTracker {
             if let Err(e) = self.mark_populated(m.start, m.end, &mut seg) {
                 // The pagemap cannot walk some kernel-provided mappings (`[vsyscall]` lies
                 // above the user address space: EFAULT): a small one counts whole; a large one
-                // cannot be marked whole at a bit a page, so the error stands.
+                // cannot be marked whole at a bit a page, so the error stands. The collect has
+                // re-armed already: without this answer its pages are unknown, so the next
+                // collect reports everything whole (never "clean" by default).
                 if m.len() > MAX_INACCESSIBLE || matches!(e, RemoteError::TargetExited { .. }) {
+                    self.restart_chain();
                     return Err(e);
                 }
                 seg.mark(m.start, m.end, ps);
