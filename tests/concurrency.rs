@@ -208,8 +208,11 @@ fn join_or_release(t: &Tracker, threads: Vec<std::thread::JoinHandle<u64>>) -> V
             .flatten()
             .flatten()
             .filter(|task| {
-                std::fs::read_to_string(task.path().join("wchan"))
-                    .is_ok_and(|w| w.contains("userfault"))
+                // wchan, or the kernel stack where wchan reads "0" (x86_64 ORC kernels < 5.16).
+                ["wchan", "stack"].iter().any(|f| {
+                    std::fs::read_to_string(task.path().join(f))
+                        .is_ok_and(|w| w.contains("userfault"))
+                })
             })
             .count();
         let queues: Vec<String> = std::fs::read_dir("/proc/self/fdinfo")
