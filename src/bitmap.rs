@@ -212,8 +212,11 @@ const GROUP_WORDS: usize = 256;
 ///
 /// - Every change of a word or of a summary word is a read-modify-write (`fetch_or`, `swap`,
 ///   `fetch_and`), `AcqRel`. There is no plain store after construction.
-/// - A setter ORs its bits into the word, then ORs the group's bit into the summary, always:
-///   it never skips the summary on seeing the bit already set.
+/// - A setter ORs its bits into the word, then ORs the group's bit into the summary, always —
+///   it never skips the summary on a *load* that sees the summary bit set — unless its own
+///   word `fetch_or` returned all of its bits already set: then the word's modification order
+///   puts it after the setter of those bits and before any take that clears them, and that
+///   setter notes the group (a `mark_dirty` of a page already marked costs one `fetch_or`).
 /// - A taker swaps the summary word to 0, then swaps each word of the groups it had set.
 ///
 /// Why no mark is lost: take one setter and one taker of the same group. Either the taker's
@@ -278,6 +281,15 @@ impl AtomicBitmap {
         }
     }
 
+    /// ORs `mask` into word `w`, then notes the word in the summary unless every bit of `mask`
+    /// was set already (then the setter of those bits notes, or has noted, it; see "The summary
+    /// protocol" above).
+    fn mark_word(&self, w: usize, mask: u64) {
+        if self.words[w].fetch_or(mask, Ordering::AcqRel) & mask != mask {
+            self.note(w);
+        }
+    }
+
     /// Records that word `w` may hold set bits (after it was set): always a `fetch_or`, never
     /// skipped on a load that sees the bit set (see "The summary protocol" above).
     fn note(&self, w: usize) {
@@ -314,25 +326,27 @@ impl AtomicBitmap {
     pub(crate) fn set(&self, i: usize) {
         debug_assert!(i < self.bits, "bit {i} past the end ({})", self.bits);
         if i < self.bits {
-            self.words[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
-            self.note(i / 64);
+            self.mark_word(i / 64, 1 << (i % 64));
         }
     }
 
     /// Sets bits `[from, to)`.
     pub(crate) fn set_range(&self, from: usize, to: usize) {
         for (w, mask) in word_masks(from, to.min(self.bits)) {
-            self.words[w].fetch_or(mask, Ordering::AcqRel);
-            self.note(w);
+            self.mark_word(w, mask);
         }
     }
 
     /// ORs a bit vector of the same length in, word by word (bits past the end are zero).
     pub(crate) fn or_bits(&self, bits: &BitVec<u64, Lsb0>) {
-        for (i, (w, &b)) in self.words.iter().zip(bits.as_raw_slice()).enumerate() {
+        for (w, &b) in bits
+            .as_raw_slice()
+            .iter()
+            .enumerate()
+            .take(self.words.len())
+        {
             if b != 0 {
-                w.fetch_or(b, Ordering::AcqRel);
-                self.note(i);
+                self.mark_word(w, b);
             }
         }
     }
@@ -367,9 +381,8 @@ impl AtomicBitmap {
             if word.load(Ordering::Relaxed) != 0 {
                 let v = word.swap(0, Ordering::AcqRel);
                 for t in targets {
-                    if let Some(tw) = t.words.get(w) {
-                        tw.fetch_or(v, Ordering::AcqRel);
-                        t.note(w);
+                    if w < t.words.len() {
+                        t.mark_word(w, v);
                     }
                 }
             }

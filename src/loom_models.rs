@@ -7,7 +7,7 @@
 //!
 //! | protocol | production code | model |
 //! |---|---|---|
-//! | a mark racing a harvest of the same bitmap group | `AtomicBitmap::{set, set_range, or_bits, move_into}` against `take_into`, `move_into`, `clear`, `copy_into` | `a_mark_racing_a_take_is_never_lost`, `a_mark_racing_a_peek_stays_for_the_next_take`, `two_marks_racing_a_take_are_never_lost` |
+//! | a mark racing a harvest of the same bitmap group | `AtomicBitmap::{set, set_range, or_bits, move_into}` against `take_into`, `move_into`, `clear`, `copy_into` | `a_mark_racing_a_take_is_never_lost`, `a_mark_racing_a_peek_stays_for_the_next_take`, `two_marks_racing_a_take_are_never_lost`, `a_mark_of_a_set_bit_racing_a_take_is_never_lost` |
 //! | a discard (monitor) racing an async harvest, which takes `marks` then re-arms `discards` without the `batch` lock | `RangeState::mark_discarded`, `RangeState::rearm_discards` | `a_discard_taken_by_a_harvest_is_reported_again_by_the_next` |
 //! | `mremap` followed by the monitor while the address indexes are read | `RangeState::move_to`, `Moves`, `RangeList::{find, index_stale, resort}`, `Registry::overlapping` | `a_moved_range_is_found_at_its_new_start` |
 //!
@@ -153,6 +153,27 @@ fn two_marks_racing_a_take_are_never_lost() {
         for i in [1, RACED] {
             assert!(first[i] ^ next[i], "bit {i}: in exactly one harvest");
         }
+    });
+}
+
+/// A mark of a bit that is already set (and noted) skips the summary; racing a take that clears
+/// it, the mark must then note the group itself: the bit is in a harvest and never stranded.
+#[test]
+fn a_mark_of_a_set_bit_racing_a_take_is_never_lost() {
+    loom::model(|| {
+        let b = Arc::new(AtomicBitmap::new(BITS));
+        b.set(RACED);
+        let marker = {
+            let b = b.clone();
+            thread::spawn(move || b.set(RACED))
+        };
+        let first = take_all(&b);
+        marker.join().expect("marker thread");
+        assert!(
+            b.summary_covers_every_set_word(),
+            "a set bit under a clear summary bit"
+        );
+        assert!(first[RACED], "the bit set before the race is taken");
     });
 }
 
