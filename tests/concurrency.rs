@@ -8,7 +8,7 @@ use common::{page, tracker, CollectHistory, Region, WriteStamps};
 use dirtytrack::{DirtySet, Error, Mode, RangeId, Tracker};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Scales the run length: `DIRTYTRACK_STRESS_SECS` (default 2 seconds per mode).
@@ -453,7 +453,8 @@ per_mode! {
         anchor.rebase();
         let (t, anchor) = (Arc::new(t), Arc::new(anchor));
         // Every id a register returned: where and how many pages.
-        let returned = Arc::new(Mutex::new(HashMap::from([(
+        // parking_lot's lock: TSan sees it (std's is not instrumented in the sanitizer runs).
+        let returned = Arc::new(parking_lot::Mutex::new(HashMap::from([(
             anchor_id,
             (anchor.addr, ANCHOR),
         )])));
@@ -493,7 +494,7 @@ per_mode! {
                         t.register(r.ptr(), r.len)
                     }
                     .unwrap();
-                    returned.lock().unwrap().insert(id, (r.addr, SLOT));
+                    returned.lock().insert(id, (r.addr, SLOT));
                     ids[s] = Some(id);
                     registers += 1;
                     // Something for the collects to report: a write and a mark.
@@ -537,7 +538,7 @@ per_mode! {
                         }
                         Err(e) => panic!("a register with arming denied failed otherwise: {e}"),
                         Ok(id) => {
-                            returned.lock().unwrap().insert(id, (r.addr, SLOT));
+                            returned.lock().insert(id, (r.addr, SLOT));
                             panic!("a register with arming denied returned {id:?}");
                         }
                     }
@@ -580,7 +581,7 @@ per_mode! {
                 }
             };
             {
-                let returned = returned.lock().unwrap();
+                let returned = returned.lock();
                 for v in d.ranges() {
                     let Some(id) = v.id() else { continue };
                     views += 1;
@@ -617,7 +618,7 @@ per_mode! {
         // Every thread has stopped: every id a register returned is recorded. The ids collects
         // reported that no register returned, each with where it was and the collects that
         // reported it.
-        let returned = returned.lock().unwrap();
+        let returned = returned.lock();
         let mut unreturned: std::collections::BTreeMap<RangeId, (usize, usize, Vec<u64>)> =
             Default::default();
         let mut misplaced = Vec::new();

@@ -679,12 +679,13 @@ fn a_stopped_target_stays_stopped_through_attach_and_registration() {
 fn target_exiting_mid_dump_is_reported() {
     let Some(exe) = compile("churn") else { return };
     let mut cmd = Command::new(&exe);
-    // Its lifetime in ms: long enough to be attached to on a slow machine (TCG guests).
+    // Its lifetime in ms: long enough to be attached to on a slow machine (TCG guests, the
+    // sanitizer runs); the collects then run until it exits.
     let scale: u64 = std::env::var("DIRTYTRACK_TIMEOUT_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    cmd.arg((400 * scale.max(1)).to_string());
+    cmd.arg((2000 * scale.max(1)).to_string());
     let target = Target::spawn(cmd);
     let Some(mut t) = attach_or_skip(target.pid()) else {
         return;
