@@ -1503,7 +1503,13 @@ impl RemoteTracker {
                 }
                 seg.mark(m.start, m.end, ps);
             }
-            segments.push(seg);
+            // Only the runs found go into the set: a skipped reservation of terabytes with a
+            // few populated pages must not make every reader of the set walk its whole extent.
+            for (a, b) in crate::bitmap::bit_runs(seg.bits.as_raw_slice()) {
+                let mut run = Segment::new(m.start + a * ps, b - a);
+                run.mark(run.start, run.start + (b - a) * ps, ps);
+                segments.push(run);
+            }
         }
         Ok(crate::DirtySet::from_segments(ps, segments))
     }
